@@ -1,0 +1,75 @@
+"""dualmode: one API for synchronization, parallel iteration and queries, on any backend.
+
+Choose the backend by configuration (``serial``, ``threads``, ``processes``, or a third party's);
+the same program gives the same results on each. See ``dm.use``, ``dm.configure`` and the
+primitives in :mod:`dualmode.primitives`.
+"""
+
+from __future__ import annotations
+
+from .backend import Backend
+from .config import available_backends, configure, current, use
+from .errors import (
+    BorrowError,
+    BrokenBarrierError,
+    ConfigError,
+    QueueEmpty,
+    QueueFull,
+    QueueShutDown,
+    WorkerCrashed,
+    WrongThreadError,
+)
+from .primitives import (
+    AtomicInt,
+    Barrier,
+    BoundedSemaphore,
+    Condition,
+    Event,
+    FreezeLock,
+    Lock,
+    Mutex,
+    MutexGuard,
+    OnceCell,
+    Queue,
+    RLock,
+    RwLock,
+    Semaphore,
+    ShardedDict,
+    WorkerLocal,
+    WriteGuard,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AtomicInt",
+    "Backend",
+    "Barrier",
+    "BorrowError",
+    "BoundedSemaphore",
+    "BrokenBarrierError",
+    "Condition",
+    "ConfigError",
+    "Event",
+    "FreezeLock",
+    "Lock",
+    "Mutex",
+    "MutexGuard",
+    "OnceCell",
+    "Queue",
+    "QueueEmpty",
+    "QueueFull",
+    "QueueShutDown",
+    "RLock",
+    "RwLock",
+    "Semaphore",
+    "ShardedDict",
+    "WorkerCrashed",
+    "WorkerLocal",
+    "WriteGuard",
+    "WrongThreadError",
+    "available_backends",
+    "configure",
+    "current",
+    "use",
+]

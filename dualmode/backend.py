@@ -1,0 +1,162 @@
+"""The abstract :class:`Backend`: one class, implemented in full by every backend.
+
+The public API in :mod:`dualmode` never does work itself: it asks for the backend in force
+(``dm.current()`` or a ``backend=`` argument) and calls one of the methods below. A backend
+module (``dualmode.backends.serial``, ``.threads``, ``.processes``, or a third party's) subclasses
+:class:`Backend`, implements every abstract method, and registers the class under the
+entry-point group ``dualmode.backends``.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from . import primitives as p
+
+__all__ = ["Backend", "check_workers"]
+
+
+def check_workers(workers: object, *, source: str = "workers") -> int | None:
+    """Return *workers* as a positive int (or None for the default); raise ConfigError otherwise."""
+    if workers is None:
+        return None
+    if isinstance(workers, str):
+        try:
+            workers = int(workers.strip())
+        except ValueError:
+            raise ConfigError(
+                f"{source}={workers!r} is not a worker count: give a positive integer such as 2, "
+                "or leave it unset for the backend's default"
+            ) from None
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(
+            f"{source}={workers!r} is not a worker count: give a positive integer such as 2, "
+            "or None for the backend's default"
+        )
+    return workers
+
+
+class Backend(abc.ABC):
+    """One execution model: where work runs and what the primitives are.
+
+    Attributes:
+        name: the name it is registered and selected by (``"threads"``).
+        parallel: True when work can run at the same time on several workers, so primitives
+            are real locks; False for the serial backend, whose primitives are borrow flags.
+        workers: how many workers run parallel work (1 for serial).
+
+    A backend owns what it starts (threads, processes, a cluster client). :meth:`close` stops
+    all of it and is idempotent; a backend is also a context manager that closes on exit.
+    """
+
+    name: ClassVar[str]
+    parallel: ClassVar[bool]
+
+    def __init__(self, workers: int | None = None) -> None:
+        checked = check_workers(workers)
+        self._workers = checked if checked is not None else self.default_workers()
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    @classmethod
+    def default_workers(cls) -> int:
+        """The worker count used when none is configured: the CPUs this process may use."""
+        count: Callable[[], int | None] = getattr(os, "process_cpu_count", os.cpu_count)
+        return count() or 1
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """None when this backend can run here, else why not and how to fix it."""
+        return None
+
+    @property
+    def workers(self) -> int:
+        return self._workers
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Stop every thread, process or connection this backend started. Idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        """Release what the backend holds; called once by :meth:`close`."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = ", closed" if self._closed else ""
+        return f"<{type(self).__name__} name={self.name!r} workers={self._workers}{state}>"
+
+    # -- primitives: one factory per public class of dualmode.primitives ----------------------
+
+    @abc.abstractmethod
+    def create_lock(self) -> p.Lock: ...
+
+    @abc.abstractmethod
+    def create_rlock(self) -> p.RLock: ...
+
+    @abc.abstractmethod
+    def create_semaphore(self, value: int = 1) -> p.Semaphore: ...
+
+    @abc.abstractmethod
+    def create_bounded_semaphore(self, value: int = 1) -> p.BoundedSemaphore: ...
+
+    @abc.abstractmethod
+    def create_event(self) -> p.Event: ...
+
+    @abc.abstractmethod
+    def create_condition(self, lock: p.Lock | p.RLock | None = None) -> p.Condition: ...
+
+    @abc.abstractmethod
+    def create_barrier(
+        self, parties: int, action: Callable[[], object] | None = None, timeout: float | None = None
+    ) -> p.Barrier: ...
+
+    @abc.abstractmethod
+    def create_rwlock(self) -> p.RwLock: ...
+
+    @abc.abstractmethod
+    def create_mutex(self, value: Any = None) -> p.Mutex: ...
+
+    @abc.abstractmethod
+    def create_once_cell(self) -> p.OnceCell: ...
+
+    @abc.abstractmethod
+    def create_atomic_int(self, value: int = 0) -> p.AtomicInt: ...
+
+    @abc.abstractmethod
+    def create_worker_local(self, factory: Callable[[], Any]) -> p.WorkerLocal: ...
+
+    @abc.abstractmethod
+    def create_sharded_dict(self) -> p.ShardedDict: ...
+
+    @abc.abstractmethod
+    def create_freeze_lock(self, value: Any = None) -> p.FreezeLock: ...
+
+    @abc.abstractmethod
+    def create_queue(self, maxsize: int = 0) -> p.Queue: ...

@@ -1,0 +1,217 @@
+"""Choosing the backend: explicit > ``use`` > ``configure`` > environment > ``"serial"``.
+
+Backends are found by name through the entry-point group ``dualmode.backends``, built-ins too,
+so a third-party backend is selected exactly like ``"threads"``. Instances made from a name are
+shared per ``(name, workers)`` and closed at interpreter exit; pass a :class:`Backend` instance
+to own its lifetime yourself.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import importlib.metadata
+import os
+import sys
+import sysconfig
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Union
+
+from .backend import Backend, check_workers
+from .errors import ConfigError
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "available_backends",
+    "configure",
+    "current",
+    "resolve_backend",
+    "use",
+]
+
+ENTRY_POINT_GROUP = "dualmode.backends"
+BACKEND_ENV = "DUALMODE_BACKEND"
+WORKERS_ENV = "DUALMODE_WORKERS"
+
+BackendSpec = Union[str, Backend]
+
+_scoped: contextvars.ContextVar[Backend | None] = contextvars.ContextVar(
+    "dualmode_backend", default=None
+)
+# The process-wide choice of configure(): (name or instance, workers), or None.
+_configured: tuple[BackendSpec, int | None] | None = None
+# Instances built from a name, shared per (name, workers); guarded by _instances_lock on creation.
+_instances: dict[tuple[str, int | None], Backend] = {}
+_instances_lock = threading.Lock()
+
+
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    found: dict[str, importlib.metadata.EntryPoint] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep)  # the first on sys.path wins, as for imports
+    return found
+
+
+def _free_threaded() -> bool:
+    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+def _auto_name() -> str:
+    """threads on a free-threaded build, processes on a GIL build with >1 CPU, else serial."""
+    if _free_threaded():
+        return "threads"
+    if Backend.default_workers() > 1:
+        return "processes"
+    return "serial"
+
+
+def _load(name: str) -> type[Backend]:
+    """The Backend class registered as *name*; ConfigError (with the reason) if unusable."""
+    entry_points = _entry_points()
+    if name == "auto":
+        name = _auto_name()
+    ep = entry_points.get(name)
+    if ep is None:
+        choices = ", ".join(sorted([*entry_points, "auto"]))
+        raise ConfigError(
+            f"unknown dualmode backend {name!r}; choose one of: {choices} (backends are "
+            f"registered under the entry-point group {ENTRY_POINT_GROUP!r})"
+        )
+    try:
+        cls = ep.load()
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or str(exc)
+        raise ConfigError(
+            f"backend {name!r} is unavailable: it needs the package {missing!r}, which is not "
+            f"installed; install it (pip install {missing}) or choose another backend"
+        ) from exc
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise ConfigError(
+            f"entry point {name!r} = {ep.value!r} in group {ENTRY_POINT_GROUP!r} is not a "
+            "dualmode.Backend subclass; fix or uninstall the package that registers it"
+        )
+    reason = cls.unavailable_reason()
+    if reason is not None:
+        raise ConfigError(f"backend {name!r} is unavailable: {reason}")
+    return cls
+
+
+def available_backends() -> dict[str, str | None]:
+    """Every registered backend: ``{name: None}`` if usable here, else ``{name: reason}``."""
+    result: dict[str, str | None] = {}
+    for name in sorted(_entry_points()):
+        try:
+            _load(name)
+        except ConfigError as exc:
+            result[name] = str(exc)
+        else:
+            result[name] = None
+    return result
+
+
+def _shared_instance(name: str, workers: int | None) -> Backend:
+    if name == "auto":
+        name = _auto_name()
+    key = (name, workers)
+    backend = _instances.get(key)
+    if backend is not None and not backend.closed:
+        return backend
+    cls = _load(name)
+    with _instances_lock:
+        backend = _instances.get(key)
+        if backend is None or backend.closed:
+            backend = cls(workers)
+            _instances[key] = backend
+    return backend
+
+
+def _resolve_spec(spec: BackendSpec, workers: int | None) -> Backend:
+    if isinstance(spec, Backend):
+        if workers is not None and workers != spec.workers:
+            raise ConfigError(
+                f"workers={workers} conflicts with the backend instance {spec!r}; "
+                "pass only the instance, or a backend name with workers"
+            )
+        if spec.closed:
+            raise ConfigError(f"{spec!r} is closed; create a new backend instance")
+        return spec
+    if not isinstance(spec, str):
+        raise ConfigError(
+            f"backend must be a backend name (str) or a dualmode.Backend instance, "
+            f"got {type(spec).__name__}: {spec!r}"
+        )
+    return _shared_instance(spec, workers)
+
+
+def _from_environment() -> Backend:
+    name = os.environ.get(BACKEND_ENV, "").strip() or "serial"
+    workers = check_workers(os.environ.get(WORKERS_ENV) or None, source=WORKERS_ENV)
+    try:
+        return _resolve_spec(name, workers)
+    except ConfigError as exc:
+        raise ConfigError(f"{BACKEND_ENV}={name!r}: {exc}") from None
+
+
+def configure(backend: BackendSpec | None = None, workers: int | None = None) -> None:
+    """Set the process-wide default backend (below ``use`` and explicit ``backend=``).
+
+    ``configure()`` with no arguments forgets the default, so the environment rules again.
+    The choice is checked now: an unknown name, a bad worker count or a backend whose
+    dependency is missing raises :class:`ConfigError` here, not at first use.
+    """
+    global _configured
+    if backend is None:
+        if workers is not None:
+            raise ConfigError("configure(workers=...) needs a backend name too")
+        _configured = None
+        return
+    checked = check_workers(workers)
+    if isinstance(backend, str):
+        _load(backend)
+    else:
+        _resolve_spec(backend, checked)
+    _configured = (backend, checked)
+
+
+@contextmanager
+def use(backend: BackendSpec, workers: int | None = None) -> Iterator[Backend]:
+    """Make *backend* current in this context (thread or task) until the block exits.
+
+    Nests and restores the previous choice on exit, also on error. Uses contextvars, so each
+    thread and each asyncio/trio task sees its own choice. Yields the Backend in force.
+    """
+    resolved = _resolve_spec(backend, check_workers(workers))
+    token = _scoped.set(resolved)
+    try:
+        yield resolved
+    finally:
+        _scoped.reset(token)
+
+
+def current() -> Backend:
+    """The backend in force here: ``use`` > ``configure`` > ``DUALMODE_BACKEND`` > serial."""
+    scoped = _scoped.get()
+    if scoped is not None:
+        return scoped
+    configured = _configured
+    if configured is not None:
+        return _resolve_spec(*configured)
+    return _from_environment()
+
+
+def resolve_backend(backend: BackendSpec | None) -> Backend:
+    """An explicit ``backend=`` argument if given, else :func:`current`."""
+    if backend is None:
+        return current()
+    return _resolve_spec(backend, None)
+
+
+@atexit.register
+def _close_shared_instances() -> None:
+    for backend in list(_instances.values()):
+        try:
+            backend.close()
+        except Exception as exc:  # at exit, report and go on closing the others
+            print(f"dualmode: closing {backend!r} failed: {exc!r}", file=sys.stderr)

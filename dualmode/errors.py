@@ -1,0 +1,60 @@
+"""The exceptions dualmode raises; every one is importable from :mod:`dualmode`."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+__all__ = [
+    "BorrowError",
+    "BrokenBarrierError",
+    "ConfigError",
+    "QueueEmpty",
+    "QueueFull",
+    "QueueShutDown",
+    "WorkerCrashed",
+    "WrongThreadError",
+]
+
+
+class BorrowError(RuntimeError):
+    """An operation would block forever, or breaks a borrow rule, so it raises instead.
+
+    The serial backend raises it where a parallel backend would wait for another thread that
+    cannot exist: re-acquiring a held :class:`~dualmode.Lock`, writing an
+    :class:`~dualmode.RwLock` while a read guard lives, acquiring a
+    :class:`~dualmode.Semaphore` at zero, waiting with no timeout on an
+    :class:`~dualmode.Event` nobody can set. Every backend raises it for writing a frozen
+    :class:`~dualmode.FreezeLock` and for a :class:`~dualmode.OnceCell` initialiser that asks
+    for its own cell. This is rustc's ``RefCell`` panic: a bug report, never a hang.
+    """
+
+
+class WrongThreadError(RuntimeError):
+    """A serial-backend primitive was used from a thread other than the one that created it.
+
+    Serial primitives carry no real lock, so sharing one between threads would be a data race.
+    Create the primitive under a parallel backend (``dm.use("threads")`` or
+    ``backend="threads"``) to share it between threads.
+    """
+
+
+class ConfigError(ValueError):
+    """The requested backend or worker count is not usable; the message says what to choose."""
+
+
+class WorkerCrashed(RuntimeError):
+    """A worker process, or the coordinator that hosts primitives, died during this call."""
+
+
+BrokenBarrierError = threading.BrokenBarrierError
+QueueEmpty = queue.Empty
+QueueFull = queue.Full
+
+
+class _QueueShutDown(Exception):
+    """Raised by ``Queue.put`` after ``shutdown()``, and by ``get`` once a shut-down queue is empty."""
+
+
+# Python 3.13 added queue.ShutDown; use it there so `except queue.ShutDown` keeps working.
+QueueShutDown: type[Exception] = getattr(queue, "ShutDown", _QueueShutDown)
