@@ -94,7 +94,7 @@ class Backend(abc.ABC):
             self._closed = True
         self._shutdown()
 
-    def _shutdown(self) -> None:
+    def _shutdown(self) -> None:  # noqa: B027 - a hook: backends with nothing to stop skip it
         """Release what the backend holds; called once by :meth:`close`."""
 
     def __enter__(self) -> Backend:

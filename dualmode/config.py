@@ -17,7 +17,6 @@ import sysconfig
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Union
 
 from .backend import Backend, check_workers
 from .errors import ConfigError
@@ -35,7 +34,7 @@ ENTRY_POINT_GROUP = "dualmode.backends"
 BACKEND_ENV = "DUALMODE_BACKEND"
 WORKERS_ENV = "DUALMODE_WORKERS"
 
-BackendSpec = Union[str, Backend]
+BackendSpec = str | Backend
 
 _scoped: contextvars.ContextVar[Backend | None] = contextvars.ContextVar(
     "dualmode_backend", default=None

@@ -53,7 +53,7 @@ QueueFull = queue.Full
 
 
 class _QueueShutDown(Exception):
-    """Raised by ``Queue.put`` after ``shutdown()``, and by ``get`` once a shut-down queue is empty."""
+    """Raised by ``put`` after ``shutdown()``, and by ``get`` once a shut-down queue is empty."""
 
 
 # Python 3.13 added queue.ShutDown; use it there so `except queue.ShutDown` keeps working.

@@ -4,24 +4,24 @@ Calling a class here (``dm.Lock()``) builds the implementation of the backend in
 for the object's life, as rustc fixes ``Lock<T>``'s mode at construction. Every class takes a
 keyword-only ``backend=`` (a name or a :class:`~dualmode.Backend`) to choose explicitly.
 
-=================  ===========================================  ==========================================
-primitive          serial (borrow flags, one thread)            threads / processes (real locks)
-=================  ===========================================  ==========================================
-Lock               a flag; re-acquiring raises BorrowError      a mutex; re-acquiring blocks
-RLock              a counter                                    a reentrant mutex
-Semaphore          a counter; acquiring at 0 raises BorrowError a counting semaphore
-Event              a flag; waiting unset, no timeout: Borrow    wakes every waiter on set()
-Condition          wait() with no timeout raises BorrowError    wait/notify
-Barrier            parties > 1, no timeout: BorrowError         all parties meet
-RwLock             RefCell: write while read raises             readers share, writers are not starved
-Mutex(value)       RefCell over the value                       a lock guarding the value
-OnceCell           runs fn once; reentry raises BorrowError     fn runs once even when threads race
-AtomicInt          a plain int                                  exact under contention
-WorkerLocal        one value                                    one value per worker thread/process
-ShardedDict        one dict                                     many shards: no single hot lock
-FreezeLock         RefCell until freeze()                       RwLock until freeze(); then lock-free
-Queue              a deque; blocking forever raises Borrow      a blocking FIFO queue
-=================  ===========================================  ==========================================
+=============  =========================================  =====================================
+primitive      serial (borrow flags, one thread)          threads / processes (real locks)
+=============  =========================================  =====================================
+Lock           a flag; re-acquiring raises BorrowError    a mutex; re-acquiring waits
+RLock          a counter                                  a reentrant mutex
+Semaphore      a counter; acquiring 0 raises BorrowError  a counting semaphore
+Event          unset wait(), no timeout: BorrowError      set() wakes every waiter
+Condition      wait(), no timeout: BorrowError            wait/notify
+Barrier        parties > 1, no timeout: BorrowError       all parties meet
+RwLock         RefCell: write while read raises           readers share, writers not starved
+Mutex(value)   RefCell over the value                     a lock guarding the value
+OnceCell       fn once; reentry raises BorrowError        fn runs once even when threads race
+AtomicInt      a plain int                                exact under contention
+WorkerLocal    one value                                  one value per worker thread/process
+ShardedDict    one dict                                   shards: no single hot lock
+FreezeLock     RefCell until freeze()                     RwLock until freeze(), then lock-free
+Queue          a deque; waiting forever raises Borrow     a blocking FIFO queue
+=============  =========================================  =====================================
 
 A serial primitive used from a thread other than its creator raises
 :class:`~dualmode.WrongThreadError`. Timeouts keep ``threading``'s meaning everywhere; a serial
@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from .config import resolve_backend
 from .errors import BorrowError
 
 if TYPE_CHECKING:
@@ -73,18 +74,16 @@ MISSING: Any = type("MISSING", (), {"__repr__": lambda self: "MISSING"})()
 class _BackendDispatch(abc.ABCMeta):
     """Calling a public primitive class asks the chosen backend to build its implementation.
 
-    A public class names its backend factory in ``_factory``; a backend's concrete subclass
+    A public class names its backend factory in ``_backend_method``; a backend's concrete subclass
     does not, so calling it constructs normally (and ``__init__`` runs exactly once).
     """
 
     def __call__(cls, *args: Any, backend: BackendSpec | None = None, **kwargs: Any) -> Any:
-        factory = cls.__dict__.get("_factory")
+        factory = cls.__dict__.get("_backend_method")
         if factory is None:
             if backend is not None:
                 raise TypeError(f"{cls.__qualname__}() takes no backend= argument")
             return super().__call__(*args, **kwargs)
-        from .config import resolve_backend
-
         return getattr(resolve_backend(backend), factory)(*args, **kwargs)
 
 
@@ -142,7 +141,7 @@ class Lock(_LockLike):
     """
 
     __slots__ = ()
-    _factory = "create_lock"
+    _backend_method = "create_lock"
 
     @abc.abstractmethod
     def locked(self) -> bool:
@@ -157,11 +156,11 @@ class RLock(_LockLike):
     """
 
     __slots__ = ()
-    _factory = "create_rlock"
+    _backend_method = "create_rlock"
 
 
 class Semaphore(Primitive):
-    """A counting semaphore, ``threading.Semaphore``-compatible (``acquire(blocking, timeout=None)``).
+    """A counting semaphore, ``threading.Semaphore``-compatible.
 
     - serial: a counter. Acquiring at zero raises :class:`BorrowError` (blocking, no timeout)
       or returns False at once.
@@ -169,7 +168,7 @@ class Semaphore(Primitive):
     """
 
     __slots__ = ()
-    _factory = "create_semaphore"
+    _backend_method = "create_semaphore"
 
     @abc.abstractmethod
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
@@ -195,7 +194,7 @@ class BoundedSemaphore(Semaphore):
     """A Semaphore whose ``release`` raises ValueError if it would exceed the initial value."""
 
     __slots__ = ()
-    _factory = "create_bounded_semaphore"
+    _backend_method = "create_bounded_semaphore"
 
 
 class Event(Primitive):
@@ -207,7 +206,7 @@ class Event(Primitive):
     """
 
     __slots__ = ()
-    _factory = "create_event"
+    _backend_method = "create_event"
 
     @abc.abstractmethod
     def is_set(self) -> bool: ...
@@ -235,7 +234,7 @@ class Condition(_LockLike):
     """
 
     __slots__ = ()
-    _factory = "create_condition"
+    _backend_method = "create_condition"
 
     @abc.abstractmethod
     def wait(self, timeout: float | None = None) -> bool: ...
@@ -260,7 +259,7 @@ class Barrier(Primitive):
     """
 
     __slots__ = ()
-    _factory = "create_barrier"
+    _backend_method = "create_barrier"
 
     @abc.abstractmethod
     def wait(self, timeout: float | None = None) -> int:
@@ -297,7 +296,7 @@ class RwLock(Primitive):
     """
 
     __slots__ = ()
-    _factory = "create_rwlock"
+    _backend_method = "create_rwlock"
 
     @abc.abstractmethod
     def acquire_read(self, blocking: bool = True, timeout: float = -1) -> bool: ...
@@ -335,7 +334,7 @@ class RwLock(Primitive):
 class MutexGuard(Generic[T]):
     """Access to a locked :class:`Mutex`'s value; releases on ``with`` exit or ``release()``."""
 
-    __slots__ = ("_mutex", "_held")
+    __slots__ = ("_held", "_mutex")
 
     def __init__(self, mutex: Mutex) -> None:
         self._mutex = mutex
@@ -385,7 +384,7 @@ class Mutex(Primitive):
     """
 
     __slots__ = ()
-    _factory = "create_mutex"
+    _backend_method = "create_mutex"
 
     def lock(self) -> MutexGuard[Any]:
         """Lock and return the guard; use it as ``with m.lock() as g:``."""
@@ -423,7 +422,7 @@ class OnceCell(Primitive):
     """
 
     __slots__ = ()
-    _factory = "create_once_cell"
+    _backend_method = "create_once_cell"
 
     @abc.abstractmethod
     def get(self, default: Any = None) -> Any:
@@ -473,7 +472,7 @@ class AtomicInt(Primitive):
     """
 
     __slots__ = ()
-    _factory = "create_atomic_int"
+    _backend_method = "create_atomic_int"
 
     @abc.abstractmethod
     def load(self) -> int: ...
@@ -510,7 +509,7 @@ class WorkerLocal(Primitive):
     """
 
     __slots__ = ()
-    _factory = "create_worker_local"
+    _backend_method = "create_worker_local"
 
     @abc.abstractmethod
     def get(self) -> Any:
@@ -534,7 +533,7 @@ class ShardedDict(Primitive):
     """
 
     __slots__ = ()
-    _factory = "create_sharded_dict"
+    _backend_method = "create_sharded_dict"
 
     @abc.abstractmethod
     def get(self, key: Any, default: Any = None) -> Any: ...
@@ -580,7 +579,7 @@ class ShardedDict(Primitive):
 class WriteGuard(Generic[T]):
     """Write access to a :class:`FreezeLock`'s value; released on ``with`` exit."""
 
-    __slots__ = ("_lock", "_held")
+    __slots__ = ("_held", "_lock")
 
     def __init__(self, lock: FreezeLock) -> None:
         self._lock = lock
@@ -619,7 +618,7 @@ class WriteGuard(Generic[T]):
 
 
 class FreezeLock(Primitive):
-    """A value writable until ``freeze()``, then read-only with lock-free reads (rustc's FreezeLock).
+    """A value writable until ``freeze()``, then read-only with lock-free reads (rustc's).
 
     ``with fl.write() as g: g.value = ...`` writes; ``fl.read()`` returns the value;
     ``fl.freeze()`` makes it immutable and returns it. Writing after ``freeze()`` raises
@@ -631,7 +630,7 @@ class FreezeLock(Primitive):
     """
 
     __slots__ = ()
-    _factory = "create_freeze_lock"
+    _backend_method = "create_freeze_lock"
 
     @abc.abstractmethod
     def read(self) -> Any: ...
@@ -675,7 +674,7 @@ class Queue(Primitive):
     """
 
     __slots__ = ()
-    _factory = "create_queue"
+    _backend_method = "create_queue"
 
     @abc.abstractmethod
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None: ...
