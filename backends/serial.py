@@ -102,8 +102,7 @@ class Lock(_Owned, p.Lock):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._owner != get_ident():
-            self.release()
+        # __enter__ already checked the thread, and a with block exits where it entered.
         self._held = False
 
 
