@@ -100,7 +100,9 @@ class Primitive(metaclass=_BackendDispatch):
 
 def check_timeout(blocking: bool, timeout: float | None) -> None:
     """``threading``'s argument rules for ``acquire(blocking, timeout)`` with timeout=-1 default."""
-    if timeout is None or timeout == -1:
+    if timeout is None:
+        raise TypeError("timeout must be a number of seconds, or -1 for no timeout, not None")
+    if timeout == -1:
         return
     if not blocking:
         raise ValueError("can't specify a timeout for a non-blocking call")
