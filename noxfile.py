@@ -1,0 +1,209 @@
+"""Nox sessions for dualmode: tests on every interpreter, lint, typecheck, docs and benchmarks.
+
+``nox`` with no arguments runs lint, typecheck, the four tests sessions and docs (what CI runs,
+see ``.ci/run``); ``nox -s bench`` runs the benchmarks, which CI does not.
+
+The tests matrix is CPython 3.11, 3.12, 3.13 and free-threaded 3.13t. Interpreters are found
+on ``PATH``; this file first adds pyenv's ``versions/3.*/bin`` and the 3.13t prefix built by
+``scripts/provision-python3.13t.sh`` (``/opt/python3.13t`` or ``$DUALMODE_PY313T_PREFIX``)
+when they exist. With ``CI`` set, nox fails on a missing interpreter instead of skipping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2025.2.9"
+nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
+nox.options.reuse_venv = "yes"
+
+ROOT = Path(__file__).resolve().parent
+PYTHONS = ["3.11", "3.12", "3.13", "3.13t"]
+FREE_THREADED = "3.13t"
+# Hypothesis 6.156 and newer need a Rust build on 3.13t that cannot fetch its crates here.
+FREE_THREADED_PINS = ["hypothesis<6.156"]
+# Everything the tests import; on 3.13t none of it may switch the GIL back on.
+GIL_CHECK_MODULES = [
+    "dualmode",
+    "dualmode.backends.serial",
+    "dualmode.backends.threads",
+    "dualmode.backends.processes",
+    "dualmode.testing",
+    "hypothesis",
+    "anyio",
+    "trio",
+    "pytest",
+    "cloudpickle",
+]
+
+# CPython warns "The global interpreter lock (GIL) has been enabled to load module ..." when an
+# extension that is not free-threading-safe is imported; as an error, the import fails.
+GIL_WARNING_IS_ERROR = "error:The global interpreter lock (GIL) has been enabled:RuntimeWarning"
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    name = Path(path).parent.name
+    return tuple(int(part) for part in re.findall(r"\d+", name))
+
+
+def _add_interpreters_to_path() -> None:
+    """Put pyenv's CPython 3 builds and the free-threaded 3.13t build on PATH, if present.
+
+    pyenv's shims only run the versions pyenv has activated, so nox cannot use them to reach
+    3.12 or 3.13; the real ``bin`` directories can. They go in front of PATH, newest first.
+    """
+    roots = []
+    if os.environ.get("PYENV_ROOT"):
+        roots.append(os.environ["PYENV_ROOT"])
+    pyenv = shutil.which("pyenv")
+    if pyenv:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            run = subprocess.run([pyenv, "root"], capture_output=True, text=True, timeout=30)
+            roots.append(run.stdout.strip() if run.returncode == 0 else "")
+    roots.append(os.path.expanduser("~/.pyenv"))
+
+    extra: list[str] = []
+    prefix = os.environ.get("DUALMODE_PY313T_PREFIX", "/opt/python3.13t")
+    if os.path.isdir(os.path.join(prefix, "bin")):
+        extra.append(os.path.join(prefix, "bin"))
+    for root in dict.fromkeys(r for r in roots if r):
+        found = glob.glob(os.path.join(root, "versions", "3.*", "bin"))
+        extra.extend(sorted(found, key=_version_key, reverse=True))
+
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    new = [d for d in dict.fromkeys(extra) if d not in path]
+    if new:
+        os.environ["PATH"] = os.pathsep.join([*new, *path])
+
+
+_add_interpreters_to_path()
+
+
+def _requirement(extra: str, name: str) -> str:
+    """The requirement for *name* as the pyproject extra *extra* spells it (e.g. "ruff>=0.6")."""
+    extras = nox.project.load_toml(ROOT / "pyproject.toml")["project"]["optional-dependencies"]
+    for req in extras[extra]:
+        if re.match(rf"{re.escape(name)}\b(?![-_.])", req, re.IGNORECASE):
+            return str(req)
+    raise LookupError(f"{name!r} is not in the {extra!r} extra of pyproject.toml")
+
+
+INTERPRETER_CHECK = """
+import sys, sysconfig
+want, want_ft = sys.argv[1], sys.argv[2] == "1"
+have = "%d.%d" % sys.version_info[:2]
+ft = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+print("interpreter:", sys.executable, sys.version.split()[0], "(free-threaded)" * ft)
+if (have, ft) != (want, want_ft):
+    sys.exit(f"wanted {want}{'t' if want_ft else ''}, got {have}{'t' if ft else ''}")
+"""
+
+GIL_CHECK = """
+import importlib, sys
+if "gil" in sys._xoptions:
+    sys.exit("-X gil is set; remove it")
+if sys._is_gil_enabled():
+    sys.exit("the GIL is enabled before importing anything")
+for name in sys.argv[1:]:
+    module = importlib.import_module(name)
+    if sys._is_gil_enabled():
+        sys.exit(f"importing {name} ({module.__file__}) re-enabled the GIL")
+print("GIL still disabled after importing", ", ".join(sys.argv[1:]))
+"""
+
+
+def _run_script(session: nox.Session, name: str, source: str, *args: str) -> None:
+    """Run *source* with the session's python, the checkout kept off sys.path (``-P``)."""
+    script = Path(session.create_tmp()) / name
+    script.write_text(source)
+    session.run("python", "-P", str(script), *args)
+
+
+def _check_interpreter(session: nox.Session) -> bool:
+    """Fail unless the session's venv runs the requested version and build; True if 3.13t."""
+    assert isinstance(session.python, str)
+    free_threaded = session.python.endswith("t")
+    want = session.python.removesuffix("t")
+    _run_script(
+        session, "check_interpreter.py", INTERPRETER_CHECK, want, "1" if free_threaded else "0"
+    )
+    return free_threaded
+
+
+def _check_gil_stays_off(session: nox.Session) -> None:
+    """Fail the session if importing the test stack re-enables the GIL on 3.13t."""
+    if os.environ.get("PYTHON_GIL") is not None:
+        session.error(
+            f"PYTHON_GIL={os.environ['PYTHON_GIL']!r} is set: unset it; the free-threaded "
+            "session must show that the GIL stays off without forcing it"
+        )
+    _run_script(session, "check_gil.py", GIL_CHECK, *GIL_CHECK_MODULES)
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """Install the package (not editable) and run pytest over tests/ on every backend.
+
+    The dualmode pytest plugin parametrises ``dualmode_backend`` over every available
+    backend, so each test that takes it runs on serial, threads and processes. Extra
+    arguments go to pytest: ``nox -s tests-3.13t -- -k queue -x``.
+    """
+    free_threaded = _check_interpreter(session)
+    env: dict[str, str] = {}
+    if free_threaded:
+        session.install(".[test]", *FREE_THREADED_PINS)
+        _check_gil_stays_off(session)
+        # A module imported later (by a test, or in a worker process, which inherits the
+        # environment) that would switch the GIL back on fails its import instead.
+        env["PYTHONWARNINGS"] = GIL_WARNING_IS_ERROR
+    else:
+        session.install(".[test]")
+    # The venv's pytest script (not `python -m pytest`) keeps the checkout off sys.path, so
+    # the tests import the installed package, with dualmode.backends where the wheel put it.
+    session.run("pytest", *(session.posargs or ["tests"]), env=env)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check over the whole repository."""
+    session.install(_requirement("dev", "ruff"))
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python="3.11")
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over dualmode/ and backends/ (configured in pyproject.toml)."""
+    # The extras give mypy the stubs it checks against (pytest, hypothesis, anyio, trio, rich).
+    session.install("-e", ".[test,bench]", _requirement("dev", "mypy"))
+    session.run("mypy", *session.posargs)
+
+
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    """Build the mkdocs site into site/; warnings are errors."""
+    session.install(".[docs]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"))
+
+
+@nox.session(python=["3.11", FREE_THREADED])
+def bench(session: nox.Session) -> None:
+    """Run every benchmarks/*.py script (not part of CI). Extra arguments go to each script."""
+    assert isinstance(session.python, str)
+    if session.python.endswith("t"):
+        session.install(".[bench]", *FREE_THREADED_PINS)
+    else:
+        session.install(".[bench]")
+    scripts = sorted((ROOT / "benchmarks").glob("*.py"))
+    if not scripts:
+        session.skip("no benchmarks/*.py scripts")
+    for script in scripts:
+        session.run("python", str(script), *session.posargs)

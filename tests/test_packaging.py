@@ -1,0 +1,82 @@
+"""Acceptance: a wheel built from the repository works on its own, outside the checkout.
+
+The wheel maps the top-level ``backends/`` directory to ``dualmode.backends`` and registers the
+built-in backends under the entry-point group ``dualmode.backends``; a mistake in either only
+shows once the package is installed somewhere else, so this builds the wheel, installs it in a
+fresh virtual environment and asks that environment's Python.
+
+Building and installing needs the package index and takes about 10-30 s, so the test is marked
+``slow`` (``pytest -m "not slow"`` leaves it out); it runs in every nox tests session.
+``DUALMODE_PACKAGING_TEST=0`` skips it (e.g. offline).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BUILTIN = {"serial", "threads", "processes"}
+
+PROBE = """
+import importlib.metadata, json, sys
+import dualmode, dualmode.backends.threads
+eps = sorted(ep.name for ep in importlib.metadata.entry_points(group="dualmode.backends"))
+print(json.dumps({
+    "dualmode": dualmode.__file__,
+    "threads": dualmode.backends.threads.__file__,
+    "entry_points": eps,
+    "available": dualmode.available_backends(),
+}))
+"""
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=240)
+    if proc.returncode != 0:
+        pytest.fail(
+            f"{' '.join(cmd)} exited with {proc.returncode}\n"
+            f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
+        )
+    return proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(
+    os.environ.get("DUALMODE_PACKAGING_TEST") == "0",
+    reason="DUALMODE_PACKAGING_TEST=0 asks to skip the wheel-in-a-fresh-venv test",
+)
+def test_wheel_installs_in_fresh_venv_with_backends(tmp_path: Path) -> None:
+    wheelhouse = tmp_path / "wheels"
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheelhouse), str(REPO)],
+        cwd=tmp_path,
+    )
+    wheels = list(wheelhouse.glob("dualmode-*.whl"))
+    assert len(wheels) == 1, f"expected one dualmode wheel, found {wheels}"
+
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path)
+    python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    install = [str(python), "-m", "pip", "install", "-q", str(wheels[0])]
+    if sysconfig.get_config_var("Py_GIL_DISABLED"):
+        # Hypothesis 6.156+ needs a Rust build on free-threaded CPython that cannot run here.
+        install.append("hypothesis<6.156")
+    _run(install, cwd=tmp_path)
+
+    # Run from tmp_path, so neither the checkout nor its dualmode/ can be imported by accident.
+    found = json.loads(_run([str(python), "-c", PROBE], cwd=tmp_path).splitlines()[-1])
+    site = Path(found["dualmode"]).resolve().parent.parent
+    assert venv.resolve() in site.parents, f"dualmode imported from {found['dualmode']}"
+    assert Path(found["threads"]).resolve().parent == site / "dualmode" / "backends"
+    assert set(found["entry_points"]) >= BUILTIN
+    assert set(found["available"]) >= BUILTIN
+    assert found["available"]["serial"] is None
+    assert found["available"]["threads"] is None
