@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .errors import ConfigError
@@ -22,7 +22,24 @@ if TYPE_CHECKING:
 
     from . import primitives as p
 
-__all__ = ["Backend", "check_workers"]
+__all__ = ["Backend", "Outcome", "capture", "check_workers", "run_chunk"]
+
+# What running one call gives: (True, value) or (False, the Exception it raised). Exceptions are
+# kept per call, so one failure never loses another call's result.
+Outcome = tuple[bool, Any]
+
+
+def capture(fn: Callable[..., Any], *args: Any) -> Outcome:
+    """Run ``fn(*args)``; its value or its Exception as an Outcome (BaseException propagates)."""
+    try:
+        return True, fn(*args)
+    except Exception as exc:
+        return False, exc
+
+
+def run_chunk(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Outcome]:
+    """``fn`` on every item, in order, each failure recorded and the rest still run."""
+    return [capture(fn, item) for item in items]
 
 
 def check_workers(workers: object, *, source: str = "workers") -> int | None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "BorrowError",
     "BrokenBarrierError",
     "ConfigError",
+    "ParallelError",
     "QueueEmpty",
     "QueueFull",
     "QueueShutDown",
@@ -45,6 +48,35 @@ class ConfigError(ValueError):
 
 class WorkerCrashed(RuntimeError):
     """A worker process, or the coordinator that hosts primitives, died during this call."""
+
+
+class ParallelError(ExceptionGroup[Exception]):
+    """Every failure of one parallel call (``par_map``, ``join``, ``scope``, ``broadcast``).
+
+    A parallel call runs every item, then raises this once, on every backend (serial too):
+    ``.exceptions`` holds the failures in item (or spawn) order and ``.indices`` the position
+    of each failed item. Catch it with ``except ParallelError`` or ``except*`` by type.
+    """
+
+    indices: list[int]
+
+    def __new__(
+        cls, message: str, exceptions: Sequence[Exception], indices: Sequence[int] | None = None
+    ) -> ParallelError:
+        self = super().__new__(cls, message, exceptions)
+        self.indices = list(range(len(exceptions)) if indices is None else indices)
+        return self
+
+    def __init__(
+        self, message: str, exceptions: Sequence[Exception], indices: Sequence[int] | None = None
+    ) -> None:
+        super().__init__(message, exceptions)
+
+    def derive(self, excs: Sequence[Exception]) -> ParallelError:  # type: ignore[override]
+        return ParallelError(self.message, excs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.message, list(self.exceptions), self.indices)
 
 
 BrokenBarrierError = threading.BrokenBarrierError
