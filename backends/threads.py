@@ -1,0 +1,683 @@
+"""The threads backend: real locks, atomics and sharded maps, correct with the GIL off.
+
+Every primitive keeps its state in the object behind its own lock (never a global one), so it
+is correct on free-threaded CPython 3.13t, where nothing is atomic by grace of the GIL; only
+single operations of builtin dicts, lists and deques, which CPython documents as internally
+locked there, are relied on. Where ``threading`` has the primitive (Event, Semaphore, Condition,
+Barrier...) it is subclassed or wrapped, so behaviour, timeouts and exceptions are exactly
+``threading``'s.
+
+The processes backend hosts these classes in its coordinator and calls their public and
+backend-protocol methods from one server thread per client thread, so thread identity here
+(``OnceCell``'s claim) is that of the caller, and all arguments and results are plain data.
+"""
+
+from __future__ import annotations
+
+import _thread
+import operator
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+from queue import Empty, Full
+from typing import TYPE_CHECKING, Any, cast
+
+import dualmode.primitives as p
+from dualmode.backend import Backend
+from dualmode.errors import BorrowError, QueueShutDown
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = [
+    "AtomicInt",
+    "Barrier",
+    "BoundedSemaphore",
+    "Condition",
+    "Event",
+    "FreezeLock",
+    "Lock",
+    "Mutex",
+    "OnceCell",
+    "Queue",
+    "RLock",
+    "RwLock",
+    "Semaphore",
+    "ShardedDict",
+    "ThreadsBackend",
+    "WorkerLocal",
+]
+
+# Enough shards that threads on different keys rarely meet: a power of two >= 4 per CPU.
+SHARDS = 1 << max(5, (4 * (os.cpu_count() or 1) - 1).bit_length())
+
+
+def _wait_timeout(timeout: float) -> float | None:
+    """``acquire``'s timeout (-1: forever) as ``Condition.wait_for`` takes it."""
+    return None if timeout == -1 else timeout
+
+
+class _Bound:
+    """Gives a primitive its ``backend`` property; the concrete class stores ``_backend``."""
+
+    __slots__ = ()
+    _backend: ThreadsBackend
+
+    @property
+    def backend(self) -> ThreadsBackend:
+        return self._backend
+
+
+class _RawLockWrapper(_Bound):
+    """Lock and RLock delegate to a raw ``_thread`` lock, which a Condition can use directly."""
+
+    __slots__ = ("_backend", "_raw")
+    _raw: _thread.LockType | _thread.RLock
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return self._raw.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._raw.release()
+
+    def __enter__(self) -> bool:
+        return self._raw.acquire()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._raw.release()
+
+
+class Lock(_RawLockWrapper, p.Lock):
+    """``threading.Lock`` itself: acquiring a held lock waits; any thread may release it."""
+
+    __slots__ = ()
+    _raw: _thread.LockType
+
+    def __init__(self, backend: ThreadsBackend) -> None:
+        self._backend = backend
+        self._raw = _thread.allocate_lock()
+
+    def locked(self) -> bool:
+        return self._raw.locked()
+
+
+class RLock(_RawLockWrapper, p.RLock):
+    """``threading.RLock`` itself: reentrant, owned by the acquiring thread."""
+
+    __slots__ = ()
+
+    def __init__(self, backend: ThreadsBackend) -> None:
+        self._backend = backend
+        self._raw = _thread.RLock()
+
+
+class Semaphore(_Bound, threading.Semaphore, p.Semaphore):
+    """``threading.Semaphore``: acquiring at zero waits for a ``release``."""
+
+    def __init__(self, backend: ThreadsBackend, value: int = 1) -> None:
+        # super() reaches threading.BoundedSemaphore first when building the subclass below.
+        super().__init__(value)
+        self._backend = backend
+
+
+class BoundedSemaphore(Semaphore, threading.BoundedSemaphore, p.BoundedSemaphore):
+    """``threading.BoundedSemaphore``: releasing past the initial value raises ValueError."""
+
+
+class Event(_Bound, threading.Event, p.Event):
+    """``threading.Event``: ``set`` wakes every waiter."""
+
+    def __init__(self, backend: ThreadsBackend) -> None:
+        super().__init__()
+        self._backend = backend
+
+
+def _raw_lock_of(lock: p.Lock | p.RLock | None) -> _thread.LockType | _thread.RLock:
+    if lock is None:
+        return _thread.RLock()
+    if isinstance(lock, _RawLockWrapper):
+        return lock._raw
+    backend = getattr(getattr(lock, "backend", None), "name", None)
+    made_by = f" of the {backend!r} backend" if backend else ""
+    raise TypeError(
+        f"Condition(lock=...) needs a Lock or RLock of the threads backend, got "
+        f"{type(lock).__qualname__}{made_by}; create the lock with backend='threads' "
+        "(or under dm.use('threads')), or omit lock= for a new RLock"
+    )
+
+
+class Condition(_Bound, threading.Condition, p.Condition):
+    """``threading.Condition`` over a threads-backend Lock or RLock (a new RLock by default)."""
+
+    def __init__(self, backend: ThreadsBackend, lock: p.Lock | p.RLock | None = None) -> None:
+        self._raw = _raw_lock_of(lock)
+        super().__init__(self._raw)
+        self._backend = backend
+
+    # threading.Condition binds acquire/release per instance, which shadows these; they exist
+    # because the abstract base needs class-level methods.
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return self._raw.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._raw.release()
+
+
+class Barrier(_Bound, threading.Barrier, p.Barrier):
+    """``threading.Barrier``: ``parties`` callers meet; a timeout or abort breaks it."""
+
+    def __init__(
+        self,
+        backend: ThreadsBackend,
+        parties: int,
+        action: Callable[[], object] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        parties = operator.index(parties)
+        if parties < 1:  # threading checks this only from 3.13; a 0-party barrier never opens
+            raise ValueError("parties must be >= 1")
+        # threading ignores the action's result; its stub just says None.
+        super().__init__(parties, cast("Callable[[], None] | None", action), timeout)
+        self._backend = backend
+
+
+class RwLock(_Bound, p.RwLock):
+    """Readers share, a writer excludes all; a waiting writer blocks new readers (no starvation).
+
+    Holds are counted, not owned: like ``threading.Lock``, any thread may release them.
+    """
+
+    __slots__ = (
+        "_backend",
+        "_can_read",
+        "_can_write",
+        "_mutex",
+        "_readers",
+        "_writers_waiting",
+        "_writing",
+    )
+
+    def __init__(self, backend: ThreadsBackend) -> None:
+        self._backend = backend
+        self._mutex = threading.Lock()
+        self._can_read = threading.Condition(self._mutex)
+        self._can_write = threading.Condition(self._mutex)
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    def _read_ready(self) -> bool:
+        return not self._writing and not self._writers_waiting
+
+    def _write_ready(self) -> bool:
+        return not self._writing and not self._readers
+
+    def _wake(self) -> None:
+        """Hand the lock on after it may have become free (mutex held): writers first."""
+        if self._writing:
+            return
+        if self._writers_waiting:
+            if not self._readers:
+                self._can_write.notify()
+        else:
+            self._can_read.notify_all()
+
+    def acquire_read(self, blocking: bool = True, timeout: float = -1) -> bool:
+        p.check_timeout(blocking, timeout)
+        with self._mutex:
+            if not self._read_ready():
+                if not blocking:
+                    return False
+                if not self._can_read.wait_for(self._read_ready, _wait_timeout(timeout)):
+                    return False
+            self._readers += 1
+            return True
+
+    def release_read(self) -> None:
+        with self._mutex:
+            if not self._readers:
+                raise RuntimeError("release_read() of an RwLock that no one is reading")
+            self._readers -= 1
+            if not self._readers:
+                self._wake()
+
+    def acquire_write(self, blocking: bool = True, timeout: float = -1) -> bool:
+        p.check_timeout(blocking, timeout)
+        with self._mutex:
+            if self._write_ready():
+                self._writing = True
+                return True
+            if not blocking:
+                return False
+            self._writers_waiting += 1
+            acquired = False
+            try:
+                acquired = self._can_write.wait_for(self._write_ready, _wait_timeout(timeout))
+            finally:
+                self._writers_waiting -= 1
+                if acquired:
+                    self._writing = True
+                else:
+                    # Readers held back for us may go now, and a wake-up we consumed while
+                    # timing out must reach the next writer.
+                    self._wake()
+            return acquired
+
+    def release_write(self) -> None:
+        with self._mutex:
+            if not self._writing:
+                raise RuntimeError("release_write() of an RwLock that is not write-locked")
+            self._writing = False
+            self._wake()
+
+
+class Mutex(_Bound, p.Mutex):
+    """A value guarded by a ``threading.Lock``; ``lock()`` waits for the holder."""
+
+    __slots__ = ("_backend", "_lock", "_value")
+
+    def __init__(self, backend: ThreadsBackend, value: Any = None) -> None:
+        self._backend = backend
+        self._lock = _thread.allocate_lock()
+        self._value = value
+
+    def _acquire(self, blocking: bool) -> bool:
+        return self._lock.acquire(blocking)
+
+    def _release(self) -> None:
+        self._lock.release()
+
+    def _load(self) -> Any:
+        return self._value
+
+    def _store(self, value: Any) -> None:
+        self._value = value
+
+
+class OnceCell(_Bound, p.OnceCell):
+    """Set at most once; racing ``get_or_init`` callers wait while the claiming thread runs fn."""
+
+    __slots__ = ("_backend", "_cond", "_owner", "_value")
+
+    def __init__(self, backend: ThreadsBackend) -> None:
+        self._backend = backend
+        self._cond = threading.Condition(threading.Lock())
+        self._value: Any = p.MISSING
+        self._owner: int | None = None  # ident of the thread running the initialiser
+
+    def get(self, default: Any = None) -> Any:
+        value = self._value  # written once, so one read needs no lock
+        return default if value is p.MISSING else value
+
+    def set(self, value: Any) -> bool:
+        with self._cond:
+            if self._value is not p.MISSING or self._owner is not None:
+                return False
+            self._value = value
+            # Waiters may remain from an abandoned claim whose wake-up went to just one.
+            self._cond.notify_all()
+            return True
+
+    def _claim(self) -> tuple[bool, Any]:
+        value = self._value
+        if value is not p.MISSING:
+            return True, value
+        me = threading.get_ident()
+        with self._cond:
+            while self._value is p.MISSING:
+                if self._owner is None:
+                    self._owner = me
+                    return False, None
+                if self._owner == me:
+                    raise BorrowError(
+                        "OnceCell.get_or_init: the initialiser asked for its own cell, which "
+                        "would wait for itself forever"
+                    )
+                self._cond.wait()
+            return True, self._value
+
+    def _end_claim(self) -> None:
+        if self._owner != threading.get_ident():
+            raise RuntimeError("this thread does not hold the OnceCell's initialisation claim")
+        self._owner = None
+
+    def _publish(self, value: Any) -> None:
+        with self._cond:
+            self._end_claim()
+            self._value = value
+            self._cond.notify_all()
+
+    def _abandon(self) -> None:
+        with self._cond:
+            self._end_claim()
+            self._cond.notify()  # one waiter takes the claim; the others keep waiting
+
+
+class AtomicInt(_Bound, p.AtomicInt):
+    """An int behind a per-object lock: every operation is one indivisible step."""
+
+    __slots__ = ("_backend", "_lock", "_value")
+
+    def __init__(self, backend: ThreadsBackend, value: int = 0) -> None:
+        self._backend = backend
+        self._lock = _thread.allocate_lock()
+        self._value = operator.index(value)
+
+    def load(self) -> int:
+        return self._value  # one read of an immutable int: atomic without the lock
+
+    def store(self, value: int) -> None:
+        value = operator.index(value)
+        with self._lock:
+            self._value = value
+
+    def swap(self, value: int) -> int:
+        value = operator.index(value)
+        with self._lock:
+            old, self._value = self._value, value
+        return old
+
+    def fetch_add(self, delta: int) -> int:
+        delta = operator.index(delta)
+        with self._lock:
+            old = self._value
+            self._value = old + delta
+        return old
+
+    def compare_exchange(self, expected: int, new: int) -> int:
+        expected, new = operator.index(expected), operator.index(new)
+        with self._lock:
+            old = self._value
+            if old == expected:
+                self._value = new
+        return old
+
+
+_INITIALISING: Any = object()
+
+
+class WorkerLocal(_Bound, p.WorkerLocal):
+    """One value per thread (``threading.local``, so reused thread idents cannot mix them up)."""
+
+    __slots__ = ("_backend", "_local", "_make", "_values")
+
+    def __init__(self, backend: ThreadsBackend, factory: Callable[[], Any]) -> None:
+        self._backend = backend
+        self._make = factory
+        self._local = threading.local()
+        self._values: list[Any] = []  # first-use order; list.append is atomic
+
+    def get(self) -> Any:
+        value = getattr(self._local, "value", p.MISSING)
+        if value is _INITIALISING:
+            raise BorrowError("WorkerLocal: the factory called get() on its own WorkerLocal")
+        if value is p.MISSING:
+            self._local.value = _INITIALISING
+            try:
+                value = self._make()
+            except BaseException:
+                del self._local.value
+                raise
+            self._local.value = value
+            self._values.append(value)
+        return value
+
+    def collect(self) -> list[Any]:
+        return self._values.copy()
+
+
+class ShardedDict(_Bound, p.ShardedDict):
+    """Dict shards picked by ``hash(key)``; each operation is one atomic dict call on one shard."""
+
+    __slots__ = ("_backend", "_mask", "_shards")
+
+    def __init__(self, backend: ThreadsBackend) -> None:
+        self._backend = backend
+        self._shards: list[dict[Any, Any]] = [{} for _ in range(SHARDS)]
+        self._mask = SHARDS - 1
+
+    def _shard(self, key: Any) -> dict[Any, Any]:
+        return self._shards[hash(key) & self._mask]
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._shard(key).get(key, default)
+
+    def set(self, key: Any, value: Any) -> None:
+        self._shard(key)[key] = value
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        return self._shard(key).setdefault(key, default)
+
+    def pop(self, key: Any, default: Any = p.MISSING) -> Any:
+        shard = self._shard(key)
+        return shard.pop(key) if default is p.MISSING else shard.pop(key, default)
+
+    def __len__(self) -> int:
+        return sum(len(shard) for shard in self._shards)
+
+    def items(self) -> list[tuple[Any, Any]]:
+        # copy() is one atomic call; iterating a live shard could see it resized.
+        return [item for shard in self._shards for item in shard.copy().items()]
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._shard(key)[key]
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._shard(key)
+
+
+class FreezeLock(_Bound, p.FreezeLock):
+    """An RwLock over the value until ``freeze()``; then reads are one attribute load."""
+
+    __slots__ = ("_backend", "_frozen", "_rw", "_value")
+
+    def __init__(self, backend: ThreadsBackend, value: Any = None) -> None:
+        self._backend = backend
+        self._rw = RwLock(backend)
+        self._value = value
+        # Set once by freeze(): the value in a 1-tuple, so one load gives flag and value.
+        self._frozen: tuple[Any] | None = None
+
+    def read(self) -> Any:
+        frozen = self._frozen
+        if frozen is not None:
+            return frozen[0]
+        self._rw.acquire_read()
+        try:
+            return self._value
+        finally:
+            self._rw.release_read()
+
+    def freeze(self) -> Any:
+        frozen = self._frozen
+        if frozen is None:
+            self._rw.acquire_write()  # waits for a live writer
+            try:
+                frozen = self._frozen
+                if frozen is None:
+                    frozen = self._frozen = (self._value,)
+            finally:
+                self._rw.release_write()
+        return frozen[0]
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen is not None
+
+    def _acquire_write(self) -> None:
+        if self._frozen is not None:
+            p.raise_frozen()
+        self._rw.acquire_write()
+        if self._frozen is not None:  # frozen while this writer waited
+            self._rw.release_write()
+            p.raise_frozen()
+
+    def _release_write(self) -> None:
+        self._rw.release_write()
+
+    def _load(self) -> Any:
+        return self._value
+
+    def _store(self, value: Any) -> None:
+        self._value = value
+
+
+class Queue(_Bound, p.Queue):
+    """``queue.Queue`` with 3.13's ``shutdown`` on every Python: a deque under one lock."""
+
+    __slots__ = (
+        "_all_done",
+        "_backend",
+        "_is_shutdown",
+        "_items",
+        "_mutex",
+        "_not_empty",
+        "_not_full",
+        "_unfinished",
+        "maxsize",
+    )
+
+    def __init__(self, backend: ThreadsBackend, maxsize: int = 0) -> None:
+        self._backend = backend
+        self.maxsize = maxsize
+        self._items: deque[Any] = deque()
+        self._mutex = threading.Lock()
+        self._not_empty = threading.Condition(self._mutex)
+        self._not_full = threading.Condition(self._mutex)
+        self._all_done = threading.Condition(self._mutex)
+        self._unfinished = 0
+        self._is_shutdown = False
+
+    # Readiness checks for _wait (mutex held); they raise QueueShutDown as queue.Queue does.
+    def _has_room(self) -> bool:
+        if self._is_shutdown:
+            raise QueueShutDown
+        return self.maxsize <= 0 or len(self._items) < self.maxsize
+
+    def _has_item(self) -> bool:
+        if self._items:
+            return True  # a shut-down queue still hands out what it holds
+        if self._is_shutdown:
+            raise QueueShutDown
+        return False
+
+    @staticmethod
+    def _wait(
+        cond: threading.Condition,
+        ready: Callable[[], bool],
+        block: bool,
+        timeout: float | None,
+        failure: type[Exception],
+    ) -> None:
+        """Return once ready() (cond held); else raise *failure* when not waiting or timed out."""
+        if block and timeout is not None and timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
+        if ready():
+            return
+        if not block or not cond.wait_for(ready, timeout):
+            raise failure
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        with self._mutex:
+            self._wait(self._not_full, self._has_room, block, timeout, Full)
+            self._items.append(item)
+            self._unfinished += 1
+            self._not_empty.notify()
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        with self._mutex:
+            self._wait(self._not_empty, self._has_item, block, timeout, Empty)
+            item = self._items.popleft()
+            self._not_full.notify()
+            return item
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def full(self) -> bool:
+        return 0 < self.maxsize <= len(self._items)
+
+    def task_done(self) -> None:
+        with self._mutex:
+            if self._unfinished <= 0:
+                raise ValueError("task_done() called too many times")
+            self._unfinished -= 1
+            if not self._unfinished:
+                self._all_done.notify_all()
+
+    def join(self) -> None:
+        with self._mutex:
+            self._all_done.wait_for(lambda: not self._unfinished)
+
+    def shutdown(self, immediate: bool = False) -> None:
+        with self._mutex:
+            self._is_shutdown = True
+            if immediate:
+                # Dropped items count as done, so join() returns (3.13's rule).
+                self._unfinished = max(0, self._unfinished - len(self._items))
+                self._items.clear()
+                if not self._unfinished:
+                    self._all_done.notify_all()
+            # Every blocked caller re-checks and raises QueueShutDown (getters once empty).
+            self._not_empty.notify_all()
+            self._not_full.notify_all()
+
+
+class ThreadsBackend(Backend):
+    """Work on threads, primitives from :mod:`threading`: truly parallel on 3.13t."""
+
+    name = "threads"
+    parallel = True
+
+    def create_lock(self) -> Lock:
+        return Lock(self)
+
+    def create_rlock(self) -> RLock:
+        return RLock(self)
+
+    def create_semaphore(self, value: int = 1) -> Semaphore:
+        return Semaphore(self, value)
+
+    def create_bounded_semaphore(self, value: int = 1) -> BoundedSemaphore:
+        return BoundedSemaphore(self, value)
+
+    def create_event(self) -> Event:
+        return Event(self)
+
+    def create_condition(self, lock: p.Lock | p.RLock | None = None) -> Condition:
+        return Condition(self, lock)
+
+    def create_barrier(
+        self, parties: int, action: Callable[[], object] | None = None, timeout: float | None = None
+    ) -> Barrier:
+        return Barrier(self, parties, action, timeout)
+
+    def create_rwlock(self) -> RwLock:
+        return RwLock(self)
+
+    def create_mutex(self, value: Any = None) -> Mutex:
+        return Mutex(self, value)
+
+    def create_once_cell(self) -> OnceCell:
+        return OnceCell(self)
+
+    def create_atomic_int(self, value: int = 0) -> AtomicInt:
+        return AtomicInt(self, value)
+
+    def create_worker_local(self, factory: Callable[[], Any]) -> WorkerLocal:
+        return WorkerLocal(self, factory)
+
+    def create_sharded_dict(self) -> ShardedDict:
+        return ShardedDict(self)
+
+    def create_freeze_lock(self, value: Any = None) -> FreezeLock:
+        return FreezeLock(self, value)
+
+    def create_queue(self, maxsize: int = 0) -> Queue:
+        return Queue(self, maxsize)
