@@ -2,7 +2,7 @@
 
 ``python -m dualmode demo`` runs one short program on every available backend: it creates an
 AtomicInt, a ShardedDict, a Mutex and a OnceCell under ``dm.use(name)``, updates them from
-4 tasks (in order on serial, 4 threads on threads, 2 spawned processes on processes) and
+4 tasks (in order on serial, on 4 threads on threads, on 2 spawned processes on processes) and
 prints what each backend computed, which is the same everywhere. ``dualmode backends`` lists
 the registered backends and why any of them cannot run here.
 """
@@ -28,8 +28,8 @@ __all__ = ["main"]
 
 T = TypeVar("T")
 ITERATIONS = 200
-THREADS = 4
-PROCESSES = 2
+TASKS = 4  # on every backend, so that every backend must compute the same totals
+PROCESSES = 2  # the processes backend runs TASKS // PROCESSES tasks in each process
 
 
 def _gil_state() -> str:
@@ -49,6 +49,18 @@ def _new(cls: Callable[..., T], *args: Any) -> T:
     return cls(*args)
 
 
+def _importable(fn: Callable[..., None]) -> Callable[..., None]:
+    """*fn* as a spawned process can unpickle it: by its name in ``dualmode.__main__``.
+
+    Under ``python -m dualmode`` this module runs as ``__main__``, which multiprocessing does
+    not re-run in a spawned child; the same function from the imported module pickles fine.
+    """
+    if fn.__module__ != "__main__":
+        return fn
+    found: Callable[..., None] = getattr(importlib.import_module("dualmode.__main__"), fn.__name__)
+    return found
+
+
 def _init_value(init_runs: dm.AtomicInt) -> str:
     """The OnceCell initialiser: counts its runs, which must total exactly one."""
     init_runs.fetch_add(1)
@@ -56,7 +68,7 @@ def _init_value(init_runs: dm.AtomicInt) -> str:
 
 
 def _work(
-    task: int,
+    tasks: Sequence[int],
     iterations: int,
     counter: dm.AtomicInt,
     table: dm.ShardedDict,
@@ -64,13 +76,14 @@ def _work(
     cell: dm.OnceCell,
     init_runs: dm.AtomicInt,
 ) -> None:
-    """One task's share of the demo; module-level so that spawned processes can run it."""
-    cell.get_or_init(lambda: _init_value(init_runs))
-    for i in range(iterations):
-        counter.fetch_add(1)
-        with total.lock() as guard:
-            guard.value = guard.value + 1
-        table.set(f"task-{task}", i + 1)
+    """Run *tasks* in turn; module-level so that spawned processes can run it."""
+    for task in tasks:
+        cell.get_or_init(lambda: _init_value(init_runs))
+        for i in range(iterations):
+            counter.fetch_add(1)
+            with total.lock() as guard:
+                guard.value = guard.value + 1
+            table.set(f"task-{task}", i + 1)
 
 
 @dataclass
@@ -112,15 +125,18 @@ def _run_backend(name: str, iterations: int) -> _Outcome:
         shared = (counter, table, total, cell, init_runs)
         error: str | None = None
         if not backend.parallel:
-            tasks, ran_on = THREADS, f"{THREADS} tasks, in order"
-            for task in range(tasks):
-                _work(task, iterations, *shared)
+            ran_on = "calling thread"
+            _work(range(TASKS), iterations, *shared)
         elif name == "processes":
-            tasks, ran_on = PROCESSES, f"{PROCESSES} processes"
+            ran_on = f"{PROCESSES} processes"
             ctx = multiprocessing.get_context("spawn")
             procs = [
-                ctx.Process(target=_work, args=(task, iterations, *shared), daemon=True)
-                for task in range(tasks)
+                ctx.Process(
+                    target=_importable(_work),
+                    args=(range(proc, TASKS, PROCESSES), iterations, *shared),
+                    daemon=True,
+                )
+                for proc in range(PROCESSES)
             ]
             for proc in procs:
                 proc.start()
@@ -133,16 +149,16 @@ def _run_backend(name: str, iterations: int) -> _Outcome:
                 elif proc.exitcode != 0:
                     error = f"a process exited with code {proc.exitcode}"
         else:
-            tasks, ran_on = THREADS, f"{THREADS} threads"
+            ran_on = f"{TASKS} threads"
             failures: list[BaseException] = []
 
             def run(task: int) -> None:
                 try:
-                    _work(task, iterations, *shared)
+                    _work([task], iterations, *shared)
                 except BaseException as exc:
                     failures.append(exc)
 
-            threads = [threading.Thread(target=run, args=(t,), daemon=True) for t in range(tasks)]
+            threads = [threading.Thread(target=run, args=(t,), daemon=True) for t in range(TASKS)]
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -158,7 +174,7 @@ def _run_backend(name: str, iterations: int) -> _Outcome:
             backend=name,
             parallel=backend.parallel,
             ran_on=ran_on,
-            tasks=tasks,
+            tasks=TASKS,
             iterations=iterations,
             counter=counter.load(),
             mutex=mutex_value,
@@ -236,7 +252,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "AtomicInt total",
         "Mutex total",
         "ShardedDict",
-        "OnceCell init runs",
+        "OnceCell inits",
         "seconds",
         "result",
     ]
@@ -268,8 +284,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             ]
         )
     _print_table(
-        f"each task adds 1 to an AtomicInt and a Mutex {args.iterations} times, stores its "
-        "count in a ShardedDict and asks a OnceCell for its value",
+        f"{TASKS} tasks on each backend; each adds 1 to an AtomicInt and a Mutex "
+        f"{args.iterations} times, stores its count in a ShardedDict and asks a OnceCell for "
+        "its value",
         ["", *names],
         [[label, *(col[i] for col in columns)] for i, label in enumerate(labels)],
     )
