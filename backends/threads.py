@@ -554,11 +554,12 @@ class Queue(_Bound, p.Queue):
         self._unfinished = 0
         self._is_shutdown = False
 
-    # Readiness checks for _wait (mutex held); they raise QueueShutDown as queue.Queue does.
+    # Readiness checks for _wait (mutex held): after every wake-up they raise QueueShutDown
+    # as queue.Queue does.
     def _has_room(self) -> bool:
         if self._is_shutdown:
             raise QueueShutDown
-        return self.maxsize <= 0 or len(self._items) < self.maxsize
+        return len(self._items) < self.maxsize
 
     def _has_item(self) -> bool:
         if self._items:
@@ -575,23 +576,33 @@ class Queue(_Bound, p.Queue):
         timeout: float | None,
         failure: type[Exception],
     ) -> None:
-        """Return once ready() (cond held); else raise *failure* when not waiting or timed out."""
-        if block and timeout is not None and timeout < 0:
+        """Return once ready() (cond held); else raise *failure* when not waiting or timed out.
+
+        Argument checks come in queue.Queue's order: a negative timeout is a ValueError even
+        when the call would not have to wait.
+        """
+        if not block:
+            if not ready():
+                raise failure
+        elif timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
-        if ready():
-            return
-        if not block or not cond.wait_for(ready, timeout):
+        elif not cond.wait_for(ready, timeout):
             raise failure
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         with self._mutex:
-            self._wait(self._not_full, self._has_room, block, timeout, Full)
+            if self._is_shutdown:
+                raise QueueShutDown
+            if self.maxsize > 0:
+                self._wait(self._not_full, self._has_room, block, timeout, Full)
             self._items.append(item)
             self._unfinished += 1
             self._not_empty.notify()
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         with self._mutex:
+            if self._is_shutdown and not self._items:
+                raise QueueShutDown
             self._wait(self._not_empty, self._has_item, block, timeout, Empty)
             item = self._items.popleft()
             self._not_full.notify()

@@ -8,6 +8,7 @@ small and shared).
 
 from __future__ import annotations
 
+import functools
 import queue
 import sys
 import sysconfig
@@ -553,6 +554,40 @@ def test_queue_like_queue_queue() -> None:
         q.task_done()
     q.join()  # nothing unfinished
     assert dm.QueueEmpty is queue.Empty and dm.QueueFull is queue.Full
+
+
+def outcome(call: Callable[[], object]) -> tuple[str, object]:
+    try:
+        return ("returned", call())
+    except Exception as exc:
+        return ("raised", type(exc))
+
+
+@pytest.mark.parametrize("maxsize", [0, 2])
+@pytest.mark.parametrize("prefill", [0, 1, 2])
+@pytest.mark.parametrize("method", ["put", "get"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"block": False}, {"timeout": 0}, {"timeout": 0.001}, {"timeout": -1},
+     {"block": False, "timeout": -1}],
+)  # fmt: skip
+@pytest.mark.parametrize(
+    "shutdown", [None, False, True] if hasattr(queue.Queue, "shutdown") else [None]
+)
+def test_queue_calls_match_queue_queue(
+    maxsize: int, prefill: int, method: str, kwargs: dict[str, Any], shutdown: bool | None
+) -> None:
+    """Same outcome (value or exception type) and size as queue.Queue, shutdown too on 3.13+."""
+    ours, theirs = dm.Queue(maxsize, backend="threads"), queue.Queue(maxsize)
+    results = []
+    for q in (ours, theirs):
+        for i in range(prefill):
+            q.put_nowait(i)
+        if shutdown is not None:
+            q.shutdown(immediate=shutdown)
+        args = ("item",) if method == "put" else ()
+        results.append((outcome(functools.partial(getattr(q, method), *args, **kwargs)), q.qsize()))
+    assert results[0] == results[1]
 
 
 def test_queue_blocking_get_and_put() -> None:
