@@ -588,11 +588,12 @@ class Queue(_Owned, p.Queue):
         self._check_thread()
         if self._shutdown:
             raise QueueShutDown
+        # queue.Queue's order: a bounded queue checks the timeout before looking for room.
+        if self._maxsize > 0 and block and timeout is not None and timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
         if self._full():
             if block and timeout is None:
                 raise _would_block("putting into a full Queue")
-            if block and timeout is not None and timeout < 0:
-                raise ValueError("'timeout' must be a non-negative number")
             raise Full
         self._items.append(item)
         self._unfinished += 1

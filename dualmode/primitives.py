@@ -36,7 +36,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 from .config import resolve_backend
 from .errors import BorrowError
@@ -65,6 +65,8 @@ __all__ = [
     "ShardedDict",
     "WorkerLocal",
     "WriteGuard",
+    "check_timeout",
+    "raise_frozen",
 ]
 
 T = TypeVar("T")
@@ -712,5 +714,5 @@ class Queue(Primitive):
         """Refuse new puts; with *immediate*, also drop queued items and wake all getters."""
 
 
-def raise_frozen() -> None:
+def raise_frozen() -> NoReturn:
     raise BorrowError("this FreezeLock is frozen: its value can no longer be written")
