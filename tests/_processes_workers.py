@@ -1,0 +1,129 @@
+"""Process targets for test_processes_backend.py.
+
+``spawn`` pickles a target by reference, so targets must live in a module that the children
+can import: this one (its directory is on the parent's ``sys.path``, which spawned children
+inherit). Results go back to the test through a dualmode Queue passed as ``out``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import Any
+
+import dualmode as dm
+
+
+def add_many(counter: dm.AtomicInt, n: int) -> None:
+    for _ in range(n):
+        counter.fetch_add(1)
+
+
+def mutex_add(mutex: dm.Mutex, n: int) -> None:
+    for _ in range(n):
+        with mutex.lock() as guard:
+            guard.value = guard.value + 1
+
+
+def set_event(event: dm.Event) -> None:
+    event.set()
+
+
+def lock_probe(lock: dm.Lock, out: dm.Queue) -> None:
+    out.put(lock.acquire(blocking=False))  # the parent holds it
+    out.put(lock.acquire(timeout=60))  # waits for the parent to release
+    out.put(lock.locked())
+    lock.release()
+
+
+def rlock_hold(rlock: dm.RLock, out: dm.Queue, go: dm.Event) -> None:
+    rlock.acquire()
+    rlock.acquire()  # reentrant
+    out.put("held")
+    go.wait(60)
+    rlock.release()
+    rlock.release()
+    try:
+        rlock.release()
+    except RuntimeError:
+        out.put("RuntimeError")
+
+
+def semaphores(sem: dm.Semaphore, bounded: dm.BoundedSemaphore, out: dm.Queue) -> None:
+    out.put([sem.acquire(), sem.acquire(), sem.acquire(blocking=False)])
+    sem.release(2)
+    try:
+        bounded.release()
+    except ValueError:
+        out.put("ValueError")
+
+
+def notify(cond: dm.Condition, flag: dm.AtomicInt) -> None:
+    with cond:
+        flag.store(1)
+        cond.notify_all()
+
+
+def barrier_wait(barrier: dm.Barrier, out: dm.Queue) -> None:
+    out.put(barrier.wait(timeout=60))
+
+
+def read_hold(rw: dm.RwLock, out: dm.Queue, go: dm.Event) -> None:
+    rw.acquire_read()
+    out.put("reading")
+    go.wait(60)
+    rw.release_read()
+
+
+def _init_once(runs: dm.AtomicInt) -> str:
+    runs.fetch_add(1)
+    time.sleep(0.2)  # widen the window in which the others must wait, not run fn again
+    return "initialised"
+
+
+def once_race(cell: dm.OnceCell, runs: dm.AtomicInt, start: dm.Barrier, out: dm.Queue) -> None:
+    start.wait(timeout=60)
+    out.put(get_once(cell, runs))
+
+
+def get_once(cell: dm.OnceCell, runs: dm.AtomicInt) -> Any:
+    return cell.get_or_init(functools.partial(_init_once, runs))
+
+
+def fill(d: dm.ShardedDict, n: int) -> None:
+    for i in range(n):
+        d[i] = i * i
+    d.setdefault("winner", os.getpid())
+
+
+def increment_frozen(fl: dm.FreezeLock) -> None:
+    with fl.write() as guard:
+        guard.value = guard.value + 1
+
+
+def read_frozen(fl: dm.FreezeLock, out: dm.Queue) -> None:
+    out.put(fl.read())
+    out.put(fl.read())  # served from this process's cached copy
+    out.put(fl.frozen)
+    try:
+        fl.write()
+    except dm.BorrowError:
+        out.put("BorrowError")
+
+
+def produce(q: dm.Queue, n: int) -> None:
+    for i in range(n):
+        q.put(i)
+    q.shutdown()
+
+
+def use_worker_local(wl: dm.WorkerLocal) -> None:
+    value = wl.get()
+    value["n"] = 5  # after the first publish: the copy published at exit must carry it
+
+
+def create_via_handle(primitive: Any, out: dm.Queue) -> None:
+    backend = primitive.backend
+    out.put((type(backend).__name__, backend.coordinator_pid))
+    out.put(backend.create_atomic_int(7))  # outlives this process: the queue holds a copy

@@ -1,0 +1,428 @@
+"""The processes backend: primitives shared by spawned processes through one coordinator.
+
+Children are started with ``spawn`` and run targets from ``_processes_workers`` (spawn imports
+them by module name). One backend serves the module; tests that kill or close a coordinator
+make their own. Every test has a timeout, so a deadlock fails instead of hanging, and nothing
+asserts on elapsed time.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import pickle
+import queue
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import pytest
+
+import dualmode as dm
+from dualmode.backends.processes import ProcessesBackend
+
+sys.path.insert(0, os.path.dirname(__file__))  # whatever pytest's import mode, children see it
+import _processes_workers as w
+
+pytestmark = pytest.mark.timeout(90)
+
+CTX = multiprocessing.get_context("spawn")
+WAIT = 60.0  # seconds: generous, the machines are small and shared
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[ProcessesBackend]:
+    b = ProcessesBackend(workers=2)
+    yield b
+    b.close()
+
+
+def start(target: Callable[..., object], *args: Any) -> BaseProcess:
+    process = CTX.Process(target=target, args=args, daemon=True)
+    process.start()
+    return process
+
+
+def finish(*processes: BaseProcess) -> None:
+    for process in processes:
+        process.join(WAIT)
+        if process.is_alive():
+            process.kill()
+            process.join()
+            pytest.fail(f"{process.name} did not finish within {WAIT} s")
+        assert process.exitcode == 0, f"{process.name} exited with {process.exitcode}"
+
+
+def gone(pid: int) -> bool:
+    """True once *pid* has exited (a zombie nobody has reaped yet counts as exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_gone(pid: int, timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while not gone(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+# -- 1-3: the acceptance basics -----------------------------------------------------------------
+
+
+def test_atomic_int_is_exact_across_processes(backend: ProcessesBackend) -> None:
+    counter = dm.AtomicInt(0, backend=backend)
+    finish(start(w.add_many, counter, 1000), start(w.add_many, counter, 1000))
+    assert counter.load() == 2000
+
+
+def test_mutex_is_exclusive_across_processes(backend: ProcessesBackend) -> None:
+    mutex = dm.Mutex(0, backend=backend)
+    finish(start(w.mutex_add, mutex, 200), start(w.mutex_add, mutex, 200))
+    with mutex.lock() as guard:
+        assert guard.value == 400
+
+
+def test_event_set_in_child_is_seen_by_parent(backend: ProcessesBackend) -> None:
+    event = dm.Event(backend=backend)
+    child = start(w.set_event, event)
+    assert event.wait(timeout=WAIT)
+    finish(child)
+    assert event.is_set()
+
+
+# -- 4: every primitive pickles and works in a spawned child -------------------------------------
+
+
+def test_lock(backend: ProcessesBackend) -> None:
+    lock, out = dm.Lock(backend=backend), dm.Queue(backend=backend)
+    lock.acquire()
+    child = start(w.lock_probe, lock, out)
+    assert out.get(timeout=WAIT) is False  # held here, so not there
+    lock.release()
+    assert out.get(timeout=WAIT) is True
+    assert out.get(timeout=WAIT) is True  # locked() seen from the child while it holds it
+    finish(child)
+    assert not lock.locked()
+
+
+def test_rlock(backend: ProcessesBackend) -> None:
+    rlock, out, go = dm.RLock(backend=backend), dm.Queue(backend=backend), dm.Event(backend=backend)
+    child = start(w.rlock_hold, rlock, out, go)
+    assert out.get(timeout=WAIT) == "held"
+    assert not rlock.acquire(blocking=False)  # owned by the child's thread, not ours
+    go.set()
+    assert rlock.acquire(timeout=WAIT)
+    rlock.release()
+    assert out.get(timeout=WAIT) == "RuntimeError"
+    finish(child)
+
+
+def test_semaphores(backend: ProcessesBackend) -> None:
+    sem = dm.Semaphore(2, backend=backend)
+    bounded = dm.BoundedSemaphore(1, backend=backend)
+    out = dm.Queue(backend=backend)
+    finish(start(w.semaphores, sem, bounded, out))
+    assert out.get(timeout=WAIT) == [True, True, False]
+    assert out.get(timeout=WAIT) == "ValueError"
+    assert sem.acquire(blocking=False) and sem.acquire(blocking=False)
+
+
+def test_condition_notify_across_processes(backend: ProcessesBackend) -> None:
+    cond, flag = dm.Condition(backend=backend), dm.AtomicInt(0, backend=backend)
+    with cond:
+        child = start(w.notify, cond, flag)  # it can take the lock only while we wait
+        assert cond.wait_for(lambda: flag.load() == 1, timeout=WAIT)
+    finish(child)
+
+
+def test_condition_over_a_lock_of_the_same_backend(backend: ProcessesBackend) -> None:
+    lock = dm.Lock(backend=backend)
+    cond, flag = dm.Condition(lock, backend=backend), dm.AtomicInt(0, backend=backend)
+    with lock:
+        assert not cond.acquire(blocking=False)  # one real lock under both
+        child = start(w.notify, cond, flag)
+        assert cond.wait_for(lambda: flag.load() == 1, timeout=WAIT)
+    finish(child)
+
+
+def test_condition_rejects_a_foreign_lock(backend: ProcessesBackend) -> None:
+    with pytest.raises(TypeError, match="same ProcessesBackend"):
+        dm.Condition(dm.Lock(backend="threads"), backend=backend)
+    with ProcessesBackend() as other, pytest.raises(TypeError, match="same ProcessesBackend"):
+        dm.Condition(dm.Lock(backend=other), backend=backend)
+
+
+def test_barrier_parent_and_child_meet(backend: ProcessesBackend) -> None:
+    barrier, out = dm.Barrier(2, backend=backend), dm.Queue(backend=backend)
+    child = start(w.barrier_wait, barrier, out)
+    mine = barrier.wait(timeout=WAIT)
+    assert {mine, out.get(timeout=WAIT)} == {0, 1}
+    finish(child)
+    assert barrier.parties == 2 and barrier.n_waiting == 0 and not barrier.broken
+
+
+def test_rwlock(backend: ProcessesBackend) -> None:
+    rw, out, go = dm.RwLock(backend=backend), dm.Queue(backend=backend), dm.Event(backend=backend)
+    child = start(w.read_hold, rw, out, go)
+    assert out.get(timeout=WAIT) == "reading"
+    assert rw.acquire_read(blocking=False)  # readers share
+    rw.release_read()
+    assert not rw.acquire_write(blocking=False)  # the child still reads
+    go.set()
+    assert rw.acquire_write(timeout=WAIT)
+    rw.release_write()
+    finish(child)
+
+
+def test_once_cell_runs_fn_once_across_processes(backend: ProcessesBackend) -> None:
+    cell, runs = dm.OnceCell(backend=backend), dm.AtomicInt(0, backend=backend)
+    start_line, out = dm.Barrier(3, backend=backend), dm.Queue(backend=backend)
+    children = [start(w.once_race, cell, runs, start_line, out) for _ in range(2)]
+    start_line.wait(timeout=WAIT)
+    mine = w.get_once(cell, runs)
+    results = [mine, out.get(timeout=WAIT), out.get(timeout=WAIT)]
+    finish(*children)
+    assert results == ["initialised"] * 3
+    assert runs.load() == 1
+    assert cell.get() == "initialised" and cell.is_set()
+
+
+def test_sharded_dict(backend: ProcessesBackend) -> None:
+    d = dm.ShardedDict(backend=backend)
+    d["winner"] = "parent"
+    finish(start(w.fill, d, 50))
+    assert len(d) == 51
+    assert d[7] == 49 and 7 in d and "missing" not in d
+    assert d["winner"] == "parent"  # setdefault in the child kept it
+    assert d.get_or_insert_with("new", lambda: "made") == "made"
+    sentinel = object()  # defaults stay in this process: they need not pickle
+    assert d.get("absent", sentinel) is sentinel and d.pop("absent", sentinel) is sentinel
+    assert d.pop(7) == 49
+    assert dict(d.items())[3] == 9
+
+
+def test_freeze_lock(backend: ProcessesBackend) -> None:
+    fl, out = dm.FreezeLock(41, backend=backend), dm.Queue(backend=backend)
+    finish(start(w.increment_frozen, fl))
+    assert fl.read() == 42 and not fl.frozen
+    with fl.write() as guard:
+        assert not fl.frozen  # asking never waits, not even for this live writer
+        guard.value = 42
+    assert fl.freeze() == 42
+    finish(start(w.read_frozen, fl, out))
+    assert [out.get(timeout=WAIT) for _ in range(4)] == [42, 42, True, "BorrowError"]
+
+
+def test_queue_producer_child_consumer_parent(backend: ProcessesBackend) -> None:
+    q = dm.Queue(maxsize=10, backend=backend)  # small: the producer must wait for us
+    child = start(w.produce, q, 100)
+    items = []
+    with pytest.raises(dm.QueueShutDown):
+        while True:
+            items.append(q.get(timeout=WAIT))
+    finish(child)
+    assert items == list(range(100))
+
+
+# -- 5: WorkerLocal ------------------------------------------------------------------------------
+
+
+def test_worker_local_collects_one_value_per_process(backend: ProcessesBackend) -> None:
+    wl = dm.WorkerLocal(lambda: {"pid": os.getpid(), "n": 0}, backend=backend)  # cloudpickled
+    mine = wl.get()
+    assert wl.get() is mine
+    mine["n"] = 1
+    children = [start(w.use_worker_local, wl) for _ in range(2)]
+    finish(*children)
+    values = wl.collect()
+    assert len(values) == 3
+    assert values[0] is mine  # first use was here; this process's entry is its live value
+    assert sorted(v["pid"] for v in values[1:]) == sorted(c.pid for c in children)
+    assert [v["n"] for v in values[1:]] == [5, 5]  # mutated after get(), published at exit
+
+
+# -- 6: lifecycle ----------------------------------------------------------------------------------
+
+
+def test_close_stops_the_coordinator() -> None:
+    b = ProcessesBackend()
+    counter = dm.AtomicInt(1, backend=b)
+    pid = b.coordinator_pid
+    assert pid is not None and not gone(pid)
+    b.close()
+    assert gone(pid)
+    assert pid not in [child.pid for child in multiprocessing.active_children()]
+    with pytest.raises(dm.WorkerCrashed, match="closed"):
+        counter.load()
+    b.close()  # idempotent
+
+
+EXIT_SCRIPT = """
+import multiprocessing, os, sys
+import dualmode as dm
+from dualmode.backends.processes import ProcessesBackend
+
+if __name__ == "__main__":
+    closed = ProcessesBackend()
+    dm.Lock(backend=closed).acquire()
+    closed.close()
+    assert multiprocessing.active_children() == [], multiprocessing.active_children()
+    with dm.use("processes"):            # a shared instance: config closes it at exit
+        shared = dm.current()
+        dm.AtomicInt(1).fetch_add(1)
+    own = ProcessesBackend()             # never closed: its finalizer stops it at exit
+    dm.Queue(backend=own).put("item")
+    print(shared.coordinator_pid, own.coordinator_pid, flush=True)
+    if sys.argv[1] == "hard":
+        os._exit(0)                      # no cleanup at all: the coordinators notice alone
+"""
+
+
+@pytest.mark.parametrize("how", ["normal", "hard"])
+def test_exit_without_close_leaves_no_coordinator(how: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(EXIT_SCRIPT), how],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert result.returncode == 0, result.stderr
+    pids = [int(pid) for pid in result.stdout.split()]
+    assert len(pids) == 2
+    for pid in pids:
+        assert wait_gone(pid), f"coordinator {pid} outlived its process ({how} exit)"
+
+
+def test_handle_in_child_creates_in_the_same_coordinator(backend: ProcessesBackend) -> None:
+    out = dm.Queue(backend=backend)
+    finish(start(w.create_via_handle, out, out))
+    assert out.get(timeout=WAIT) == ("ProcessesBackend", backend.coordinator_pid)
+    made_there = out.get(timeout=WAIT)  # the child has exited; the queue's copy kept it alive
+    assert made_there.load() == 7
+    assert made_there.backend is backend
+    assert pickle.loads(pickle.dumps(backend)) is backend
+
+
+def test_hosted_objects_are_freed_when_the_last_copy_dies(backend: ProcessesBackend) -> None:
+    def hosted() -> int:
+        gc.collect()
+        return backend._debug_info()["objects"]  # also sends this process's pending releases
+
+    before = hosted()
+    locks = [dm.Lock(backend=backend) for _ in range(5)]
+    copies = [pickle.loads(pickle.dumps(lock)) for lock in locks]
+    assert hosted() == before + 5
+    del locks
+    assert hosted() == before + 5  # the copies keep them
+    q = dm.Queue(backend=backend)
+    q.put(copies[0])
+    del copies
+    assert hosted() == before + 2  # the queue and its item
+    del q
+    assert hosted() == before
+    counter = dm.AtomicInt(0, backend=backend)
+    finish(start(w.add_many, counter, 1))  # the child's copy is given back when it exits
+    del counter
+    assert hosted() == before
+
+
+def test_use_and_registry(backend: ProcessesBackend) -> None:
+    assert dm.available_backends()["processes"] is None
+    with dm.use(backend):
+        lock = dm.Lock()
+    assert type(lock).__module__ == "dualmode.backends.processes"
+    assert isinstance(lock, dm.Lock) and lock.backend is backend
+    assert backend.name == "processes" and backend.parallel and backend.workers == 2
+
+
+# -- 7: errors -----------------------------------------------------------------------------------
+
+
+def test_exceptions_keep_their_types(backend: ProcessesBackend) -> None:
+    barrier = dm.Barrier(2, backend=backend)
+    barrier.abort()
+    with pytest.raises(dm.BrokenBarrierError):
+        barrier.wait()
+    q = dm.Queue(maxsize=1, backend=backend)
+    with pytest.raises(queue.Empty):
+        q.get_nowait()
+    q.put_nowait(1)
+    with pytest.raises(queue.Full):
+        q.put_nowait(2)
+    q.shutdown()
+    with pytest.raises(dm.QueueShutDown):
+        q.put(3)
+    fl = dm.FreezeLock(0, backend=backend)
+    fl.freeze()
+    with pytest.raises(dm.BorrowError):
+        fl.write()
+    cell = dm.OnceCell(backend=backend)
+    with pytest.raises(dm.BorrowError):
+        cell.get_or_init(lambda: cell.get_or_init(lambda: 1))
+    assert cell.get_or_init(lambda: 2) == 2  # the failed claim was abandoned
+    with pytest.raises(RuntimeError):
+        dm.Lock(backend=backend).release()
+    with pytest.raises(ValueError):
+        dm.BoundedSemaphore(1, backend=backend).release()
+    with pytest.raises(ValueError):
+        dm.Semaphore(-1, backend=backend)
+    with pytest.raises(TypeError):
+        dm.AtomicInt("1", backend=backend)  # type: ignore[arg-type]
+    with pytest.raises(KeyError):
+        dm.ShardedDict(backend=backend)["missing"]
+    with pytest.raises(ValueError):
+        dm.Lock(backend=backend).acquire(blocking=False, timeout=1)
+
+
+def test_unpicklable_argument_leaves_the_connection_usable(backend: ProcessesBackend) -> None:
+    q, lock = dm.Queue(backend=backend), dm.RLock(backend=backend)
+    lock.acquire()
+    with pytest.raises((pickle.PicklingError, TypeError, AttributeError)):
+        q.put(threading.Lock())
+    lock.release()  # still the owner: the failed call did not cost this thread its connection
+    q.put("fine")
+    assert q.get() == "fine"
+
+
+def test_killed_coordinator_raises_worker_crashed() -> None:
+    with ProcessesBackend() as b:
+        counter, event = dm.AtomicInt(0, backend=b), dm.Event(backend=b)
+        outcome: list[BaseException] = []
+
+        def wait_forever() -> None:
+            try:
+                event.wait()
+            except BaseException as exc:
+                outcome.append(exc)
+
+        waiter = threading.Thread(target=wait_forever)
+        waiter.start()  # blocked in the coordinator, or about to be: WorkerCrashed either way
+        pid = b.coordinator_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(dm.WorkerCrashed, match="SIGKILL"):
+            counter.fetch_add(1)
+        with pytest.raises(dm.WorkerCrashed):
+            counter.load()
+        with pytest.raises(dm.WorkerCrashed):
+            dm.Lock(backend=b)
+        waiter.join(WAIT)
+        assert len(outcome) == 1 and isinstance(outcome[0], dm.WorkerCrashed)
+    assert gone(pid)
+    assert pid not in [child.pid for child in multiprocessing.active_children()]
