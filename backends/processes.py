@@ -45,8 +45,11 @@ import secrets
 import signal
 import threading
 import time
+import traceback
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ALL_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import AuthenticationError, connection, current_process, get_context, util
 from multiprocessing.managers import BaseManager, RemoteError, Server
 from multiprocessing.process import BaseProcess, parent_process
@@ -57,7 +60,7 @@ from typing import Any, ClassVar, TypeVar, cast
 import cloudpickle  # type: ignore[import-untyped]
 
 import dualmode.primitives as p
-from dualmode.backend import Backend
+from dualmode.backend import Backend, Outcome, capture, run_chunk, run_now
 from dualmode.errors import BorrowError, WorkerCrashed
 
 from . import threads
@@ -69,6 +72,8 @@ T = TypeVar("T")
 
 _COORDINATOR_ID = "dualmode-coordinator"  # the ident of the bookkeeping object in the server
 _SHUTDOWN_TIMEOUT = 5.0  # seconds the coordinator gets to stop before it is terminated
+# How long broadcast's copies wait for every worker to take one (a busy pool is slow to).
+_BROADCAST_TIMEOUT = 120.0
 
 
 class _Absent:
@@ -1007,6 +1012,142 @@ for _cls in _CLIENT_CLASSES:
 # ---------------------------------------------------------------------------------------------
 
 
+# -- the worker pool ---------------------------------------------------------------------------
+
+_in_worker = False  # True in a pool worker process: nested parallel calls run inline there
+
+
+def _init_worker(backend: ProcessesBackend) -> None:
+    """Start-up of a pool worker: the pool's backend is current here, and runs inline."""
+    global _in_worker
+    _in_worker = True
+    from dualmode.config import configure
+
+    configure(backend)
+
+
+def _with_worker_traceback(outcome: Outcome) -> Outcome:
+    """A failure keeps its type and message; a note carries the worker's traceback text
+    (notes survive pickling, unlike ``__traceback__`` and ``__cause__``)."""
+    ok, value = outcome
+    if not ok:
+        text = "".join(traceback.format_exception(value)).rstrip()
+        value.add_note(f"[traceback in dualmode worker process {os.getpid()}]\n{text}")
+    return outcome
+
+
+def _picklable_outcome(outcome: Outcome) -> Outcome:
+    """The outcome, or a TypeError saying why its value or exception cannot travel back."""
+    try:
+        cloudpickle.dumps(outcome)
+    except Exception as exc:
+        ok, value = outcome
+        what = "the result" if ok else f"the exception {type(value).__name__}({value})"
+        return False, TypeError(
+            f"{what} could not be pickled to send back from worker process {os.getpid()}: "
+            f"{type(exc).__name__}: {exc}"
+        )
+    return outcome
+
+
+def _run_task(payload: bytes) -> bytes:
+    """Run one task in a pool worker: ``(fn, args, chunk)`` in, its Outcome(s) out.
+
+    Both directions use cloudpickle, so lambdas, closures and dynamically made classes travel.
+    The WorkerLocal values this process holds are published after every task.
+    """
+    fn, args, is_chunk = cloudpickle.loads(payload)
+    result = fn(*args)
+    outcomes: list[Outcome] = result if is_chunk else [result]
+    outcomes = [_with_worker_traceback(o) for o in outcomes]
+    _publish_all()
+    try:
+        return cast(bytes, cloudpickle.dumps(outcomes if is_chunk else outcomes[0]))
+    except Exception:  # find the outcomes that cannot travel and say why, keep the rest
+        fixed = [_picklable_outcome(o) for o in outcomes]
+        return cast(bytes, cloudpickle.dumps(fixed if is_chunk else fixed[0]))
+
+
+def _unpicklable(what: str, obj: object, exc: Exception) -> TypeError:
+    return TypeError(
+        f"{what} ({type(obj).__module__}.{type(obj).__qualname__}) cannot be pickled to send "
+        f"to a worker process: {type(exc).__name__}: {exc}. Pass picklable data (module-level "
+        "functions, lambdas and closures are fine), or use the threads backend"
+    )
+
+
+def _dumps_task(fn: Callable[..., Any], args: tuple[Any, ...], *, is_chunk: bool) -> bytes:
+    """Pickle a task; a TypeError names the function or the argument that cannot travel."""
+    try:
+        return cast(bytes, cloudpickle.dumps((fn, args, is_chunk)))
+    except Exception as exc:
+        error = exc
+    for what, obj in [("the function", fn), *((f"argument {i}", a) for i, a in enumerate(args))]:
+        try:
+            cloudpickle.dumps(obj)
+        except Exception as exc:
+            raise _unpicklable(what, obj, exc) from exc
+    raise TypeError(f"the task cannot be pickled to send to a worker process: {error}")
+
+
+class _WorkerPool:
+    """Spawned worker processes (a ProcessPoolExecutor) that run tasks sent with cloudpickle.
+
+    Started on first use. A worker that dies fails the tasks it held with WorkerCrashed
+    (never the others' results) and the pool is replaced for later calls.
+    """
+
+    def __init__(self, backend: ProcessesBackend) -> None:
+        self._backend = backend
+        self._lock = threading.Lock()
+        self._executor: ProcessPoolExecutor | None = None
+
+    def _live_executor(self) -> ProcessPoolExecutor:
+        with self._lock:
+            executor = self._executor
+            if executor is None or getattr(executor, "_broken", False):
+                if executor is not None:
+                    executor.shutdown(wait=False, cancel_futures=True)
+                executor = ProcessPoolExecutor(
+                    self._backend.workers,
+                    mp_context=get_context("spawn"),  # never fork: this process has threads
+                    initializer=_init_worker,
+                    initargs=(self._backend,),
+                )
+                self._executor = executor
+            return executor
+
+    def submit(self, payload: bytes) -> Future[Any]:
+        """Send one pickled task; the returned future holds its unpickled Outcome(s)."""
+        result: Future[Any] = Future()
+        try:
+            sent = self._live_executor().submit(_run_task, payload)
+        except BrokenProcessPool:  # broke between the check and the submit: once more
+            sent = self._live_executor().submit(_run_task, payload)
+        sent.add_done_callback(functools.partial(self._settle, result))
+        return result
+
+    @staticmethod
+    def _settle(result: Future[Any], sent: Future[bytes]) -> None:
+        try:
+            result.set_result(cloudpickle.loads(sent.result()))
+        except BrokenProcessPool as exc:
+            result.set_exception(
+                WorkerCrashed(
+                    "a dualmode worker process died while running this task (killed, out of "
+                    f"memory, or os._exit in the task): {exc}"
+                )
+            )
+        except BaseException as exc:
+            result.set_exception(exc)
+
+    def close(self) -> None:
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
 class ProcessesBackend(Backend):
     """Primitives hosted by one coordinator process, usable from every process it starts.
 
@@ -1031,6 +1172,7 @@ class ProcessesBackend(Backend):
         self._owner_pid = 0  # the process that started the coordinator (may join it)
         self._fate_lock = threading.Lock()
         self._owner = True
+        self._pool = _WorkerPool(self)
 
     @classmethod
     def _handle(cls, link: _Link) -> ProcessesBackend:
@@ -1099,6 +1241,7 @@ class ProcessesBackend(Backend):
         return f"it exited with code {code}"
 
     def _shutdown(self) -> None:
+        self._pool.close()  # first: its workers hold links to the coordinator
         with self._start_lock:
             link, manager, process = self._link_, self._manager, self._process
             self._manager = self._process = None
@@ -1118,6 +1261,58 @@ class ProcessesBackend(Backend):
         """The coordinator's pid and how many objects it hosts now (for tests)."""
         info: dict[str, int] = self._link()._coordinator("info")
         return info
+
+    # -- running work ----------------------------------------------------------------------------
+    # In a pool worker, nested calls run inline (as serial does): the pool's processes are all
+    # the parallelism there is, and a worker waiting on its own pool could deadlock it.
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Outcome]:
+        if _in_worker:
+            return run_now(capture, fn, *args)
+        return self._pool.submit(_dumps_task(capture, (fn, *args), is_chunk=False))
+
+    def map_chunks(
+        self, fn: Callable[[Any], Any], chunks: Sequence[Sequence[Any]]
+    ) -> list[Future[list[Outcome]]]:
+        if _in_worker:
+            return [run_now(run_chunk, fn, chunk) for chunk in chunks]
+        payloads = []
+        start = 0
+        for chunk in chunks:  # pickle them all before any work starts
+            try:
+                payloads.append(_dumps_task(run_chunk, (fn, chunk), is_chunk=True))
+            except TypeError as exc:
+                raise self._name_item(fn, chunk, start) from exc
+            start += len(chunk)
+        return [self._pool.submit(payload) for payload in payloads]
+
+    @staticmethod
+    def _name_item(fn: Callable[..., Any], chunk: Sequence[Any], start: int) -> TypeError:
+        """The TypeError for the first thing of a chunk that cannot be pickled."""
+        try:
+            cloudpickle.dumps(fn)
+        except Exception as exc:
+            return _unpicklable("the function", fn, exc)
+        for offset, item in enumerate(chunk):
+            try:
+                cloudpickle.dumps(item)
+            except Exception as exc:
+                return _unpicklable(f"item {start + offset}", item, exc)
+        return TypeError(f"the chunk starting at item {start} cannot be pickled")
+
+    def wait(
+        self, futures: Iterable[Future[Any]], return_when: str = ALL_COMPLETED
+    ) -> tuple[set[Future[Any]], set[Future[Any]]]:
+        done, not_done = wait(futures, return_when=return_when)
+        return set(done), set(not_done)
+
+    def broadcast(self, fn: Callable[[], Any]) -> list[Future[Outcome]]:
+        if _in_worker:
+            return [self.submit(fn)]
+        # A worker that reaches the barrier holds it until every worker has a copy, so each
+        # copy runs in a different process.
+        meeting = self.create_barrier(self.workers, timeout=_BROADCAST_TIMEOUT)
+        return [self.submit(_after_barrier, meeting, fn) for _ in range(self.workers)]
 
     # -- primitives ----------------------------------------------------------------------------
 
@@ -1187,6 +1382,11 @@ class ProcessesBackend(Backend):
 
     def create_queue(self, maxsize: int = 0) -> Queue:
         return self._host(Queue, maxsize)
+
+
+def _after_barrier(meeting: Barrier, fn: Callable[[], T]) -> T:
+    meeting.wait()
+    return fn()
 
 
 def _attach(address: Any, pid: int, workers: int | None) -> ProcessesBackend:

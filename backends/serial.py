@@ -12,12 +12,13 @@ from __future__ import annotations
 import operator
 from _thread import get_ident
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ALL_COMPLETED, Future
 from queue import Empty, Full
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import dualmode.primitives as p
-from dualmode.backend import Backend
+from dualmode.backend import Backend, Outcome, capture, run_chunk, run_now
 from dualmode.errors import BorrowError, BrokenBarrierError, QueueShutDown, WrongThreadError
 
 if TYPE_CHECKING:
@@ -651,6 +652,23 @@ class SerialBackend(Backend):
         # always has exactly one worker.
         super().__init__(workers)
         self._workers = 1
+
+    # Tasks run in the caller, in submission order, so serial results are the reference.
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Outcome]:
+        return run_now(capture, fn, *args)
+
+    def map_chunks(
+        self, fn: Callable[[Any], Any], chunks: Sequence[Sequence[Any]]
+    ) -> list[Future[list[Outcome]]]:
+        return [run_now(run_chunk, fn, chunk) for chunk in chunks]
+
+    def wait(
+        self, futures: Iterable[Future[Any]], return_when: str = ALL_COMPLETED
+    ) -> tuple[set[Future[Any]], set[Future[Any]]]:
+        return set(futures), set()  # every serial task finished when it was submitted
+
+    def broadcast(self, fn: Callable[[], Any]) -> list[Future[Outcome]]:
+        return [self.submit(fn)]
 
     def create_lock(self) -> Lock:
         return Lock(self)

@@ -19,12 +19,13 @@ import operator
 import os
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, wait
 from queue import Empty, Full
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import dualmode.primitives as p
-from dualmode.backend import Backend
+from dualmode.backend import Backend, Outcome, capture, run_chunk
 from dualmode.errors import BorrowError, QueueShutDown
 
 if TYPE_CHECKING:
@@ -640,11 +641,160 @@ class Queue(_Bound, p.Queue):
             self._not_full.notify_all()
 
 
+T = TypeVar("T")
+_Task = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...]]
+
+
+class _Pool:
+    """Worker threads sharing one task deque, where a worker that waits runs tasks (rayon's way).
+
+    Tasks go to the right of a shared deque. Idle workers take from the left (oldest first);
+    a worker waiting inside a task for other tasks (nested ``par_map``, ``join``) takes from
+    the right, usually its own newest subtasks, and runs them instead of sleeping, so nesting
+    never deadlocks and no thread beyond the pool is ever started. ``broadcast`` tasks go to
+    one inbox per worker, so each worker runs its own exactly once.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self._workers = workers
+        self._cond = threading.Condition(threading.Lock())
+        self._tasks: deque[_Task] = deque()
+        self._inboxes: list[deque[_Task]] = [deque() for _ in range(workers)]
+        self._threads: list[threading.Thread] = []
+        self._sleepers = 0  # helping waiters asleep on _cond, woken when a task finishes
+        self._closed = False
+        self._local = threading.local()  # .index: this pool worker's index
+
+    def _start(self) -> None:
+        """Start the worker threads (called with _cond held, once)."""
+        for index in range(self._workers):
+            thread = threading.Thread(
+                target=self._work, args=(index,), name=f"dualmode-threads-{index}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def _enqueue(self, queue: deque[_Task], task: _Task, *, wake_all: bool = False) -> None:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("this threads backend is closed; create a new one")
+            if not self._threads:
+                self._start()
+            queue.append(task)
+            if wake_all:
+                self._cond.notify_all()
+            else:
+                self._cond.notify()
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Queue ``fn(*args)``; the future gets its return value or its exception."""
+        future: Future[T] = Future()
+        self._enqueue(self._tasks, (future, fn, args))
+        return future
+
+    def broadcast(self, fn: Callable[..., T], *args: Any) -> list[Future[T]]:
+        """Queue ``fn(*args)`` once in every worker's inbox; futures in worker order."""
+        futures: list[Future[T]] = []
+        for inbox in self._inboxes:
+            future: Future[T] = Future()
+            self._enqueue(inbox, (future, fn, args), wake_all=True)
+            futures.append(future)
+        return futures
+
+    def _run(self, task: _Task) -> None:
+        future, fn, args = task
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # the caller re-raises it
+                future.set_exception(exc)
+        with self._cond:
+            if self._sleepers:
+                self._cond.notify_all()
+
+    def _next(self, index: int, newest_first: bool) -> _Task | None:
+        """This worker's next task (its inbox first); call with _cond held."""
+        inbox = self._inboxes[index]
+        if inbox:
+            return inbox.popleft()
+        if self._tasks:
+            return self._tasks.pop() if newest_first else self._tasks.popleft()
+        return None
+
+    def _work(self, index: int) -> None:
+        self._local.index = index
+        while True:
+            with self._cond:
+                task = self._next(index, newest_first=False)
+                while task is None:
+                    if self._closed:
+                        return
+                    self._cond.wait()
+                    task = self._next(index, newest_first=False)
+            self._run(task)
+
+    def wait(
+        self, futures: Iterable[Future[Any]], return_when: str
+    ) -> tuple[set[Future[Any]], set[Future[Any]]]:
+        pending = set(futures)
+        index: int | None = getattr(self._local, "index", None)
+        if index is None:  # not a pool worker: nothing to help with, just block
+            done, not_done = wait(pending, return_when=return_when)
+            return set(done), set(not_done)
+        while True:
+            with self._cond:
+                done = {f for f in pending if f.done()}
+                if done == pending or (done and return_when == FIRST_COMPLETED):
+                    return done, pending - done
+                task = self._next(index, newest_first=True)
+                if task is None:
+                    # A finishing task notifies under _cond, after its future is done, so
+                    # checking done-ness above while holding _cond cannot miss the wake-up.
+                    self._sleepers += 1
+                    self._cond.wait()
+                    self._sleepers -= 1
+                    continue
+            self._run(task)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            threads, self._threads = self._threads, []
+        current = threading.current_thread()
+        for thread in threads:
+            if thread is not current:
+                thread.join()
+
+
 class ThreadsBackend(Backend):
     """Work on threads, primitives from :mod:`threading`: truly parallel on 3.13t."""
 
     name = "threads"
     parallel = True
+
+    def __init__(self, workers: int | None = None) -> None:
+        super().__init__(workers)
+        self._pool = _Pool(self.workers)  # its threads start with the first task
+
+    def _shutdown(self) -> None:
+        self._pool.close()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Outcome]:
+        return self._pool.submit(capture, fn, *args)
+
+    def map_chunks(
+        self, fn: Callable[[Any], Any], chunks: Sequence[Sequence[Any]]
+    ) -> list[Future[list[Outcome]]]:
+        return [self._pool.submit(run_chunk, fn, chunk) for chunk in chunks]
+
+    def wait(
+        self, futures: Iterable[Future[Any]], return_when: str = ALL_COMPLETED
+    ) -> tuple[set[Future[Any]], set[Future[Any]]]:
+        return self._pool.wait(futures, return_when)
+
+    def broadcast(self, fn: Callable[[], Any]) -> list[Future[Outcome]]:
+        return self._pool.broadcast(capture, fn)
 
     def create_lock(self) -> Lock:
         return Lock(self)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import abc
 import os
 import threading
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ALL_COMPLETED, Future
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from .errors import ConfigError
 
@@ -22,7 +23,9 @@ if TYPE_CHECKING:
 
     from . import primitives as p
 
-__all__ = ["Backend", "Outcome", "capture", "check_workers", "run_chunk"]
+T = TypeVar("T")
+
+__all__ = ["Backend", "Outcome", "capture", "check_workers", "run_chunk", "run_now"]
 
 # What running one call gives: (True, value) or (False, the Exception it raised). Exceptions are
 # kept per call, so one failure never loses another call's result.
@@ -40,6 +43,16 @@ def capture(fn: Callable[..., Any], *args: Any) -> Outcome:
 def run_chunk(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Outcome]:
     """``fn`` on every item, in order, each failure recorded and the rest still run."""
     return [capture(fn, item) for item in items]
+
+
+def run_now(fn: Callable[..., T], *args: Any) -> Future[T]:
+    """Call ``fn(*args)`` on this thread, now: a finished future of its result.
+
+    How a backend runs a task where it has no worker to hand it to (serial; a task nested
+    inside a process-pool worker)."""
+    future: Future[T] = Future()
+    future.set_result(fn(*args))
+    return future
 
 
 def check_workers(workers: object, *, source: str = "workers") -> int | None:
@@ -128,6 +141,40 @@ class Backend(abc.ABC):
     def __repr__(self) -> str:
         state = ", closed" if self._closed else ""
         return f"<{type(self).__name__} name={self.name!r} workers={self._workers}{state}>"
+
+    # -- running work: the protocol behind dualmode.parallel -----------------------------------
+    # A backend runs calls and reports Outcomes; dualmode.parallel does the rest (chunking,
+    # ordering, ParallelError, progress) once, for every backend.
+
+    @abc.abstractmethod
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Outcome]:
+        """Run ``fn(*args)`` on a worker; the future holds its :data:`Outcome`.
+
+        serial runs it now. A future that raises instead (:class:`WorkerCrashed`) means the
+        call was lost with its worker; a processes backend raises TypeError here, naming the
+        argument, when the call cannot be pickled.
+        """
+
+    @abc.abstractmethod
+    def map_chunks(
+        self, fn: Callable[[Any], Any], chunks: Sequence[Sequence[Any]]
+    ) -> list[Future[list[Outcome]]]:
+        """Run ``fn`` on every item of every chunk (:func:`run_chunk`); a future per chunk.
+
+        A processes backend pickles every chunk before it starts any, and raises TypeError
+        naming the index (counted across chunks) of an item that cannot be pickled.
+        """
+
+    @abc.abstractmethod
+    def wait(
+        self, futures: Iterable[Future[Any]], return_when: str = ALL_COMPLETED
+    ) -> tuple[set[Future[Any]], set[Future[Any]]]:
+        """``concurrent.futures.wait`` with no timeout, except that a worker of this backend
+        that waits runs queued tasks meanwhile, so nested parallel calls never deadlock."""
+
+    @abc.abstractmethod
+    def broadcast(self, fn: Callable[[], Any]) -> list[Future[Outcome]]:
+        """Run ``fn()`` once on every worker; one future per worker, in worker order."""
 
     # -- primitives: one factory per public class of dualmode.primitives ----------------------
 

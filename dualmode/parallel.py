@@ -1,0 +1,289 @@
+"""Parallel iteration and structured concurrency: rustc's ``par_map``, ``join``, ``scope``,
+``broadcast``, on whichever backend is in force.
+
+The logic that makes every backend give the same results lives here, once: items are cut into
+chunks (order never depends on the cut), each chunk runs every item and records a value or an
+exception per item, and only when every item has run are failures raised together as one
+:class:`~dualmode.ParallelError`, in item order. A backend only runs tasks
+(:meth:`Backend.submit`, :meth:`Backend.map_chunks`, :meth:`Backend.broadcast`) and waits for
+them (:meth:`Backend.wait`), where a worker that waits runs queued tasks, so nesting never
+deadlocks.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future
+from contextlib import contextmanager
+from typing import Any, Generic, TypeVar
+
+from .backend import Backend, Outcome, capture
+from .config import BackendSpec, resolve_backend
+from .errors import ParallelError
+
+__all__ = [
+    "Scope",
+    "TaskHandle",
+    "auto_chunksize",
+    "broadcast",
+    "join",
+    "par_for_each",
+    "par_map",
+    "scope",
+]
+
+T = TypeVar("T")
+A = TypeVar("A")
+B = TypeVar("B")
+
+Progress = bool | Callable[[int, int], object]
+
+# Chunks per worker when chunksize=None: enough to balance uneven items (a worker that draws
+# slow items hands the rest to others), few enough that per-chunk dispatch (and, on processes,
+# pickling) stays a small fraction of the work. Chosen with benchmarks/bench_parallel.py.
+CHUNKS_PER_WORKER = 4
+
+
+def auto_chunksize(n_items: int, workers: int) -> int:
+    """The chunk size ``par_map`` uses when ``chunksize=None``."""
+    return max(1, math.ceil(n_items / (workers * CHUNKS_PER_WORKER)))
+
+
+def _check_chunksize(chunksize: object) -> None:
+    if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+        raise ValueError(
+            f"chunksize must be a positive integer, or None to choose automatically; "
+            f"got {chunksize!r}"
+        )
+
+
+class _Reporter:
+    """Reports ``(done, total)`` items to a callable, or draws a rich progress bar on stderr."""
+
+    def __init__(self, progress: Progress, total: int, description: str) -> None:
+        self._callback: Callable[[int, int], object] | None = None
+        self._bar: Any = None
+        self._done = 0
+        self._total = total
+        if callable(progress):
+            self._callback = progress
+        elif progress:
+            from rich.console import Console
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(console=Console(stderr=True), transient=False)
+            self._bar.start()
+            self._task = self._bar.add_task(description, total=total)
+        self.advance(0)
+
+    def advance(self, items: int) -> None:
+        self._done += items
+        if self._callback is not None:
+            self._callback(self._done, self._total)
+        elif self._bar is not None:
+            self._bar.update(self._task, completed=self._done)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _wait_all(
+    backend: Backend, futures: Sequence[Future[Any]], sizes: Sequence[int], reporter: _Reporter
+) -> None:
+    """Wait for every future, reporting progress by items as chunks finish."""
+    size_of = dict(zip(map(id, futures), sizes, strict=True))
+    pending: set[Future[Any]] = set(futures)
+    while pending:
+        done, pending = backend.wait(pending, return_when=FIRST_COMPLETED)
+        reporter.advance(sum(size_of[id(f)] for f in done))
+
+
+def _settled(future: Future[T], lost: Callable[[Exception], T]) -> T:
+    """The future's result; a task lost with its worker (WorkerCrashed...) becomes lost(exc)."""
+    try:
+        return future.result()
+    except Exception as exc:
+        return lost(exc)
+
+
+def _gather(chunks: Iterable[tuple[int, list[Outcome]]], what: str, total: int) -> list[Any]:
+    """Values in item order; every failure, in item order, raised as one ParallelError."""
+    values: list[Any] = []
+    failures: list[Exception] = []
+    indices: list[int] = []
+    for start, outcomes in chunks:
+        for offset, (ok, value) in enumerate(outcomes):
+            if ok:
+                values.append(value)
+            else:
+                failures.append(value)
+                indices.append(start + offset)
+    if failures:
+        raise ParallelError(f"{len(failures)} of {total} items of {what} failed", failures, indices)
+    return values
+
+
+def par_map(
+    fn: Callable[[Any], T],
+    items: Iterable[Any],
+    *,
+    chunksize: int | None = None,
+    progress: Progress = False,
+    backend: BackendSpec | None = None,
+) -> list[T]:
+    """``[fn(x) for x in items]``, computed in parallel on the backend's workers.
+
+    Results keep the order of *items*, whatever the chunking. Every item runs, even after a
+    failure; then all failures are raised together as :class:`ParallelError` in item order
+    (``.indices`` gives their positions). ``chunksize=None`` picks about
+    ``CHUNKS_PER_WORKER`` chunks per worker. ``progress=True`` draws a rich progress bar on
+    stderr; a callable instead receives ``(done, total)`` as chunks finish, ending with
+    ``(total, total)``. On the processes backend *fn* and the items travel with cloudpickle:
+    an item that cannot be pickled raises TypeError naming its index before any work starts.
+    """
+    runner = resolve_backend(backend)
+    items = list(items)
+    if chunksize is None:
+        chunksize = auto_chunksize(len(items), runner.workers)
+    _check_chunksize(chunksize)
+    starts = range(0, len(items), chunksize)
+    chunks = [items[start : start + chunksize] for start in starts]
+    futures = runner.map_chunks(fn, chunks)
+    reporter = _Reporter(progress, len(items), getattr(fn, "__name__", "par_map"))
+    try:
+        _wait_all(runner, futures, [len(c) for c in chunks], reporter)
+    finally:
+        reporter.close()
+    # A chunk lost as a whole (its worker died) counts as one failure, at its first item.
+    chunks_done = (
+        (start, _settled(future, lambda exc: [(False, exc)]))
+        for start, future in zip(starts, futures, strict=True)
+    )
+    return _gather(chunks_done, "par_map", len(items))
+
+
+def par_for_each(
+    fn: Callable[[Any], object],
+    items: Iterable[Any],
+    *,
+    chunksize: int | None = None,
+    progress: Progress = False,
+    backend: BackendSpec | None = None,
+) -> None:
+    """Run ``fn(x)`` for every item in parallel; errors as in :func:`par_map`."""
+    par_map(fn, items, chunksize=chunksize, progress=progress, backend=backend)
+
+
+def _lost(exc: Exception) -> Outcome:
+    return False, exc
+
+
+def join(
+    fa: Callable[[], A], fb: Callable[[], B], *, backend: BackendSpec | None = None
+) -> tuple[A, B]:
+    """Run ``fa()`` and ``fb()`` potentially in parallel; return ``(fa(), fb())``.
+
+    As in rayon, ``fb`` is handed to a worker and the caller runs ``fa`` itself, then waits
+    for ``fb`` (a worker that waits runs queued work, so nested joins never deadlock). Both
+    always run; if either raises, a :class:`ParallelError` holds the failures, ``fa``'s first.
+    """
+    runner = resolve_backend(backend)
+    future_b = runner.submit(fb)
+    a = capture(fa)
+    runner.wait([future_b])
+    a_value, b_value = _gather([(0, [a, _settled(future_b, _lost)])], "join", 2)
+    return a_value, b_value
+
+
+class TaskHandle(Generic[T]):
+    """A task started by :meth:`Scope.spawn`."""
+
+    __slots__ = ("_backend", "_future")
+
+    def __init__(self, backend: Backend, future: Future[Outcome]) -> None:
+        self._backend = backend
+        self._future = future
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self) -> T:
+        """Wait for the task; return its value or raise its exception."""
+        ok, value = self._outcome()
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def _outcome(self) -> Outcome:
+        self._backend.wait([self._future])
+        return _settled(self._future, _lost)
+
+
+class Scope:
+    """Spawns tasks that are all joined before the ``with scope()`` block exits."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._handles: list[TaskHandle[Any]] = []
+        self._lock = threading.Lock()  # tasks may spawn into the scope from workers
+        self._open = True
+
+    def spawn(self, fn: Callable[..., T], *args: Any) -> TaskHandle[T]:
+        """Start ``fn(*args)`` on a worker and return its handle."""
+        if not self._open:
+            raise RuntimeError("this scope has exited; spawn inside the `with scope()` block")
+        handle: TaskHandle[T] = TaskHandle(self._backend, self._backend.submit(fn, *args))
+        with self._lock:
+            self._handles.append(handle)
+        return handle
+
+    def _join_all(self) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        while True:  # a running task may still spawn more
+            with self._lock:
+                batch = self._handles[len(outcomes) :]
+            if not batch:
+                return outcomes
+            outcomes.extend(handle._outcome() for handle in batch)
+
+
+@contextmanager
+def scope(*, backend: BackendSpec | None = None) -> Iterator[Scope]:
+    """``with dm.scope() as s: h = s.spawn(fn, *args)``; every task is joined at block exit.
+
+    A failing task never loses another's result: each handle keeps its own. At exit, if any
+    task failed, one :class:`ParallelError` holds the failures in spawn order; if the block
+    itself raised, its exception comes first.
+    """
+    spawned = Scope(resolve_backend(backend))
+    body_error: Exception | None = None
+    try:
+        yield spawned
+    except Exception as exc:
+        body_error = exc
+    finally:
+        outcomes = spawned._join_all()
+        spawned._open = False
+    failures = [value for ok, value in outcomes if not ok]
+    if failures:
+        errors = [body_error, *failures] if body_error is not None else failures
+        raise ParallelError(
+            f"{len(failures)} of {len(outcomes)} tasks of scope failed", errors
+        ) from body_error
+    if body_error is not None:
+        raise body_error
+
+
+def broadcast(fn: Callable[[], T], *, backend: BackendSpec | None = None) -> list[T]:
+    """Run ``fn()`` once on every worker; results in worker order (serial: one result).
+
+    Every worker runs it even if some fail; failures come as one :class:`ParallelError`.
+    """
+    runner = resolve_backend(backend)
+    futures = runner.broadcast(fn)
+    runner.wait(futures)
+    outcomes = [_settled(future, _lost) for future in futures]
+    return _gather([(0, outcomes)], "broadcast", len(outcomes))
