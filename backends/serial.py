@@ -10,6 +10,7 @@ the one that created it raises :class:`~dualmode.WrongThreadError`.
 from __future__ import annotations
 
 import operator
+import sys
 from _thread import get_ident
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -18,7 +19,7 @@ from queue import Empty, Full
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import dualmode.primitives as p
-from dualmode.backend import Backend, Outcome, capture, run_chunk, run_now
+from dualmode.backend import Backend, LocalPrimitives, Outcome, capture, run_chunk, run_now
 from dualmode.errors import BorrowError, BrokenBarrierError, QueueShutDown, WrongThreadError
 
 if TYPE_CHECKING:
@@ -641,10 +642,11 @@ class Queue(_Owned, p.Queue):
             self._items.clear()
 
 
-class SerialBackend(Backend):
+class SerialBackend(LocalPrimitives, Backend):
     """Runs everything on the calling thread; primitives are borrow-checked flags."""
 
     name = "serial"
+    primitives = sys.modules[__name__]  # LocalPrimitives builds this module's classes
     parallel = False
 
     def __init__(self, workers: int | None = None) -> None:
@@ -669,50 +671,3 @@ class SerialBackend(Backend):
 
     def broadcast(self, fn: Callable[[], Any]) -> list[Future[Outcome]]:
         return [self.submit(fn)]
-
-    def create_lock(self) -> Lock:
-        return Lock(self)
-
-    def create_rlock(self) -> RLock:
-        return RLock(self)
-
-    def create_semaphore(self, value: int = 1) -> Semaphore:
-        return Semaphore(self, value)
-
-    def create_bounded_semaphore(self, value: int = 1) -> BoundedSemaphore:
-        return BoundedSemaphore(self, value)
-
-    def create_event(self) -> Event:
-        return Event(self)
-
-    def create_condition(self, lock: p.Lock | p.RLock | None = None) -> Condition:
-        return Condition(self, lock)
-
-    def create_barrier(
-        self, parties: int, action: Callable[[], object] | None = None, timeout: float | None = None
-    ) -> Barrier:
-        return Barrier(self, parties, action, timeout)
-
-    def create_rwlock(self) -> RwLock:
-        return RwLock(self)
-
-    def create_mutex(self, value: Any = None) -> Mutex:
-        return Mutex(self, value)
-
-    def create_once_cell(self) -> OnceCell:
-        return OnceCell(self)
-
-    def create_atomic_int(self, value: int = 0) -> AtomicInt:
-        return AtomicInt(self, value)
-
-    def create_worker_local(self, factory: Callable[[], Any]) -> WorkerLocal:
-        return WorkerLocal(self, factory)
-
-    def create_sharded_dict(self) -> ShardedDict:
-        return ShardedDict(self)
-
-    def create_freeze_lock(self, value: Any = None) -> FreezeLock:
-        return FreezeLock(self, value)
-
-    def create_queue(self, maxsize: int = 0) -> Queue:
-        return Queue(self, maxsize)

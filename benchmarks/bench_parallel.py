@@ -19,25 +19,13 @@ cost of a call. Each figure is the best of several repeats on a shared 2-core ma
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from multiprocessing import get_context
 
+from report import Row, best_time, report
+
 import dualmode as dm
-
-REPEATS = 5
-
-
-def best_time(fn: Callable[[], object], repeats: int = REPEATS) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def noop(x: int) -> int:
@@ -131,33 +119,8 @@ def main() -> None:
     parser.add_argument("--cpu-size", type=int, default=20_000, help="loop length per item")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
-
-    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
-    header = f"Python {sys.version.split()[0]}, GIL {'on' if gil else 'off'}"
     rows = measure(args.workers, args.cpu_items, args.cpu_size)
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=header)
-    for column in ("figure", "ratio", "a (s)", "b (s)", "meaning"):
-        table.add_column(column)
-    for figure, a, b, note in rows:
-        table.add_row(figure, f"{a / b:.2f}", f"{a:.4f}", f"{b:.4f}", note)
-    Console().print(table)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "python": sys.version,
-                    "gil": gil,
-                    "rows": [
-                        {"figure": fig, "a_s": a, "b_s": b, "ratio": a / b, "meaning": note}
-                        for fig, a, b, note in rows
-                    ],
-                },
-                f,
-                indent=2,
-            )
+    report([Row(*row) for row in rows], args.json)
 
 
 if __name__ == "__main__":

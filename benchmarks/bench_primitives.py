@@ -15,25 +15,12 @@ Each figure is the best of several repeats, to damp the noise of a shared 2-core
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import threading
-import time
 from collections.abc import Callable
 
+from report import Row, best_time, report
+
 import dualmode as dm
-
-REPEATS = 5
-
-
-def best_time(fn: Callable[[], object], repeats: int = REPEATS) -> float:
-    """The fastest of *repeats* runs of *fn*, in seconds."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def lock_loop(lock: object, n: int) -> Callable[[], None]:
@@ -122,11 +109,12 @@ def measure(n: int, threads: int) -> list[tuple[str, float, float, str]]:
     ):
         serial_obj = make(backend="serial")  # type: ignore[operator]
         threads_obj = make(backend="threads")  # type: ignore[operator]
-        serial_time = best_time(in_threads(1, work(serial_obj, n)))
+        # Serial primitives belong to their creating thread: run uncontended work right here.
+        serial_time = best_time(lambda w=work(serial_obj, n): w(0))
         rows.append(
             (
                 f"{label}, uncontended: threads vs serial",
-                best_time(in_threads(1, work(threads_obj, n))),
+                best_time(lambda w=work(threads_obj, n): w(0)),
                 serial_time,
                 "1 thread, same op count; time ratio",
             )
@@ -143,7 +131,9 @@ def measure(n: int, threads: int) -> list[tuple[str, float, float, str]]:
     rows.append(
         (
             f"ShardedDict vs dict+one Lock, contended, {threads} threads",
-            best_time(in_threads(threads, dict_work(dm.ShardedDict(backend="threads"), per_thread))),
+            best_time(
+                in_threads(threads, dict_work(dm.ShardedDict(backend="threads"), per_thread))
+            ),
             best_time(in_threads(threads, dict_work(LockedDict(), per_thread))),
             "time ratio",
         )
@@ -157,38 +147,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="threads for contended figures")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
-
-    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
-    header = f"Python {sys.version.split()[0]}, GIL {'on' if gil else 'off'}, n={args.n}"
-    rows = measure(args.n, args.threads)
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        print(header)
-        for figure, cand, base, note in rows:
-            print(f"{cand / base:6.2f}x  {figure}  ({cand:.4f}s / {base:.4f}s; {note})")
-    else:
-        table = Table(title=header)
-        for column in ("figure", "ratio", "candidate s", "baseline s", "note"):
-            table.add_column(column)
-        for figure, cand, base, note in rows:
-            table.add_row(figure, f"{cand / base:.2f}x", f"{cand:.4f}", f"{base:.4f}", note)
-        Console().print(table)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "python": sys.version,
-                    "gil": gil,
-                    "rows": [
-                        {"figure": f, "candidate_s": c, "baseline_s": b, "ratio": c / b}
-                        for f, c, b, _ in rows
-                    ],
-                },
-                f,
-                indent=2,
-            )
+    report([Row(*row) for row in measure(args.n, args.threads)], args.json, f", n={args.n}")
 
 
 if __name__ == "__main__":

@@ -19,13 +19,21 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from types import TracebackType
+    from types import ModuleType, TracebackType
 
     from . import primitives as p
 
 T = TypeVar("T")
 
-__all__ = ["Backend", "Outcome", "capture", "check_workers", "run_chunk", "run_now"]
+__all__ = [
+    "Backend",
+    "LocalPrimitives",
+    "Outcome",
+    "capture",
+    "check_workers",
+    "run_chunk",
+    "run_now",
+]
 
 # What running one call gives: (True, value) or (False, the Exception it raised). Exceptions are
 # kept per call, so one failure never loses another call's result.
@@ -224,3 +232,61 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def create_queue(self, maxsize: int = 0) -> p.Queue: ...
+
+
+class LocalPrimitives:
+    """The ``create_*`` factories of a backend whose primitives live in this process, as classes
+    of one module named like the public ones and built as ``Class(backend, *args)``.
+
+    serial and threads mix this in before :class:`Backend` and set ``primitives`` to their own
+    module, so ``dm.Lock()`` under the threads backend is ``threads.Lock(backend)``.
+    """
+
+    primitives: ClassVar[ModuleType]
+
+    def create_lock(self) -> p.Lock:
+        return self.primitives.Lock(self)  # type: ignore[no-any-return]
+
+    def create_rlock(self) -> p.RLock:
+        return self.primitives.RLock(self)  # type: ignore[no-any-return]
+
+    def create_semaphore(self, value: int = 1) -> p.Semaphore:
+        return self.primitives.Semaphore(self, value)  # type: ignore[no-any-return]
+
+    def create_bounded_semaphore(self, value: int = 1) -> p.BoundedSemaphore:
+        return self.primitives.BoundedSemaphore(self, value)  # type: ignore[no-any-return]
+
+    def create_event(self) -> p.Event:
+        return self.primitives.Event(self)  # type: ignore[no-any-return]
+
+    def create_condition(self, lock: p.Lock | p.RLock | None = None) -> p.Condition:
+        return self.primitives.Condition(self, lock)  # type: ignore[no-any-return]
+
+    def create_barrier(
+        self, parties: int, action: Callable[[], object] | None = None, timeout: float | None = None
+    ) -> p.Barrier:
+        return self.primitives.Barrier(self, parties, action, timeout)  # type: ignore[no-any-return]
+
+    def create_rwlock(self) -> p.RwLock:
+        return self.primitives.RwLock(self)  # type: ignore[no-any-return]
+
+    def create_mutex(self, value: Any = None) -> p.Mutex:
+        return self.primitives.Mutex(self, value)  # type: ignore[no-any-return]
+
+    def create_once_cell(self) -> p.OnceCell:
+        return self.primitives.OnceCell(self)  # type: ignore[no-any-return]
+
+    def create_atomic_int(self, value: int = 0) -> p.AtomicInt:
+        return self.primitives.AtomicInt(self, value)  # type: ignore[no-any-return]
+
+    def create_worker_local(self, factory: Callable[[], Any]) -> p.WorkerLocal:
+        return self.primitives.WorkerLocal(self, factory)  # type: ignore[no-any-return]
+
+    def create_sharded_dict(self) -> p.ShardedDict:
+        return self.primitives.ShardedDict(self)  # type: ignore[no-any-return]
+
+    def create_freeze_lock(self, value: Any = None) -> p.FreezeLock:
+        return self.primitives.FreezeLock(self, value)  # type: ignore[no-any-return]
+
+    def create_queue(self, maxsize: int = 0) -> p.Queue:
+        return self.primitives.Queue(self, maxsize)  # type: ignore[no-any-return]

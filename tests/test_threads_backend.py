@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from dualmode.backends import threads as th
 
 import dualmode as dm
+from dualmode.backends import threads as th
 
 T = TypeVar("T")
 
