@@ -13,6 +13,7 @@ from .errors import (
     BorrowError,
     BrokenBarrierError,
     ConfigError,
+    CycleError,
     ParallelError,
     QueueEmpty,
     QueueFull,
@@ -40,18 +41,22 @@ from .primitives import (
     WorkerLocal,
     WriteGuard,
 )
+from .query import BoundQuery, Database, QueryStats, input, query
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AtomicInt",
     "Backend",
+    "BoundQuery",
     "Barrier",
     "BorrowError",
     "BoundedSemaphore",
     "BrokenBarrierError",
     "Condition",
     "ConfigError",
+    "CycleError",
+    "Database",
     "ParallelError",
     "Event",
     "FreezeLock",
@@ -60,6 +65,7 @@ __all__ = [
     "MutexGuard",
     "OnceCell",
     "Queue",
+    "QueryStats",
     "QueueEmpty",
     "QueueFull",
     "QueueShutDown",
@@ -77,9 +83,11 @@ __all__ = [
     "broadcast",
     "configure",
     "current",
+    "input",
     "join",
     "par_for_each",
     "par_map",
+    "query",
     "scope",
     "use",
 ]

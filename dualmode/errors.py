@@ -11,6 +11,7 @@ __all__ = [
     "BorrowError",
     "BrokenBarrierError",
     "ConfigError",
+    "CycleError",
     "ParallelError",
     "QueueEmpty",
     "QueueFull",
@@ -44,6 +45,24 @@ class WrongThreadError(RuntimeError):
 
 class ConfigError(ValueError):
     """The requested backend or worker count is not usable; the message says what to choose."""
+
+
+class CycleError(RuntimeError):
+    """A query needs itself, through some chain of queries, on one thread or across several.
+
+    ``.cycle`` lists the ``(query_name, key)`` entries of the cycle in dependency order (each
+    needs the next; the last needs the first), rotated to start at its smallest entry, so the
+    same cycle gives the same error on every backend and every run, whichever thread closed
+    it. Give a query ``@dm.query(cycle=fn)`` to take ``fn(db, *key)`` instead.
+    """
+
+    def __init__(self, cycle: Sequence[tuple[str, Any]]) -> None:
+        self.cycle = list(cycle)
+        chain = " -> ".join(f"{name}({key!r})" for name, key in [*self.cycle, self.cycle[0]])
+        super().__init__(f"query cycle: {chain}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.cycle,)
 
 
 class WorkerCrashed(RuntimeError):
