@@ -15,6 +15,7 @@ Each figure is the best of several repeats, to damp the noise of a shared 2-core
 from __future__ import annotations
 
 import argparse
+import functools
 import threading
 from collections.abc import Callable
 
@@ -110,11 +111,11 @@ def measure(n: int, threads: int) -> list[tuple[str, float, float, str]]:
         serial_obj = make(backend="serial")  # type: ignore[operator]
         threads_obj = make(backend="threads")  # type: ignore[operator]
         # Serial primitives belong to their creating thread: run uncontended work right here.
-        serial_time = best_time(lambda w=work(serial_obj, n): w(0))
+        serial_time = best_time(functools.partial(work(serial_obj, n), 0))
         rows.append(
             (
                 f"{label}, uncontended: threads vs serial",
-                best_time(lambda w=work(threads_obj, n): w(0)),
+                best_time(functools.partial(work(threads_obj, n), 0)),
                 serial_time,
                 "1 thread, same op count; time ratio",
             )

@@ -100,9 +100,23 @@ class _Runner:
     """A thread that asks for queries: its stack of executing frames, the job it waits for,
     and its own counters per query (only this thread writes them: no atomics needed)."""
 
-    __slots__ = ("executions", "hits", "misses", "self_time", "stack", "total", "wait", "waiting")
+    __slots__ = (
+        "executions",
+        "hits",
+        "memos",
+        "misses",
+        "self_time",
+        "stack",
+        "total",
+        "wait",
+        "waiting",
+    )
 
     def __init__(self, n: int) -> None:
+        # This thread's copy of the memos it has seen, per query. On free-threaded 3.13 a
+        # lookup in a dict another thread created costs ~20 us once keys must be compared
+        # (measured: 100x a local one), so hits are served from dicts this thread owns.
+        self.memos: list[dict[tuple[Any, ...], _Memo]] = [{} for _ in range(n)]
         self.stack: list[_Frame] = []
         self.waiting: _Job | None = None
         self.hits = [0] * n
@@ -326,7 +340,8 @@ class BoundQuery(Generic[T]):
         self._local = rt.local
 
     def __call__(self, *key: Any) -> T:
-        # The hit path: one thread-local read, one dict read, one counter; no lock.
+        # The hit path: one thread-local read, one read of a dict this thread owns, one counter
+        # of its own; no lock, nothing another thread writes.
         try:
             runner: _Runner = self._local.runner
         except AttributeError:
@@ -334,16 +349,21 @@ class BoundQuery(Generic[T]):
         stack = runner.stack
         if stack:  # record the edge for the caller, hit or miss
             stack[-1].deps.append((self._name, key))
+        index = self._index
+        mine = runner.memos[index]
         try:
-            memo = self._memos.get(key)
+            memo = mine.get(key)
         except TypeError:
             raise _unhashable(self._name, key) from None
-        if memo is not None:
-            runner.hits[self._index] += 1
-            if memo.ok:
-                return memo.value  # type: ignore[no-any-return]
-            raise memo.value
-        return self._rt.get((self._name, key), runner)  # type: ignore[no-any-return]
+        if memo is None:
+            memo = self._memos.get(key)
+            if memo is None:
+                return self._rt.get((self._name, key), runner)  # type: ignore[no-any-return]
+            mine[key] = memo
+        runner.hits[index] += 1
+        if memo.ok:
+            return memo.value  # type: ignore[no-any-return]
+        raise memo.value
 
     def peek(self, *key: Any, default: Any = None) -> Any:
         """The memoized value without computing anything: *default* if not computed yet;
