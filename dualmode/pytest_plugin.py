@@ -1,0 +1,124 @@
+"""pytest plugin: run a test once per dualmode backend.
+
+Installed with dualmode (entry point ``pytest11: dualmode``). A test that asks for the
+``dualmode_backend`` fixture runs once per selected backend, with ids like ``test_x[threads]``,
+and sees that backend as current (``dm.current()``, ``dm.Lock()``) for its whole run::
+
+    def test_counter(dualmode_backend):
+        counter = dm.AtomicInt(0)          # built by the backend under test
+        ...
+
+Select backends with ``--dualmode-backend NAME`` (repeat it, or separate names by commas;
+``all`` means every registered backend). The default is every registered backend: those
+unavailable here (a missing dependency) are skipped with the reason. A backend named
+explicitly but unavailable fails its tests with the reason, so a CI job cannot pass by
+silently testing nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from .config import _load, available_backends, use
+from .errors import ConfigError
+
+__all__ = ["dualmode_backend", "pytest_addoption", "pytest_generate_tests"]
+
+OPTION = "--dualmode-backend"
+ALL = "all"
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """The backends to run on: names in order, why each is unusable (None: usable), and which
+    were named explicitly (an explicit name that is unusable fails instead of skipping)."""
+
+    names: tuple[str, ...]
+    reasons: dict[str, str | None]
+    explicit: frozenset[str]
+
+
+_SELECTION = pytest.StashKey[_Selection]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("dualmode", "dualmode backends")
+    group.addoption(
+        OPTION,
+        action="append",
+        default=[],
+        metavar="NAME",
+        dest="dualmode_backend",
+        help=(
+            "run tests that use the dualmode_backend fixture on backend NAME (serial, threads, "
+            "processes, a third party's...). Repeat it or give a comma-separated list; 'all' "
+            "means every registered backend. Default: every registered backend, skipping those "
+            "unavailable here; a backend named explicitly but unavailable fails its tests."
+        ),
+    )
+
+
+def _reason(name: str, registered: dict[str, str | None]) -> str | None:
+    """None if backend *name* is usable here, else why not (ConfigError's message)."""
+    if name in registered:
+        return registered[name]
+    try:  # not registered under this name: "auto", or a typo whose error lists the choices
+        _load(name)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def _selection(config: pytest.Config) -> _Selection:
+    """The selection from the command line, computed once per session."""
+    cached = config.stash.get(_SELECTION, None)
+    if cached is not None:
+        return cached
+    registered = available_backends()
+    requested = [
+        name.strip()
+        for option in config.getoption("dualmode_backend") or []
+        for name in str(option).split(",")
+        if name.strip()
+    ]
+    names: list[str] = []
+    explicit: set[str] = set()
+    for name in requested or [ALL]:
+        expanded = list(registered) if name == ALL else [name]
+        if name != ALL:
+            explicit.add(name)
+        names.extend(n for n in expanded if n not in names)
+    selection = _Selection(
+        tuple(names), {n: _reason(n, registered) for n in names}, frozenset(explicit)
+    )
+    config.stash[_SELECTION] = selection
+    return selection
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "dualmode_backend" in metafunc.fixturenames:
+        names = _selection(metafunc.config).names
+        metafunc.parametrize("dualmode_backend", names, indirect=True, ids=names)
+
+
+@pytest.fixture
+def dualmode_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The name of the backend this test runs on, with ``dm.use(name)`` in force meanwhile.
+
+    Skips (default selection) or fails (named by ``--dualmode-backend``) when the backend is
+    unavailable here, with the reason.
+    """
+    selection = _selection(request.config)
+    name: str | None = getattr(request, "param", None)
+    if name is None:  # requested dynamically (getfixturevalue), so not parametrized
+        pytest.fail("dualmode_backend must be requested as a test argument", pytrace=False)
+    reason = selection.reasons.get(name)
+    if reason is not None:
+        if name in selection.explicit:
+            pytest.fail(f"{OPTION}={name} is unavailable: {reason}", pytrace=False)
+        pytest.skip(f"dualmode backend {name!r} is unavailable: {reason}")
+    with use(name):
+        yield name

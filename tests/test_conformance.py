@@ -1,0 +1,207 @@
+"""The conformance kit (dualmode.testing) on every backend, and the pytest plugin that runs it.
+
+Each backend runs the same random primitive programs as a fresh serial backend and must give the
+same results; a deliberately broken backend shows that the machine catches a divergence.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from typing import Any
+
+import hypothesis
+import pytest
+from hypothesis.stateful import rule
+
+import dualmode as dm
+import dualmode.primitives as p
+import dualmode.testing as testing
+from dualmode.testing import (
+    AtomicIntRules,
+    ConformanceMachine,
+    Divergence,
+    QueueRules,
+    conformance_machine,
+    register_rules,
+    run_conformance,
+)
+
+pytest_plugins = ["pytester"]
+
+SerialBackend: Any = pytest.importorskip("dualmode.backends.serial").SerialBackend
+
+# The processes backend makes an IPC round trip per operation and may start worker processes;
+# on 2 shared cores give it room. The settings below carry no example database, so a failure
+# found once is not replayed against a different backend.
+NO_DATABASE = hypothesis.settings(database=None)
+
+
+@pytest.mark.timeout(300)
+def test_backend_conforms_to_serial(dualmode_backend: str) -> None:
+    """Random programs over all 15 primitives give the same results as on serial."""
+    assert dm.current().name == dualmode_backend
+    run_conformance(dualmode_backend, max_examples=100, settings=NO_DATABASE)
+
+
+# -- the machine catches bugs -----------------------------------------------------------------
+
+
+def _planted(public: type[Any], inner: Any, **bugs: Callable[..., Any]) -> Any:
+    """An implementation of *public* forwarding to *inner*, except the methods in *bugs*
+    (called as ``bug(inner, *args)``): a backend author's mistake, planted on purpose."""
+
+    def forward(name: str) -> Callable[..., Any]:
+        bug = bugs.get(name)
+        if bug is not None:
+            return lambda self, *args, **kwargs: bug(inner, *args, **kwargs)
+        return lambda self, *args, **kwargs: getattr(inner, name)(*args, **kwargs)
+
+    namespace: dict[str, Any] = {name: forward(name) for name in public.__abstractmethods__}
+    namespace["backend"] = property(lambda self: inner.backend)
+    return type(f"Planted{public.__name__}", (public,), namespace)()
+
+
+class OffByOneBackend(SerialBackend):  # type: ignore[misc]
+    """Serial, but AtomicInt.fetch_add returns one more than the previous value."""
+
+    name = "off-by-one"
+
+    def create_atomic_int(self, value: int = 0) -> p.AtomicInt:
+        inner = super().create_atomic_int(value)
+        return _planted(p.AtomicInt, inner, fetch_add=lambda a, delta: a.fetch_add(delta) + 1)  # type: ignore[no-any-return]
+
+
+class KeepsItemsBackend(SerialBackend):  # type: ignore[misc]
+    """Serial, but Queue.shutdown(immediate=True) keeps the queued items (a deep-state bug:
+    it shows only after a put, an immediate shutdown and a get)."""
+
+    name = "keeps-items"
+
+    def create_queue(self, maxsize: int = 0) -> p.Queue:
+        inner = super().create_queue(maxsize)
+        return _planted(p.Queue, inner, shutdown=lambda q, immediate=False: q.shutdown())  # type: ignore[no-any-return]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    ("broken", "where"),
+    [(OffByOneBackend, "AtomicInt#"), (KeepsItemsBackend, "Queue#")],
+    ids=["fetch_add-off-by-one", "shutdown-keeps-items"],
+)
+def test_divergence_is_reported_and_shrunk(broken: type[dm.Backend], where: str) -> None:
+    """A planted bug is found, named (step and every backend's outcome) and shrunk."""
+    with broken() as backend, pytest.raises(Divergence) as info:
+        run_conformance(backend, max_examples=100, settings=NO_DATABASE)
+    message = str(info.value)
+    assert where in message
+    assert "serial: " in message and f"{backend.name}: " in message
+    program = "\n".join(getattr(info.value, "__notes__", []))
+    assert "state.teardown()" in program  # Hypothesis printed the program
+    assert len(program.splitlines()) < 20  # shrunk to a handful of steps
+
+
+@pytest.mark.timeout(120)
+def test_broken_backend_passes_rules_that_do_not_reach_the_bug() -> None:
+    """Rule sets are composable: without AtomicInt rules the broken backend conforms."""
+    with OffByOneBackend() as broken:
+        run_conformance(broken, rules=[QueueRules], max_examples=30, settings=NO_DATABASE)
+
+
+@pytest.mark.timeout(120)
+def test_machine_as_unittest_case() -> None:
+    """conformance_machine() gives a class whose TestCase a third party's suite can collect."""
+    with SerialBackend() as a, OffByOneBackend() as b:
+        machine = conformance_machine([a, b], rules=[AtomicIntRules])
+        machine.TestCase.settings = hypothesis.settings(
+            max_examples=200, deadline=None, database=None
+        )
+        with pytest.raises(Divergence):
+            machine.TestCase("runTest").runTest()
+
+
+def test_registered_rule_mixins_join_the_default_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A later rule set (parallel iteration, queries) plugs in with register_rules."""
+    monkeypatch.setattr(testing, "RULE_MIXINS", [])
+    seen: list[tuple[str, ...]] = []
+
+    @register_rules
+    class BackendFacts(ConformanceMachine):
+        @rule()
+        def backend_is_parallel(self) -> None:
+            """``backend.parallel``: differs between serial and threads, on purpose."""
+            seen.append(tuple(b.name for b in self.backends))
+            self.each_backend("parallel", lambda b: b.parallel)
+
+    assert testing.default_rules()[-1] is BackendFacts
+    run_conformance("serial", rules=[BackendFacts], max_examples=5, settings=NO_DATABASE)
+    assert seen and set(seen) == {("serial", "serial")}
+    if "threads" in _usable_and_not()[0]:
+        with pytest.raises(Divergence, match=r"parallel:\n  serial: returned False"):
+            run_conformance("threads", rules=[BackendFacts], settings=NO_DATABASE)
+    with pytest.raises(TypeError, match="not a ConformanceMachine"):
+        register_rules(int)  # type: ignore[type-var]
+
+
+def test_machine_needs_backends() -> None:
+    with pytest.raises(ValueError, match="at least one backend"):
+        conformance_machine([])
+
+
+# -- the pytest plugin ------------------------------------------------------------------------
+
+PLUGIN_TEST = textwrap.dedent(
+    """
+    import dualmode as dm
+
+    def test_current(dualmode_backend):
+        assert dm.current().name == dualmode_backend
+        assert dm.Lock().backend.name == dualmode_backend
+    """
+)
+
+
+def test_plugin_runs_once_per_selected_backend(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(PLUGIN_TEST)
+    result = pytester.runpytest("-v", "--dualmode-backend", "serial,serial")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*test_current?serial? PASSED*"])
+
+
+def _usable_and_not() -> tuple[list[str], list[str]]:
+    registered = dm.available_backends()
+    return [n for n, r in registered.items() if r is None], [n for n, r in registered.items() if r]
+
+
+@pytest.mark.parametrize("args", [[], ["--dualmode-backend", "all"]], ids=["default", "all"])
+def test_plugin_selects_every_registered_backend(
+    pytester: pytest.Pytester, args: list[str]
+) -> None:
+    """By default (or with "all") every registered backend runs; unusable ones are skipped."""
+    pytester.makepyfile(PLUGIN_TEST)
+    result = pytester.runpytest("-v", "-rs", *args)
+    usable, unusable = _usable_and_not()
+    result.assert_outcomes(passed=len(usable), skipped=len(unusable))
+    result.stdout.fnmatch_lines_random([f"*test_current?{name}? PASSED*" for name in usable])
+    result.stdout.fnmatch_lines_random([f"SKIPPED*{name}*unavailable*" for name in unusable])
+
+
+def test_plugin_fails_an_explicit_unknown_backend(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(PLUGIN_TEST)
+    result = pytester.runpytest("--dualmode-backend", "serial", "--dualmode-backend", "nosuch")
+    result.assert_outcomes(passed=1, errors=1)  # pytest reports a failing fixture as an error
+    result.stdout.fnmatch_lines(["*--dualmode-backend=nosuch is unavailable*choose one of*"])
+
+
+def test_plugin_restores_the_backend_after_the_test(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        PLUGIN_TEST
+        + textwrap.dedent(
+            """
+            def test_after():
+                assert dm.current().name == "serial"
+            """
+        )
+    )
+    result = pytester.runpytest("-p", "no:randomly", "--dualmode-backend", "serial")
+    result.assert_outcomes(passed=2)
