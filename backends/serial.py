@@ -464,9 +464,10 @@ class AtomicInt(_Owned, p.AtomicInt):
 
     def compare_exchange(self, expected: int, new: int) -> int:
         self._check_thread()
+        expected, new = operator.index(expected), operator.index(new)
         old = self._value
         if old == expected:
-            self._value = operator.index(new)
+            self._value = new
         return old
 
 

@@ -410,6 +410,8 @@ class WorkerLocal(_Bound, p.WorkerLocal):
     __slots__ = ("_backend", "_local", "_make", "_values")
 
     def __init__(self, backend: ThreadsBackend, factory: Callable[[], Any]) -> None:
+        if not callable(factory):
+            raise TypeError(f"WorkerLocal(factory) needs a callable, got {factory!r}")
         self._backend = backend
         self._make = factory
         self._local = threading.local()

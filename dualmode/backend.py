@@ -76,9 +76,10 @@ def check_workers(workers: object, *, source: str = "workers") -> int | None:
                 "or leave it unset for the backend's default"
             ) from None
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        default = "leave it unset" if source != "workers" else "None"
         raise ConfigError(
             f"{source}={workers!r} is not a worker count: give a positive integer such as 2, "
-            "or None for the backend's default"
+            f"or {default} for the backend's default"
         )
     return workers
 

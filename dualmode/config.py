@@ -26,6 +26,7 @@ __all__ = [
     "available_backends",
     "configure",
     "current",
+    "load_backend",
     "resolve_backend",
     "use",
 ]
@@ -66,8 +67,9 @@ def _auto_name() -> str:
     return "serial"
 
 
-def _load(name: str) -> type[Backend]:
-    """The Backend class registered as *name*; ConfigError (with the reason) if unusable."""
+def load_backend(name: str) -> type[Backend]:
+    """The Backend class registered as *name* ("auto" resolved); ConfigError saying why if
+    it is unknown or cannot run here (a missing dependency names the package)."""
     entry_points = _entry_points()
     if name == "auto":
         name = _auto_name()
@@ -82,9 +84,19 @@ def _load(name: str) -> type[Backend]:
         cls = ep.load()
     except ImportError as exc:
         missing = getattr(exc, "name", None) or str(exc)
+        if missing == ep.module or ep.module.startswith(f"{missing}."):
+            raise ConfigError(
+                f"backend {name!r} is unavailable: its module {ep.module!r} cannot be imported "
+                f"({exc}); reinstall the package that registers it"
+            ) from exc
         raise ConfigError(
             f"backend {name!r} is unavailable: it needs the package {missing!r}, which is not "
             f"installed; install it (pip install {missing}) or choose another backend"
+        ) from exc
+    except Exception as exc:  # a broken third-party module must not break selection
+        raise ConfigError(
+            f"backend {name!r} is unavailable: importing {ep.value!r} failed with "
+            f"{type(exc).__name__}: {exc}"
         ) from exc
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise ConfigError(
@@ -102,7 +114,7 @@ def available_backends() -> dict[str, str | None]:
     result: dict[str, str | None] = {}
     for name in sorted(_entry_points()):
         try:
-            _load(name)
+            load_backend(name)
         except ConfigError as exc:
             result[name] = str(exc)
         else:
@@ -117,7 +129,7 @@ def _shared_instance(name: str, workers: int | None) -> Backend:
     backend = _instances.get(key)
     if backend is not None and not backend.closed:
         return backend
-    cls = _load(name)
+    cls = load_backend(name)
     with _instances_lock:
         backend = _instances.get(key)
         if backend is None or backend.closed:
@@ -168,7 +180,7 @@ def configure(backend: BackendSpec | None = None, workers: int | None = None) ->
         return
     checked = check_workers(workers)
     if isinstance(backend, str):
-        _load(backend)
+        load_backend(backend)
     else:
         _resolve_spec(backend, checked)
     _configured = (backend, checked)

@@ -229,8 +229,9 @@ class Event(Primitive):
 class Condition(_LockLike):
     """A condition variable over a Lock or RLock of the same backend (a new RLock by default).
 
-    ``threading.Condition``-compatible: ``wait``/``wait_for``/``notify`` need the lock held
-    (RuntimeError otherwise).
+    ``threading.Condition``-compatible: ``wait`` and ``notify`` need the lock held
+    (RuntimeError otherwise); ``wait_for`` whose predicate is already true returns it
+    without checking, as ``threading``'s does.
 
     - serial: ``wait()`` with no timeout raises :class:`BorrowError` (no thread could notify);
       with a timeout it returns False at once; ``wait_for`` returns the predicate's value.

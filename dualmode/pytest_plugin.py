@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from .config import _load, available_backends, use
+from .config import available_backends, load_backend, use
 from .errors import ConfigError
 
 __all__ = ["dualmode_backend", "pytest_addoption", "pytest_generate_tests"]
@@ -66,7 +66,7 @@ def _reason(name: str, registered: dict[str, str | None]) -> str | None:
     if name in registered:
         return registered[name]
     try:  # not registered under this name: "auto", or a typo whose error lists the choices
-        _load(name)
+        load_backend(name)
     except ConfigError as exc:
         return str(exc)
     return None

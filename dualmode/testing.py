@@ -52,7 +52,7 @@ from hypothesis.stateful import (
 
 from . import primitives as p
 from .backend import Backend
-from .config import BackendSpec, _load, resolve_backend
+from .config import BackendSpec, load_backend, resolve_backend
 
 __all__ = [
     "TINY",
@@ -1134,7 +1134,7 @@ def run_conformance(
         specs: list[BackendSpec] = []
         for spec, count in ((reference, None), (backend, workers)):
             if isinstance(spec, str):
-                spec = _load(spec)(count)
+                spec = load_backend(spec)(count)
                 opened.append(spec)
             specs.append(spec)
         machines = [[rule_set] for rule_set in rule_sets]
