@@ -42,6 +42,7 @@ GIL_CHECK_MODULES = [
     "trio",
     "pytest",
     "cloudpickle",
+    "rich",
 ]
 
 # CPython warns "The global interpreter lock (GIL) has been enabled to load module ..." when an
@@ -148,13 +149,22 @@ def _check_gil_stays_off(session: nox.Session) -> None:
     _run_script(session, "check_gil.py", GIL_CHECK, *GIL_CHECK_MODULES)
 
 
+def _from_root(arg: str) -> str:
+    """A pytest argument naming a path of the checkout (``tests/x.py::t``), made absolute."""
+    path = arg.split("::", 1)[0]
+    if arg.startswith("-") or not path or not (ROOT / path).exists():
+        return arg
+    return str(ROOT / arg)
+
+
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """Install the package (not editable) and run pytest over tests/ on every backend.
 
     The dualmode pytest plugin parametrises ``dualmode_backend`` over every available
     backend, so each test that takes it runs on serial, threads and processes. Extra
-    arguments go to pytest: ``nox -s tests-3.13t -- -k queue -x``.
+    arguments go to pytest (paths relative to the repository root work):
+    ``nox -s tests-3.13t -- tests/test_parallel.py -k queue -x``.
     """
     free_threaded = _check_interpreter(session)
     env: dict[str, str] = {}
@@ -166,9 +176,12 @@ def tests(session: nox.Session) -> None:
         env["PYTHONWARNINGS"] = GIL_WARNING_IS_ERROR
     else:
         session.install(".[test]")
-    # The venv's pytest script (not `python -m pytest`) keeps the checkout off sys.path, so
-    # the tests import the installed package, with dualmode.backends where the wheel put it.
-    session.run("pytest", *(session.posargs or ["tests"]), env=env)
+    # Test the installed package, not the checkout: from the repository root, `python -c` and
+    # `python -m` (in a test's subprocess too) would import ./dualmode, which has no
+    # dualmode.backends until installed. So pytest runs from the session's tmp directory.
+    args = [_from_root(arg) for arg in session.posargs] or [str(ROOT / "tests")]
+    session.chdir(session.create_tmp())
+    session.run("pytest", f"--rootdir={ROOT}", "-c", str(ROOT / "pyproject.toml"), *args, env=env)
 
 
 @nox.session
