@@ -364,7 +364,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dualmode {args.command}: {problem}", file=sys.stderr)
         return 1
     handler: Callable[[argparse.Namespace], int] = args.handler
-    result: Any = handler(args)
+    try:
+        result: Any = handler(args)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `dualmode backends | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return int(result)
 
 
