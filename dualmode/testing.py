@@ -25,10 +25,13 @@ stay on one primitive reach deep states quickly), then all of them in one machin
 suite, ``TestMine = conformance_machine(["serial", "mybackend"]).TestCase`` runs the latter.
 
 Every rule is named after the operation it checks (``lock_acquire``, ``queue_get``...), and its
-docstring states the contract. More rule sets (parallel iteration, queries) plug in as mixins:
-subclass :class:`ConformanceMachine`, write rules with its helpers (``build``, ``call``,
-``each``, ``each_backend``), and decorate the class with :func:`register_rules`; the default
-machines then include it.
+docstring states the contract. More rule sets plug in as mixins: subclass
+:class:`ConformanceMachine`, write rules with its helpers (``build``, ``call``, ``each``,
+``each_backend``), and decorate the class with :func:`register_rules`; the default machines
+then include it. :class:`ParallelRules` is one: ``par_map``, ``par_for_each``, ``join``,
+``scope`` and ``broadcast`` of generated pure workloads, some of whose items fail; there the
+exceptions' messages come from the workload, so a :class:`~dualmode.ParallelError` must match
+in full (:class:`Failure`: every failure's class and message, and ``.indices``).
 """
 
 from __future__ import annotations
@@ -50,9 +53,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from . import parallel
 from . import primitives as p
 from .backend import Backend
 from .config import BackendSpec, load_backend, resolve_backend
+from .errors import ParallelError
 
 __all__ = [
     "TINY",
@@ -62,6 +67,7 @@ __all__ = [
     "ConformanceMachine",
     "Divergence",
     "EventRules",
+    "Failure",
     "FreezeLockRules",
     "Instance",
     "LockRules",
@@ -69,6 +75,7 @@ __all__ = [
     "OnceCellRules",
     "Outcome",
     "PRIMITIVE_RULES",
+    "ParallelRules",
     "PrimitiveConformance",
     "QueueRules",
     "RLockRules",
@@ -154,14 +161,29 @@ class Outcome:
     def ok(self) -> bool:
         return self.error is None
 
-    def matches(self, other: Outcome, normalize: Callable[[Any], Any]) -> bool:
-        """Same exception class, or both returned and the normalized values are the same."""
-        if self.error is not None or other.error is not None:
-            return type(self.error) is type(other.error)
-        return _same(normalize(self.value), normalize(other.value))
+    def matches(
+        self,
+        other: Outcome,
+        normalize: Callable[[Any], Any],
+        errors: Callable[[Exception], Any] | None = None,
+    ) -> bool:
+        """Both returned and the normalized values are the same, or both raised an exception of
+        the same class (and, given *errors*, the same ``errors(exc)``: e.g. :meth:`Failure.of`
+        where messages come from user code and must match too)."""
+        if self.error is None or other.error is None:
+            return self.error is other.error and _same(
+                normalize(self.value), normalize(other.value)
+            )
+        if type(self.error) is not type(other.error):
+            return False
+        return errors is None or _same(errors(self.error), errors(other.error))
 
-    def describe(self, normalize: Callable[[Any], Any]) -> str:
+    def describe(
+        self, normalize: Callable[[Any], Any], errors: Callable[[Exception], Any] | None = None
+    ) -> str:
         if self.error is not None:
+            if errors is not None:
+                return f"raised {errors(self.error)!r}"
             return f"raised {_qualname(type(self.error))}({self.error})"
         return f"returned {normalize(self.value)!r}"
 
@@ -195,7 +217,11 @@ def _render_call(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
 
 def _render(value: Any) -> str:
     if isinstance(value, functools.partial):
-        return f"<fn returning {value.args[0]!r}>"
+        if value.func is _const:
+            return f"<fn returning {value.args[0]!r}>"
+        return f"partial({', '.join([value.func.__name__, *map(_render, value.args)])})"
+    if isinstance(value, type):
+        return value.__name__
     return repr(value)
 
 
@@ -222,18 +248,26 @@ class ConformanceMachine(RuleBasedStateMachine):
         self._labels = itertools.count(1)
 
     def compare(
-        self, what: str, outcomes: Sequence[Outcome], normalize: Callable[[Any], Any] = _identity
+        self,
+        what: str,
+        outcomes: Sequence[Outcome],
+        normalize: Callable[[Any], Any] = _identity,
+        *,
+        errors: Callable[[Exception], Any] | None = None,
     ) -> Outcome:
         """Check that every backend's outcome of step *what* matches the reference's; return it.
+
+        Values compare after *normalize*; exceptions by class, and also by ``errors(exc)`` if
+        *errors* is given (see :meth:`Outcome.matches`).
 
         Raises:
             Divergence: naming the step and every backend's outcome.
         """
         reference = outcomes[0]
-        if all(reference.matches(o, normalize) for o in outcomes[1:]):
+        if all(reference.matches(o, normalize, errors) for o in outcomes[1:]):
             return reference
         lines = [
-            f"  {b.name}: {o.describe(normalize)}"
+            f"  {b.name}: {o.describe(normalize, errors)}"
             for b, o in zip(self.backends, outcomes, strict=True)
         ]
         raise Divergence(f"backends disagree on {what}:\n" + "\n".join(lines))
@@ -244,6 +278,8 @@ class ConformanceMachine(RuleBasedStateMachine):
         what: str,
         op: Callable[[Any], Any],
         normalize: Callable[[Any], Any] = _identity,
+        *,
+        errors: Callable[[Exception], Any] | None = None,
     ) -> list[Outcome]:
         """Run ``op(obj)`` on *inst*'s twin on every backend, compare, return every outcome.
 
@@ -251,7 +287,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         is not a plain method call (a property).
         """
         outcomes = [Outcome.of(op, obj) for obj in inst.objs]
-        self.compare(f"{inst}.{what}", outcomes, normalize)
+        self.compare(f"{inst}.{what}", outcomes, normalize, errors=errors)
         return outcomes
 
     def each_backend(
@@ -259,6 +295,8 @@ class ConformanceMachine(RuleBasedStateMachine):
         what: str,
         op: Callable[[Backend], Any],
         normalize: Callable[[Any], Any] = _identity,
+        *,
+        errors: Callable[[Exception], Any] | None = None,
     ) -> list[Outcome]:
         """Run ``op(backend)`` for every backend, compare, return every outcome.
 
@@ -266,7 +304,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         iteration: ``self.each_backend("par_map", lambda b: dm.par_map(f, xs, backend=b))``.
         """
         outcomes = [Outcome.of(op, backend) for backend in self.backends]
-        self.compare(what, outcomes, normalize)
+        self.compare(what, outcomes, normalize, errors=errors)
         return outcomes
 
     def call(self, inst: Instance, method: str, *args: Any, **kwargs: Any) -> Outcome:
@@ -1059,6 +1097,264 @@ class PrimitiveConformance(*_leaves(PRIMITIVE_RULES)):  # type: ignore[misc]
     """Every primitive's rules in one machine (not runnable until given backends)."""
 
 
+# -- parallel iteration -----------------------------------------------------------------------
+# The workloads are pure functions of small ints: module-level functions bound to generated
+# constants with functools.partial, so the processes backend ships them by reference and a
+# shrunk program prints as e.g. ``functools.partial(fails_when, 3, KeyError)``.
+
+
+def affine(a: int, b: int, x: int) -> int:
+    """``partial(affine, a, b)`` maps ``x`` to ``a*x + b``."""
+    return a * x + b
+
+
+def modulo(m: int, x: int) -> int:
+    """``partial(modulo, m)`` maps ``x`` to ``x % m``; ``m == 0`` fails on every item with
+    Python's own ZeroDivisionError."""
+    return x % m
+
+
+def fails_when(m: int, exc_type: type[Exception], x: int) -> int:
+    """``partial(fails_when, m, exc_type)`` maps ``x`` to itself, except that it raises
+    *exc_type*, with a message naming *x*, when ``x % m == 0``."""
+    if x % m == 0:
+        raise exc_type(f"fails_when({m}, {exc_type.__name__}): {x} % {m} == 0")
+    return x
+
+
+def tally(counter: p.AtomicInt, fn: Callable[[int], int], x: int) -> None:
+    """``par_for_each``'s side effect: add 1 for the call, then ``fn(x)`` if it returns."""
+    counter.fetch_add(1)
+    counter.fetch_add(fn(x))
+
+
+#: The exceptions a workload raises on purpose.
+WORKLOAD_ERRORS: tuple[type[Exception], ...] = (ValueError, KeyError, ZeroDivisionError)
+
+_ITEM = st.integers(-20, 20)
+# Hypothesis favours short lists: the second branch makes half of them long enough to be cut
+# into several chunks of several items
+_ITEMS = st.lists(_ITEM, max_size=40) | st.lists(_ITEM, min_size=10, max_size=40)
+_WORKLOAD_ERROR = st.sampled_from(WORKLOAD_ERRORS)
+_CHUNKSIZE = st.none() | st.integers(1, 10)
+# one-argument functions: par_map(fn, items)
+_FNS: st.SearchStrategy[functools.partial[int]] = st.one_of(
+    st.builds(functools.partial, st.just(affine), st.integers(-3, 3), st.integers(-5, 5)),
+    st.builds(functools.partial, st.just(modulo), st.integers(0, 5)),
+    st.builds(functools.partial, st.just(fails_when), st.integers(1, 5), _WORKLOAD_ERROR),
+)
+# zero-argument functions (join, broadcast): one of the above bound to an item as well
+_THUNKS: st.SearchStrategy[functools.partial[int]] = st.builds(functools.partial, _FNS, _ITEM)
+
+
+def _short_name(cls: type) -> str:
+    return cls.__name__ if cls.__module__ == "builtins" else _qualname(cls)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An exception as the equivalence contract compares it across backends: its class and
+    message; for a :class:`~dualmode.ParallelError`, every failure (recursively) and
+    ``.indices``, in order. The group's own message is left out: it only counts them.
+
+    ``Failure.of`` is the ``errors=`` normalizer of :meth:`ConformanceMachine.compare` for
+    calls whose exceptions come from user code, so that their messages must match too.
+    """
+
+    kind: str
+    message: str = ""
+    errors: tuple[Failure, ...] = ()
+    indices: tuple[int, ...] | None = None  # None: not a ParallelError
+
+    @classmethod
+    def of(cls, exc: Exception) -> Failure:
+        kind = _short_name(type(exc))
+        if isinstance(exc, ParallelError):
+            return cls(kind, errors=tuple(map(cls.of, exc.exceptions)), indices=tuple(exc.indices))
+        return cls(kind, str(exc))
+
+    def __repr__(self) -> str:
+        if self.indices is None:
+            return f"{self.kind}({self.message!r})"
+        if not self.indices:  # folded (see _distinct_failures): the errors alone
+            inner = ", ".join(map(repr, self.errors))
+        elif len(self.indices) == len(self.errors):
+            inner = ", ".join(
+                f"[{i}] {e!r}" for i, e in zip(self.indices, self.errors, strict=True)
+            )
+        else:
+            inner = f"errors={list(self.errors)!r}, indices={list(self.indices)!r}"
+        return f"{self.kind}({inner})"
+
+
+def _result_of(handle: parallel.TaskHandle[Any]) -> Any:
+    """A scope task's ``result()``: its value, or the :class:`Failure` it raised."""
+    try:
+        return handle.result()
+    except Exception as exc:
+        return Failure.of(exc)
+
+
+def _run_scope(
+    backend: Backend,
+    tasks: Sequence[tuple[Callable[[int], Any], int]],
+    body_error: type[Exception] | None,
+) -> tuple[Outcome, Outcome]:
+    """``with scope(): spawn(fn, x)`` for every task, then raise *body_error* if given.
+
+    Returns how the ``with`` block exited, and every handle's result (a value or a
+    :class:`Failure`), in spawn order.
+    """
+    handles: list[parallel.TaskHandle[Any]] = []
+
+    def run() -> None:
+        with parallel.scope(backend=backend) as s:
+            for fn, x in tasks:
+                handles.append(s.spawn(fn, x))
+            if body_error is not None:
+                raise body_error("raised by the scope's body")
+
+    exit_outcome = Outcome.of(run)
+    return exit_outcome, Outcome(value=tuple(_result_of(h) for h in handles))
+
+
+def _distinct(values: Any) -> Any:
+    """Normalizer for ``broadcast`` of a pure function: its distinct results, as a list."""
+    if not isinstance(values, list):
+        return values
+    seen: list[Any] = []
+    for value in values:
+        if not any(_same(value, s) for s in seen):
+            seen.append(value)
+    return sorted(seen, key=repr)
+
+
+def _distinct_failures(exc: Exception) -> Failure:
+    """Errors normalizer for ``broadcast``: a ParallelError's distinct failures (one per worker
+    is checked separately), without indices."""
+    failure = Failure.of(exc)
+    if failure.indices is None:
+        return failure
+    distinct: list[Failure] = []
+    for error in failure.errors:
+        if error not in distinct:
+            distinct.append(error)
+    return Failure(failure.kind, errors=tuple(distinct), indices=())
+
+
+@register_rules
+class ParallelRules(ConformanceMachine):
+    """Parallel iteration (issue 3): the same workload, values and failures, gives the same
+    values in the same order and the same :class:`~dualmode.ParallelError` (every failure's
+    class and message, in item order, with the same ``.indices``) on every backend.
+
+    Each rule is one call of ``dualmode.parallel`` on every backend with the same generated
+    workload (:func:`affine`, :func:`modulo`, :func:`fails_when`; lists of up to 40 items)
+    and compares exceptions with :meth:`Failure.of`. The rules keep no state:
+    a program is a sequence of independent calls.
+    """
+
+    @rule(fn=_FNS, items=_ITEMS, chunksize=_CHUNKSIZE)
+    def par_map(self, fn: Callable[[int], int], items: list[int], chunksize: int | None) -> None:
+        """``par_map(fn, items, chunksize=c)``: ``[fn(x) for x in items]`` in item order,
+        whatever the chunking; if any item fails, every item still runs and one ParallelError
+        holds every failure in item order, ``.indices`` their positions."""
+        self.each_backend(
+            _render_call("par_map", (fn, items), {"chunksize": chunksize}),
+            lambda b: parallel.par_map(fn, items, chunksize=chunksize, backend=b),
+            errors=Failure.of,
+        )
+
+    @rule(fn=_FNS, items=_ITEMS, chunksize=_CHUNKSIZE)
+    def par_for_each(
+        self, fn: Callable[[int], int], items: list[int], chunksize: int | None
+    ) -> None:
+        """``par_for_each(fn, items)``: None, or par_map's ParallelError; every item runs once,
+        failures too (an AtomicInt of each backend counts the calls and sums the values)."""
+        counter = self.build(p.AtomicInt, 0)
+        assert isinstance(counter, Instance)  # AtomicInt(0) is built on every backend
+        outcomes = [
+            Outcome.of(
+                lambda b, c: parallel.par_for_each(
+                    functools.partial(tally, c, fn), items, chunksize=chunksize, backend=b
+                ),
+                backend,
+                obj,
+            )
+            for backend, obj in zip(self.backends, counter.objs, strict=True)
+        ]
+        work = f"partial(tally, {counter}, {_render(fn)})"
+        what = f"par_for_each({work}, {items!r}, chunksize={chunksize!r})"
+        self.compare(what, outcomes, errors=Failure.of)
+        self.call(counter, "load")
+
+    @rule(fa=_THUNKS, fb=_THUNKS)
+    def join(self, fa: Callable[[], int], fb: Callable[[], int]) -> None:
+        """``join(fa, fb)``: ``(fa(), fb())``; if either fails, both still ran and one
+        ParallelError holds the failures, fa's first."""
+        self.each_backend(
+            _render_call("join", (fa, fb), {}),
+            lambda b: parallel.join(fa, fb, backend=b),
+            errors=Failure.of,
+        )
+
+    @rule(
+        tasks=st.lists(st.tuples(_FNS, _ITEM), max_size=8),
+        body_error=st.none() | _WORKLOAD_ERROR,
+    )
+    def scope(
+        self, tasks: list[tuple[Callable[[int], int], int]], body_error: type[Exception] | None
+    ) -> None:
+        """``with scope() as s: s.spawn(fn, x)...``: each handle's ``result()`` is its task's
+        value or exception; at exit one ParallelError holds the failures in spawn order, the
+        body's own exception first; a body that fails alone raises its exception as itself."""
+        steps = [_render_call("spawn", task, {}) for task in tasks]
+        if body_error is not None:
+            steps.append(f"raise {body_error.__name__}")
+        what = f"with scope(): {'; '.join(steps) or 'pass'}"
+        runs = [_run_scope(backend, tasks, body_error) for backend in self.backends]
+        self.compare(
+            f"{what} (its exit)", [exit_outcome for exit_outcome, _ in runs], errors=Failure.of
+        )
+        self.compare(f"{what} (each handle's result())", [results for _, results in runs])
+
+    @rule(fn=_THUNKS)
+    def broadcast(self, fn: Callable[[], int]) -> None:
+        """``broadcast(fn)``: ``fn()`` once on every worker (serial has one, threads and
+        processes as many as they were built with), so one result per worker, or one
+        ParallelError with one failure per worker at indices ``0..workers-1``; across
+        backends, the distinct results (or failures) are the same."""
+        what = _render_call("broadcast", (fn,), {})
+        outcomes = [
+            Outcome.of(lambda b: parallel.broadcast(fn, backend=b), backend)
+            for backend in self.backends
+        ]
+        for backend, outcome in zip(self.backends, outcomes, strict=True):
+            _check_one_per_worker(backend, what, outcome)
+        self.compare(f"{what}, distinct results", outcomes, _distinct, errors=_distinct_failures)
+
+
+def _check_one_per_worker(backend: Backend, what: str, outcome: Outcome) -> None:
+    """``broadcast`` ran once on each of *backend*'s workers: as many results (or failures,
+    at indices ``0..workers-1``) as workers.
+
+    Raises:
+        Divergence: naming the backend, what it gave and its worker count.
+    """
+    if isinstance(outcome.error, ParallelError):
+        count, indices = len(outcome.error.exceptions), list(outcome.error.indices)
+    elif outcome.ok and isinstance(outcome.value, list):
+        count, indices = len(outcome.value), list(range(len(outcome.value)))
+    else:
+        return  # another exception, or not a list: the comparison across backends reports it
+    if count != backend.workers or indices != list(range(backend.workers)):
+        raise Divergence(
+            f"{backend.name} (workers={backend.workers}): {what} "
+            f"{outcome.describe(_identity, Failure.of)}: {count} results, expected one per "
+            "worker"
+        )
+
+
 # -- building and running ---------------------------------------------------------------------
 
 
@@ -1097,22 +1393,25 @@ def run_conformance(
     backend: BackendSpec,
     *,
     reference: BackendSpec = "serial",
-    workers: int | None = None,
+    workers: int | None = 2,
     max_examples: int = 100,
     stateful_step_count: int = 30,
     rules: Sequence[type[ConformanceMachine]] | None = None,
     settings: hypothesis.settings | None = None,
 ) -> None:
-    """Check that *backend* gives the same results as *reference* for random primitive programs.
+    """Check that *backend* gives the same results as *reference* for random programs.
 
-    Each rule set in *rules* (default: :func:`default_rules`, one per primitive) first runs as
-    a machine of its own, whose programs stay on one primitive and so reach deep states (a
-    Queue that was filled, shut down and drained) within *max_examples*; then all of them run
-    together in one machine. *max_examples* and *stateful_step_count* apply to each machine.
+    Each rule set in *rules* (default: :func:`default_rules`: one per primitive, then every
+    registered one, such as :class:`ParallelRules`) first runs as a machine of its own, whose
+    programs stay on one primitive and so reach deep states (a Queue that was filled, shut down
+    and drained) within *max_examples*; then all of them run together in one machine.
+    *max_examples* and *stateful_step_count* apply to each machine.
 
-    A backend named here is instantiated fresh (with *workers*) and closed afterwards, so is a
-    named reference (``run_conformance("serial")`` compares two serial instances); a Backend
-    instance is used as is and left open. *settings* is a parent for the Hypothesis settings
+    A backend named here is instantiated fresh and closed afterwards, so is a named reference
+    (``run_conformance("serial")`` compares two serial instances); both get *workers* workers
+    (serial always has one). The default, 2, keeps parallel backends comparable and cheap:
+    ``broadcast`` runs on every worker; None means the backend's default. A Backend instance
+    is used as is and left open. *settings* is a parent for the Hypothesis settings
     (e.g. ``database=None``); this function always sets ``deadline=None`` and lets slow steps
     pass the ``too_slow`` health check.
 
@@ -1132,9 +1431,9 @@ def run_conformance(
     opened: list[Backend] = []
     try:
         specs: list[BackendSpec] = []
-        for spec, count in ((reference, None), (backend, workers)):
+        for spec in (reference, backend):
             if isinstance(spec, str):
-                spec = load_backend(spec)(count)
+                spec = load_backend(spec)(workers)
                 opened.append(spec)
             specs.append(spec)
         machines = [[rule_set] for rule_set in rule_sets]

@@ -6,8 +6,10 @@ same results; a deliberately broken backend shows that the machine catches a div
 
 from __future__ import annotations
 
+import functools
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import hypothesis
@@ -21,6 +23,7 @@ from dualmode.testing import (
     AtomicIntRules,
     ConformanceMachine,
     Divergence,
+    ParallelRules,
     QueueRules,
     conformance_machine,
     register_rules,
@@ -30,6 +33,7 @@ from dualmode.testing import (
 pytest_plugins = ["pytester"]
 
 SerialBackend: Any = pytest.importorskip("dualmode.backends.serial").SerialBackend
+ThreadsBackend: Any = pytest.importorskip("dualmode.backends.threads").ThreadsBackend
 
 # The processes backend makes an IPC round trip per operation and may start worker processes;
 # on 2 shared cores give it room. The settings below carry no example database, so a failure
@@ -39,9 +43,12 @@ NO_DATABASE = hypothesis.settings(database=None)
 
 @pytest.mark.timeout(300)
 def test_backend_conforms_to_serial(dualmode_backend: str) -> None:
-    """Random programs over all 15 primitives give the same results as on serial."""
+    """Random programs over all 15 primitives, and parallel iteration over generated workloads,
+    give the same results as on serial (100 examples per rule set; parallel backends get 2
+    workers)."""
     assert dm.current().name == dualmode_backend
-    run_conformance(dualmode_backend, max_examples=100, settings=NO_DATABASE)
+    assert ParallelRules in testing.default_rules()
+    run_conformance(dualmode_backend, workers=2, max_examples=100, settings=NO_DATABASE)
 
 
 # -- the machine catches bugs -----------------------------------------------------------------
@@ -83,16 +90,55 @@ class KeepsItemsBackend(SerialBackend):  # type: ignore[misc]
         return _planted(p.Queue, inner, shutdown=lambda q, immediate=False: q.shutdown())  # type: ignore[no-any-return]
 
 
+class ReversedChunksBackend(ThreadsBackend):  # type: ignore[misc]
+    """Threads, but par_map gets its chunks' results in reverse order."""
+
+    name = "reversed-chunks"
+
+    def map_chunks(self, fn: Any, chunks: Sequence[Sequence[Any]]) -> list[Future[Any]]:
+        return super().map_chunks(fn, chunks)[::-1]  # type: ignore[no-any-return]
+
+
+def _or_none(fn: Callable[[Any], Any], item: Any) -> Any:
+    try:
+        return fn(item)
+    except Exception:
+        return None
+
+
+class LosesLastFailuresBackend(ThreadsBackend):  # type: ignore[misc]
+    """Threads, but failures in par_map's last chunk are lost (those items give None)."""
+
+    name = "loses-last-failures"
+
+    def map_chunks(self, fn: Any, chunks: Sequence[Sequence[Any]]) -> list[Future[Any]]:
+        lossy = functools.partial(_or_none, fn)
+        return [*super().map_chunks(fn, chunks[:-1]), *super().map_chunks(lossy, chunks[-1:])]
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize(
-    ("broken", "where"),
-    [(OffByOneBackend, "AtomicInt#"), (KeepsItemsBackend, "Queue#")],
-    ids=["fetch_add-off-by-one", "shutdown-keeps-items"],
+    ("broken", "where", "rules"),
+    [
+        (OffByOneBackend, "AtomicInt#", None),
+        (KeepsItemsBackend, "Queue#", None),
+        (ReversedChunksBackend, "par_", [ParallelRules]),
+        (LosesLastFailuresBackend, "ParallelError(", [ParallelRules]),
+    ],
+    ids=[
+        "fetch_add-off-by-one",
+        "shutdown-keeps-items",
+        "par_map-reverses-chunks",
+        "par_map-loses-last-failures",
+    ],
 )
-def test_divergence_is_reported_and_shrunk(broken: type[dm.Backend], where: str) -> None:
-    """A planted bug is found, named (step and every backend's outcome) and shrunk."""
-    with broken() as backend, pytest.raises(Divergence) as info:
-        run_conformance(backend, max_examples=100, settings=NO_DATABASE)
+def test_divergence_is_reported_and_shrunk(
+    broken: type[dm.Backend], where: str, rules: list[type[ConformanceMachine]] | None
+) -> None:
+    """A planted bug is found, named (step and every backend's outcome) and shrunk. (A bug in
+    parallel iteration runs the parallel rules alone: the threads primitives are not at fault.)"""
+    with broken(workers=2) as backend, pytest.raises(Divergence) as info:
+        run_conformance(backend, rules=rules, max_examples=100, settings=NO_DATABASE)
     message = str(info.value)
     assert where in message
     assert "serial: " in message and f"{backend.name}: " in message
