@@ -209,14 +209,14 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=["3.11", FREE_THREADED])
 def bench(session: nox.Session) -> None:
-    """Run every benchmarks/*.py script (not part of CI). Extra arguments go to each script."""
+    """Run every benchmarks/bench_*.py script (not part of CI); extra arguments go to each."""
     assert isinstance(session.python, str)
     if session.python.endswith("t"):
         session.install(".[bench]", *FREE_THREADED_PINS)
     else:
         session.install(".[bench]")
-    scripts = sorted((ROOT / "benchmarks").glob("*.py"))
+    scripts = sorted((ROOT / "benchmarks").glob("bench_*.py"))  # report.py is a helper
     if not scripts:
-        session.skip("no benchmarks/*.py scripts")
+        session.skip("no benchmarks/bench_*.py scripts")
     for script in scripts:
         session.run("python", str(script), *session.posargs)
