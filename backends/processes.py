@@ -60,8 +60,10 @@ from typing import Any, ClassVar, TypeVar, cast
 import cloudpickle  # type: ignore[import-untyped]
 
 import dualmode.primitives as p
+from dualmode import job_table
 from dualmode.backend import Backend, Outcome, capture, run_chunk, run_now
 from dualmode.errors import BorrowError, WorkerCrashed
+from dualmode.job_table import ERROR, ERROR_ONCE, FALLBACK, OK, Memo
 
 from . import threads
 
@@ -794,6 +796,62 @@ util.register_after_fork(_ANCHOR, lambda _anchor: _install_exit_hooks())
 os.register_at_fork(after_in_child=_after_os_fork)
 
 
+class JobTable(_Hosted, job_table.JobTable):
+    """A query database's job table, hosted in the coordinator (design section 5).
+
+    Every process that has the database asks the same :class:`dualmode.job_table.JobTable`:
+    claims, waits (with the wait-for-graph cycle check, done in the coordinator) and memos are
+    shared by all of them, so each (query, key) executes once in the whole process tree.
+    Values and exceptions travel as cloudpickle bytes that only clients load: the coordinator
+    never imports the user's value classes.
+    """
+
+    __slots__ = ()
+    remote = True
+
+    claim = _remote("claim")
+    publish = _remote("publish")
+    abandon = _remote("abandon")
+    add_hits = _remote("add_hits")
+    peek = _remote("peek")
+    stats = _remote("stats")
+    set_input = _remote("set_input")
+    get_input = _remote("get_input")
+
+    def pack(self, memo: Memo, keep_value: bool = True) -> tuple[Memo, bool]:
+        """*memo* with its value as bytes (or none, for a ``local=True`` value kept here), and
+        whether packing failed: then the memo holds the TypeError that says why, for the
+        caller as for everyone else."""
+        if memo.state == OK and not keep_value:
+            return Memo(OK, None, memo.deps), False
+        if memo.state == FALLBACK:
+            return memo, False
+        try:
+            return Memo(memo.state, self.pack_value(memo.value), memo.deps), False
+        except TypeError as exc:
+            state = ERROR if memo.state == OK else memo.state
+            return Memo(state, self.pack_value(TypeError(str(exc))), memo.deps), True
+
+    def unpack(self, memo: Memo) -> Memo:
+        if isinstance(memo.value, bytes) and memo.state in (OK, ERROR, ERROR_ONCE):
+            return Memo(memo.state, cloudpickle.loads(memo.value), memo.deps)
+        return memo
+
+    def pack_value(self, value: Any) -> bytes:
+        try:
+            return cast(bytes, cloudpickle.dumps(value))
+        except Exception as exc:
+            raise TypeError(
+                f"{type(value).__module__}.{type(value).__qualname__} cannot be pickled to the "
+                f"coordinator that shares query results between processes ({type(exc).__name__}"
+                f": {exc}); return picklable data, or mark the query local=True to keep its "
+                "values in the process that computes them"
+            ) from exc
+
+    def unpack_value(self, value: bytes) -> Any:
+        return cloudpickle.loads(value)
+
+
 # ---------------------------------------------------------------------------------------------
 # Coordinator side
 # ---------------------------------------------------------------------------------------------
@@ -971,6 +1029,8 @@ def _host_condition(lock_ident: str | None) -> threads.Condition:
 
 def _host(typeid: str, *args: Any) -> object:
     """Build the hosted object for *typeid* (runs in the coordinator, from Server.create)."""
+    if typeid == "JobTable":
+        return job_table.JobTable(*args)
     if typeid == "WorkerLocal":
         return _WorkerLocalStore(*args)
     if typeid == "Condition":
@@ -997,6 +1057,7 @@ _CLIENT_CLASSES: tuple[type[_Hosted], ...] = (
     ShardedDict,
     FreezeLock,
     Queue,
+    JobTable,
 )
 for _cls in _CLIENT_CLASSES:
     _Manager.register(
@@ -1382,6 +1443,9 @@ class ProcessesBackend(Backend):
 
     def create_queue(self, maxsize: int = 0) -> Queue:
         return self._host(Queue, maxsize)
+
+    def create_job_table(self, fallbacks: dict[str, bool]) -> JobTable:
+        return self._host(JobTable, fallbacks)
 
 
 def _after_barrier(meeting: Barrier, fn: Callable[[], T]) -> T:

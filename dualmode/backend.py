@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from types import ModuleType, TracebackType
 
     from . import primitives as p
+    from .job_table import JobTable
 
 T = TypeVar("T")
 
@@ -184,6 +185,21 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def broadcast(self, fn: Callable[[], Any]) -> list[Future[Outcome]]:
         """Run ``fn()`` once on every worker; one future per worker, in worker order."""
+
+    # -- the query engine ----------------------------------------------------------------------
+
+    def create_job_table(self, fallbacks: dict[str, bool]) -> JobTable:
+        """The job table of a new :class:`~dualmode.Database` (design section 5): claims,
+        latches, wait-for graph, memos and inputs. *fallbacks* maps each query name to whether
+        it has a ``cycle=`` fallback.
+
+        The default keeps it in this process (serial, threads). A backend whose workers are
+        other processes returns a client of a table they all reach, with ``remote = True`` and
+        ``pack``/``unpack`` methods that turn values into bytes and back.
+        """
+        from .job_table import JobTable
+
+        return JobTable(fallbacks)
 
     # -- primitives: one factory per public class of dualmode.primitives ----------------------
 

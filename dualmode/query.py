@@ -33,21 +33,21 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import threading
 import time
+import uuid
+import weakref
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
 from .config import BackendSpec, _resolve_spec, current, resolve_backend
-from .errors import CycleError
+from .job_table import ERROR, ERROR_ONCE, FALLBACK, OK, JobTable, Memo, QKey
 
 __all__ = ["BoundQuery", "Database", "QueryStats", "input", "query"]
 
 T = TypeVar("T")
-QKey = tuple[str, tuple[Any, ...]]  # (query name, key arguments)
-
-_JOB_SHARDS = 64  # job-table locks: claims on different keys rarely meet
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,11 @@ class QueryStats:
     """Counters of one query over the life of a database (all times in seconds).
 
     ``hits``: answered from the memo table; ``misses``: not memoized when asked (the caller
-    then executed it or waited for the thread that did); ``executions``: times the body ran;
+    then executed it or waited for the runner that did); ``executions``: times the body ran;
     ``total_time``: wall time in the body, dependencies included; ``self_time``: the same less
     the time spent executing dependencies; ``wait_time``: time callers waited for another
-    thread's execution.
+    runner's execution. On processes, every worker's counts are included (hits served from a
+    worker's own cache reach the coordinator with that worker's next request).
     """
 
     hits: int = 0
@@ -69,102 +70,50 @@ class QueryStats:
     wait_time: float = 0.0
 
 
-class _Memo:
-    """A finished query: its value or exception, and the dependencies it read, in order."""
-
-    __slots__ = ("deps", "ok", "value")
-
-    def __init__(self, ok: bool, value: Any, deps: tuple[QKey, ...]) -> None:
-        self.ok = ok
-        self.value = value
-        self.deps = deps
-
-    def result(self) -> Any:
-        if self.ok:
-            return self.value
-        raise self.value
-
-
 class _Frame:
     """A query being executed by a runner: what it has read so far."""
 
-    __slots__ = ("child_time", "deps", "job")
+    __slots__ = ("child_time", "deps")
 
-    def __init__(self, job: _Job) -> None:
-        self.job = job
+    def __init__(self) -> None:
         self.deps: list[QKey] = []
         self.child_time = 0.0
 
 
 class _Runner:
-    """A thread that asks for queries: its stack of executing frames, the job it waits for,
-    and its own counters per query (only this thread writes them: no atomics needed)."""
+    """A thread that asks for queries: its stack of executing frames, its own copy of the memos
+    it has read, and its hits not yet counted by the table (only this thread writes them)."""
 
-    __slots__ = (
-        "executions",
-        "hits",
-        "memos",
-        "misses",
-        "self_time",
-        "stack",
-        "total",
-        "wait",
-        "waiting",
-    )
+    __slots__ = ("hits", "ident", "memos", "stack")
 
     def __init__(self, n: int) -> None:
-        # This thread's copy of the memos it has seen, per query. On free-threaded 3.13 a
-        # lookup in a dict another thread created costs ~20 us once keys must be compared
-        # (measured: 100x a local one), so hits are served from dicts this thread owns.
-        self.memos: list[dict[tuple[Any, ...], _Memo]] = [{} for _ in range(n)]
+        self.ident = (os.getpid(), threading.get_ident())
+        # On free-threaded 3.13 a lookup in a dict another thread created costs ~20 us once keys
+        # must be compared (measured: 100x a local one), so hits are served from dicts this
+        # thread owns.
+        self.memos: list[dict[tuple[Any, ...], Memo]] = [{} for _ in range(n)]
         self.stack: list[_Frame] = []
-        self.waiting: _Job | None = None
         self.hits = [0] * n
-        self.misses = [0] * n
-        self.executions = [0] * n
-        self.total = [0.0] * n
-        self.self_time = [0.0] * n
-        self.wait = [0.0] * n
-
-
-class _Job:
-    """A claimed (query, key): who executes it, and the latch its waiters sleep on."""
-
-    __slots__ = ("latch", "outcome", "owner", "qkey", "resolution")
-
-    def __init__(self, qkey: QKey, owner: _Runner) -> None:
-        self.qkey = qkey
-        self.owner = owner
-        self.latch = threading.Event()
-        self.resolution: _Memo | None = None  # set when a cycle through this job was resolved
-        self.outcome: _Memo | None = None  # what waiters get, set before the latch opens
-
-
-def _sort_key(entry: QKey) -> tuple[str, str, str]:
-    name, key = entry
-    return name, type(key).__name__, repr(key)
-
-
-def _canonical(cycle: list[QKey]) -> list[tuple[str, Any]]:
-    """The cycle rotated to start at its smallest entry: the same text on every backend."""
-    start = min(range(len(cycle)), key=lambda i: _sort_key(cycle[i]))
-    rotated = cycle[start:] + cycle[:start]
-    return [(name, key[0] if len(key) == 1 else key) for name, key in rotated]
 
 
 class _Runtime:
-    """The job table, wait-for graph, memo tables and counters of one database."""
+    """The client side of one database's job table: executes bodies, records dependencies,
+    caches memos in this process, and turns memos into values or exceptions."""
 
-    def __init__(self, db: Database, queries: list[_QueryDescriptor[Any]]) -> None:
+    def __init__(self, db: Database, queries: list[_QueryDescriptor[Any]], table: Any) -> None:
         self.db = db
+        self.table: JobTable = table
+        self.remote: bool = table.remote  # values cross processes packed, via the coordinator
         self.queries = {q.name: q for q in queries}
         self.index = {q.name: i for i, q in enumerate(queries)}
-        self.memos: dict[str, dict[tuple[Any, ...], _Memo]] = {q.name: {} for q in queries}
-        self.jobs: dict[QKey, _Job] = {}
-        self.job_locks = [threading.Lock() for _ in range(_JOB_SHARDS)]
-        self.graph_lock = threading.Lock()  # taken only by a caller about to wait
+        # The memos readers may use without asking the table: the table's own in-process; on
+        # processes, this process's cache of what it has executed or received.
+        self.memos: dict[str, dict[tuple[Any, ...], Memo]] = (
+            {q.name: {} for q in queries} if self.remote else table.memos
+        )
+        self.scope = os.getpid() if self.remote else None  # where local=True memos live
         self.local = threading.local()
-        self.runners: list[_Runner] = []
+        self.runners: list[_Runner] = []  # kept after their threads end: stats count their hits
         self.runners_lock = threading.Lock()
 
     def runner(self) -> _Runner:
@@ -179,163 +128,142 @@ class _Runtime:
 
     # -- the miss path ---------------------------------------------------------------------
 
-    def get(self, qkey: QKey, runner: _Runner) -> Any:
-        name, key = qkey
-        memos = self.memos[name]
-        index = self.index[name]
-        lock = self.job_locks[hash(qkey) % _JOB_SHARDS]
-        with lock:
-            memo = memos.get(key)
-            job = mine = None
-            if memo is None:
-                job = self.jobs.get(qkey)
-                if job is None:
-                    job = mine = self.jobs[qkey] = _Job(qkey, runner)
-        if job is None:  # published while we took the lock
-            runner.hits[index] += 1
-            assert memo is not None
-            return memo.result()
-        runner.misses[index] += 1
-        if mine is not None:
-            return self._execute(job, runner, index).result()
-        return self._wait(job, runner, index).result()
-
-    def _execute(self, job: _Job, runner: _Runner, index: int) -> _Memo:
-        name, key = job.qkey
+    def get(self, name: str, key: tuple[Any, ...], runner: _Runner) -> Any:
+        """``name(*key)`` when this runner's own copy of the memos lacks it."""
         descriptor = self.queries[name]
-        frame = _Frame(job)
+        index = self.index[name]
+        memo = self.memos[name].get(key)
+        if memo is not None:
+            runner.hits[index] += 1
+        else:
+            scope = self.scope if descriptor.local else None
+            memo = self.table.claim(name, key, runner.ident, scope, *self._pending_hits(runner))
+            if memo is None:
+                memo = self._execute(descriptor, key, runner, scope)
+            else:
+                memo = self._received(descriptor, key, memo)
+        if memo.state == FALLBACK:
+            memo = self._fallback(descriptor, key)
+        if memo.state != ERROR_ONCE:
+            runner.memos[index][key] = memo
+        if memo.state == OK:
+            return memo.value
+        raise memo.value
+
+    def _pending_hits(self, runner: _Runner) -> tuple[list[tuple[str, int]], ...]:
+        """This runner's hits the table has not counted yet (processes only), to send along."""
+        if not self.remote or not any(runner.hits):
+            return ()
+        names = list(self.index)
+        pending = [(names[i], n) for i, n in enumerate(runner.hits) if n]
+        runner.hits = [0] * len(names)
+        return (pending,)
+
+    def _execute(
+        self, descriptor: _QueryDescriptor[Any], key: tuple[Any, ...], runner: _Runner, scope: Any
+    ) -> Memo:
+        name = descriptor.name
+        frame = _Frame()
         runner.stack.append(frame)
         start = time.perf_counter()
         try:
             value = descriptor.fn(self.db, *key)
-            memo = _Memo(True, value, tuple(frame.deps))
+            memo = Memo(OK, value, tuple(frame.deps))
         except Exception as exc:
-            memo = _Memo(False, exc, tuple(frame.deps))
-        finally:
-            elapsed = time.perf_counter() - start
+            memo = Memo(ERROR, exc, tuple(frame.deps))
+        except BaseException:
             runner.stack.pop()
-            runner.executions[index] += 1
-            runner.total[index] += elapsed
-            runner.self_time[index] += elapsed - frame.child_time
-            if runner.stack:
-                runner.stack[-1].child_time += elapsed
-        return self._publish(job, memo, descriptor)
-
-    def _publish(self, job: _Job, memo: _Memo, descriptor: _QueryDescriptor[Any]) -> _Memo:
-        name, key = job.qkey
-        lock = self.job_locks[hash(job.qkey) % _JOB_SHARDS]
-        with lock:
-            if job.resolution is not None:  # a cycle was resolved through it: that result wins
-                memo = job.resolution
-            elif memo.ok or descriptor.cache_errors:
-                self.memos[name][key] = memo
-            job.outcome = memo  # waiters get it even when it is not memoized
-            del self.jobs[job.qkey]
-        job.latch.set()
+            self.table.abandon(name, key, runner.ident, scope)
+            raise
+        elapsed = time.perf_counter() - start
+        runner.stack.pop()
+        if runner.stack:
+            runner.stack[-1].child_time += elapsed
+        store = memo.state == OK or descriptor.cache_errors
+        if not store:
+            memo = Memo(ERROR_ONCE, memo.value, memo.deps)
+        elif scope is not None:
+            # local=True: the value stays in this process and the table keeps only a marker;
+            # threads of this process that waited for it read it from here.
+            self.memos[name][key] = memo
+        shipped, failed = self.table.pack(memo, keep_value=scope is None)
+        if failed:  # the value cannot travel: this caller gets the same error as the others
+            memo = self.table.unpack(shipped)
+        override = self.table.publish(
+            name,
+            key,
+            runner.ident,
+            shipped,
+            store=store,
+            elapsed=elapsed,
+            self_time=elapsed - frame.child_time,
+            scope=scope,
+        )
+        if override is not None:  # a cycle through this query was settled meanwhile
+            memo = self._received(descriptor, key, override)
+        elif self.remote and store:
+            self.memos[name][key] = memo
         return memo
 
-    def _wait(self, job: _Job, runner: _Runner, index: int) -> _Memo:
-        with self.graph_lock:
-            if job.resolution is None:
-                cycle = self._find_cycle(job, runner)
-                if cycle is not None:
-                    self._resolve(cycle)
-                if job.resolution is None:
-                    if job.owner is runner:
-                        # A fallback-less query of my own stack, on a cycle resolved through a
-                        # fallback: waiting for it would wait for myself. Unwind to it.
-                        assert cycle is not None
-                        return _Memo(False, CycleError(_canonical([j.qkey for j in cycle])), ())
-                    runner.waiting = job  # its chain reaches a resolved job: it will finish
-        start = time.perf_counter()
-        job.latch.wait()
-        runner.wait[index] += time.perf_counter() - start
-        with self.graph_lock:
-            runner.waiting = None
-        assert job.outcome is not None  # set before the latch opened
-        return job.outcome
+    def _received(
+        self, descriptor: _QueryDescriptor[Any], key: tuple[Any, ...], memo: Memo
+    ) -> Memo:
+        """A memo from the table, as this process uses it (unpacked and cached here)."""
+        if not self.remote:
+            return memo
+        if descriptor.local and memo.state == OK:
+            # A marker: the value is in this process, put there by the thread that executed it.
+            return self.memos[descriptor.name][key]
+        memo = self.table.unpack(memo)
+        if memo.state != ERROR_ONCE:
+            self.memos[descriptor.name][key] = memo
+        return memo
 
-    def _find_cycle(self, job: _Job, me: _Runner) -> list[_Job] | None:
-        """The jobs on the cycle that waiting for *job* would close, or None (graph_lock held).
+    def _fallback(self, descriptor: _QueryDescriptor[Any], key: tuple[Any, ...]) -> Memo:
+        """The value of a query settled by its ``cycle=`` fallback (computed by each reader)."""
+        assert descriptor.cycle is not None
+        try:
+            return Memo(OK, descriptor.cycle(self.db, *key))
+        except Exception as exc:
+            return Memo(ERROR, exc)
 
-        Follows owner -> the job that owner waits for -> its owner... back to *me*. The cycle is
-        my frames from the job that the chain reaches, then each owner's frames from the job
-        waited for up to its newest, in dependency order.
-        """
-        segments: list[list[_Job]] = []
-        current = job
-        seen: set[int] = set()
-        while True:
-            if current.resolution is not None:
-                return None  # resolved: waiting for it ends at once
-            owner = current.owner
-            if owner is not me and owner.waiting is None:
-                return None  # it is running, so the chain ends: no cycle
-            # My stack is mine; a waiting owner's is still while graph_lock is held.
-            frames = [f.job for f in owner.stack]
-            if current not in frames:
-                return None  # its owner has not started it yet, or just finished it
-            position = frames.index(current)
-            if owner is me:
-                return frames[position:] + [j for seg in segments for j in seg]
-            segments.append(frames[position:])
-            if id(owner) in seen:
-                return None
-            seen.add(id(owner))
-            assert owner.waiting is not None
-            current = owner.waiting
-
-    def _resolve(self, cycle: list[_Job]) -> None:
-        """Settle a cycle now (graph_lock held), the same way whichever request closed it.
-
-        If some queries on it have a ``cycle=`` fallback, those take their fallback values and
-        the others are not poisoned: they go on and compute from them. Without any fallback,
-        every query on the cycle gets the same CycleError. Settled jobs' waiters wake now; the
-        bodies still running finish, and their own results are dropped for these.
-        """
-        error = CycleError(_canonical([job.qkey for job in cycle]))
-        fallbacks = [job for job in cycle if self.queries[job.qkey[0]].cycle is not None]
-        for job in fallbacks or cycle:
-            name, key = job.qkey
-            fallback = self.queries[name].cycle
-            if fallback is None:
-                memo = _Memo(False, error, ())
-            else:
-                try:
-                    memo = _Memo(True, fallback(self.db, *key), ())
-                except Exception as exc:
-                    memo = _Memo(False, exc, ())
-            with self.job_locks[hash(job.qkey) % _JOB_SHARDS]:
-                job.resolution = job.outcome = memo
-                self.memos[name][key] = memo
-            job.latch.set()
+    def peek(self, name: str, key: tuple[Any, ...]) -> Memo | None:
+        descriptor = self.queries[name]
+        memo = self.memos[name].get(key)
+        if memo is None and self.remote and not descriptor.local:
+            memo = self.table.peek(name, key)
+            if memo is not None:
+                memo = self._received(descriptor, key, memo)
+        if memo is not None and memo.state == FALLBACK:
+            memo = self._fallback(descriptor, key)
+        return memo
 
     def stats(self) -> dict[str, QueryStats]:
         with self.runners_lock:
             runners = list(self.runners)
+        if self.remote:  # this process's uncounted hits reach the table first
+            for runner in runners:
+                pending = self._pending_hits(runner)
+                if pending:
+                    self.table.add_hits(*pending)
+        counts = self.table.stats()
         result = {}
         for name, i in self.index.items():
-            result[name] = QueryStats(
-                hits=sum(r.hits[i] for r in runners),
-                misses=sum(r.misses[i] for r in runners),
-                executions=sum(r.executions[i] for r in runners),
-                total_time=sum(r.total[i] for r in runners),
-                self_time=sum(r.self_time[i] for r in runners),
-                wait_time=sum(r.wait[i] for r in runners),
-            )
+            hits, misses, executions, total, self_time, wait = counts[name]
+            if not self.remote:
+                hits += sum(r.hits[i] for r in runners)
+            result[name] = QueryStats(hits, misses, executions, total, self_time, wait)
         return result
 
 
 class BoundQuery(Generic[T]):
     """A query of one database: call it with a key (``db.parse("a.py")``)."""
 
-    __slots__ = ("_descriptor", "_index", "_local", "_memos", "_name", "_rt")
+    __slots__ = ("_index", "_local", "_name", "_rt")
 
     def __init__(self, rt: _Runtime, descriptor: _QueryDescriptor[T]) -> None:
         self._rt = rt
-        self._descriptor = descriptor
         self._name = descriptor.name
-        self._memos = rt.memos[descriptor.name]
         self._index = rt.index[descriptor.name]
         self._local = rt.local
 
@@ -349,33 +277,32 @@ class BoundQuery(Generic[T]):
         stack = runner.stack
         if stack:  # record the edge for the caller, hit or miss
             stack[-1].deps.append((self._name, key))
-        index = self._index
-        mine = runner.memos[index]
         try:
-            memo = mine.get(key)
+            memo = runner.memos[self._index].get(key)
         except TypeError:
             raise _unhashable(self._name, key) from None
         if memo is None:
-            memo = self._memos.get(key)
-            if memo is None:
-                return self._rt.get((self._name, key), runner)  # type: ignore[no-any-return]
-            mine[key] = memo
-        runner.hits[index] += 1
-        if memo.ok:
+            return self._rt.get(self._name, key, runner)  # type: ignore[no-any-return]
+        runner.hits[self._index] += 1
+        if memo.state == OK:
             return memo.value  # type: ignore[no-any-return]
         raise memo.value
 
     def peek(self, *key: Any, default: Any = None) -> Any:
         """The memoized value without computing anything: *default* if not computed yet;
         the memoized exception is raised if the query failed."""
-        memo = self._memos.get(key)
-        return default if memo is None else memo.result()
+        memo = self._rt.peek(self._name, key)
+        if memo is None or memo.state == ERROR_ONCE:
+            return default
+        if memo.state == OK:
+            return memo.value
+        raise memo.value
 
     def prefetch(self, keys: Iterable[Any]) -> None:
         """Compute every missing key in parallel on the database's backend (a key that is a
         tuple is passed as several arguments). Failures stay memoized; nothing is raised."""
         missing = [k if isinstance(k, tuple) else (k,) for k in keys]
-        missing = [k for k in missing if k not in self._memos]
+        missing = [k for k in missing if self._rt.peek(self._name, k) is None]
         if missing:
             from .parallel import par_for_each
 
@@ -384,6 +311,9 @@ class BoundQuery(Generic[T]):
     def _prefetch_one(self, key: tuple[Any, ...]) -> None:
         with contextlib.suppress(Exception):  # memoized: the caller sees it when it asks
             self(*key)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return getattr, (self._rt.db, self._name)  # the same query of the shipped database
 
     def __repr__(self) -> str:
         return f"<query {self._name} of {self._rt.db!r}>"
@@ -410,11 +340,13 @@ class _QueryDescriptor(Generic[T]):
         *,
         cycle: Callable[..., T] | None = None,
         cache_errors: bool = True,
+        local: bool = False,
     ) -> None:
         self.fn = fn
         self.name = fn.__name__
         self.cycle = cycle
         self.cache_errors = cache_errors
+        self.local = local
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
 
     def __set_name__(self, owner: type, name: str) -> None:
@@ -440,7 +372,7 @@ def query(fn: Callable[..., T], /) -> _QueryDescriptor[T]: ...
 
 @overload
 def query(
-    *, cycle: Callable[..., Any] | None = None, cache_errors: bool = True
+    *, cycle: Callable[..., Any] | None = None, cache_errors: bool = True, local: bool = False
 ) -> Callable[[Callable[..., T]], _QueryDescriptor[T]]: ...
 
 
@@ -450,44 +382,52 @@ def query(
     *,
     cycle: Callable[..., Any] | None = None,
     cache_errors: bool = True,
+    local: bool = False,
 ) -> Any:
     """Make a Database method a memoized, single-flight, cycle-checked query.
 
-    ``@dm.query`` or ``@dm.query(cycle=fn, cache_errors=True)``. *cycle* is called as
-    ``fn(db, *key)`` for the value this query takes when it lies on a dependency cycle (without
-    it, the cycle raises CycleError). With ``cache_errors=False`` an exception is delivered to
-    the caller and every waiter but not memoized: the next call executes the body again.
+    ``@dm.query`` or ``@dm.query(cycle=fn, cache_errors=True, local=False)``. *cycle* is
+    called as ``fn(db, *key)`` for the value this query takes when it lies on a dependency
+    cycle (without it, the cycle raises CycleError). With ``cache_errors=False`` an exception
+    is delivered to the caller and every waiter but not memoized: the next call executes the
+    body again. With ``local=True`` (for values that are expensive to pickle, such as an AST)
+    the processes backend keeps each value in the process that computed it: another worker
+    process that needs it executes the body again there, at most once per process. On serial
+    and threads it changes nothing.
     """
 
     def decorate(f: Callable[..., T]) -> _QueryDescriptor[T]:
         if not callable(f):
             raise TypeError(f"@dm.query decorates a method, got {f!r}")
-        return _QueryDescriptor(f, cycle=cycle, cache_errors=cache_errors)
+        return _QueryDescriptor(f, cycle=cycle, cache_errors=cache_errors, local=local)
 
     return decorate if fn is None else decorate(fn)
 
 
 class _InputMap:
-    """``db.source[key]``: values set from outside; reading one records a dependency."""
+    """``db.source[key]``: values set from outside; reading one records a dependency.
 
-    __slots__ = ("_name", "_rt", "_values")
+    The values live in the database's job table (on processes, in the coordinator), so every
+    worker reads the same ones.
+    """
+
+    __slots__ = ("_name", "_rt")
 
     def __init__(self, rt: _Runtime, name: str) -> None:
         self._rt = rt
         self._name = name
-        self._values: dict[Hashable, Any] = {}
 
     def __getitem__(self, key: Hashable) -> Any:
         runner = self._rt.runner()
         if runner.stack:
             runner.stack[-1].deps.append((self._name, (key,)))
-        try:
-            return self._values[key]
-        except KeyError:
+        found, value = self._rt.table.get_input(self._name, key)
+        if not found:
             raise KeyError(
                 f"input {self._name!r} has no value for {key!r}; set it first "
                 f"(db.{self._name}[{key!r}] = ...)"
-            ) from None
+            )
+        return self._rt.table.unpack_value(value)
 
     def __setitem__(self, key: Hashable, value: Any) -> None:
         if self._rt.runner().stack:
@@ -495,10 +435,21 @@ class _InputMap:
                 f"input {self._name!r} set from inside a running query; inputs change only "
                 "between queries, from outside"
             )
-        self._values[key] = value
+        try:
+            hash(key)
+        except TypeError:
+            raise TypeError(
+                f"input {self._name!r}: the key {key!r} is unhashable; use a hashable key "
+                "(a str, tuple, frozenset...)"
+            ) from None
+        self._rt.table.set_input(self._name, key, self._rt.table.pack_value(value))
 
     def __contains__(self, key: Hashable) -> bool:
-        return key in self._values
+        found, _ = self._rt.table.get_input(self._name, key)
+        return bool(found)
+
+    def __repr__(self) -> str:
+        return f"<input {self._name} of {self._rt.db!r}>"
 
 
 class input:
@@ -515,15 +466,28 @@ class input:
         return inputs
 
 
+# The databases this process has (made here, or received from another process), by token: a
+# database shipped to a worker again and again is rebuilt there once, with one memo cache.
+_attached: weakref.WeakValueDictionary[str, Database] = weakref.WeakValueDictionary()
+_attached_lock = threading.Lock()
+
+
 class Database:
     """Base class of query databases: declare ``@dm.query`` methods and ``dm.input()``s.
 
-    ``Analyzer(backend="threads", workers=2)`` fixes the backend that ``prefetch`` runs on
-    (default: the one in force when the database is created). Every query is memoized per key
-    and executes at most once, however many threads ask.
+    ``Analyzer(backend="threads", workers=2)`` fixes the backend that the memos live on and
+    that ``prefetch`` runs on (default: the one in force when the database is created). Every
+    query is memoized per key and executes at most once, however many threads or processes ask.
+
+    On the processes backend the job table, memos and inputs live in the backend's coordinator
+    and the database is shipped to workers (its class by reference, or by value with
+    cloudpickle, and its own attributes by pickle): a class that cannot be shipped raises
+    TypeError here, when the database is created.
     """
 
     _query_descriptors: list[_QueryDescriptor[Any]]
+    _runtime: _Runtime
+    _token: str
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -541,11 +505,63 @@ class Database:
             self.backend = _resolve_spec(
                 backend if backend is not None else current().name, workers
             )
-        self._runtime = _Runtime(self, type(self)._query_descriptors)
+        descriptors = type(self)._query_descriptors
+        table = self.backend.create_job_table({q.name: q.cycle is not None for q in descriptors})
+        if table.remote:
+            _check_shippable(type(self), self.backend.name)
+        self._runtime = _Runtime(self, descriptors, table)
+        self._token = uuid.uuid4().hex
+        with _attached_lock:
+            _attached[self._token] = self
 
     def stats(self) -> dict[str, QueryStats]:
         """Per query: hits, misses, executions, total and self time, time spent waiting."""
         return self._runtime.stats()
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        if not self._runtime.remote:
+            raise TypeError(
+                f"{self!r} cannot be pickled: on the {self.backend.name} backend its memos live "
+                "in this process. Create it with backend='processes' to use it in other processes."
+            )
+        state = {
+            k: v
+            for k, v in self.__dict__.items()
+            if k not in _INTERNAL and not isinstance(v, (BoundQuery, _InputMap))
+        }
+        return _attach, (type(self), self._token, self.backend, self._runtime.table, state)
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} on {self.backend.name}>"
+
+
+_INTERNAL = frozenset({"backend", "_runtime", "_token"})
+
+
+def _check_shippable(cls: type, backend: str) -> None:
+    import cloudpickle  # type: ignore[import-untyped]
+
+    try:
+        cloudpickle.dumps(cls)
+    except Exception as exc:
+        raise TypeError(
+            f"{cls.__qualname__} cannot be used on the {backend} backend: its queries run in "
+            f"worker processes, and the class cannot be pickled to them ({type(exc).__name__}: "
+            f"{exc}). Define it at module level, without unpicklable class attributes."
+        ) from exc
+
+
+def _attach(
+    cls: type[Database], token: str, backend: Any, table: Any, state: dict[str, Any]
+) -> Database:
+    """Unpickle a Database: this process's copy of it, sharing the coordinator's job table."""
+    with _attached_lock:
+        db = _attached.get(token)
+        if db is None:
+            db = cls.__new__(cls)
+            db.__dict__.update(state)
+            db.backend = backend
+            db._token = token
+            db._runtime = _Runtime(db, cls._query_descriptors, table)
+            _attached[token] = db
+    return db

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -58,6 +59,7 @@ from . import primitives as p
 from .backend import Backend
 from .config import BackendSpec, load_backend, resolve_backend
 from .errors import ParallelError
+from .query import Database, query
 
 __all__ = [
     "TINY",
@@ -76,6 +78,8 @@ __all__ = [
     "Outcome",
     "PRIMITIVE_RULES",
     "ParallelRules",
+    "QueryGraph",
+    "QueryRules",
     "PrimitiveConformance",
     "QueueRules",
     "RLockRules",
@@ -1353,6 +1357,197 @@ def _check_one_per_worker(backend: Backend, what: str, outcome: Outcome) -> None
             f"{outcome.describe(_identity, Failure.of)}: {count} results, expected one per "
             "worker"
         )
+
+
+# -- queries ----------------------------------------------------------------------------------
+# A generated program of pure queries over small int keys. The cycles it makes are rings that
+# are wholly guarded (every member has a cycle= fallback) or wholly not: those settle the same
+# way whatever the schedule (every member takes its fallback, or every member the same
+# CycleError), so they are part of the contract. Rings whose members only partly have
+# fallbacks are not generated: where such a ring is closed can change its result (salsa
+# answers that with fixpoint iteration; dualmode does not).
+
+
+@dataclass(frozen=True)
+class QueryGraph:
+    """The queries of a :class:`GraphDatabase`: node ``i`` reads ``deps[i]`` in order, then
+    raises ``ValueError`` if ``i in fails``; a node in ``catches`` turns its dependencies'
+    exceptions into values; a node in ``guarded`` is asked through the query with a
+    ``cycle=`` fallback (``-1 - i``), the others through the one without; a node in ``slow``
+    sleeps 2 ms before each read, so that concurrent requests really interleave."""
+
+    deps: tuple[tuple[int, ...], ...]
+    fails: frozenset[int] = frozenset()
+    catches: frozenset[int] = frozenset()
+    guarded: frozenset[int] = frozenset()
+    slow: frozenset[int] = frozenset()
+
+    def __repr__(self) -> str:
+        edges = ", ".join(f"{i}->{list(d)}" for i, d in enumerate(self.deps))
+        flags = [
+            f"{name}={sorted(getattr(self, name))}"
+            for name in ("fails", "catches", "guarded", "slow")
+            if getattr(self, name)
+        ]
+        return f"QueryGraph({'; '.join([edges, *flags])})"
+
+
+class GraphDatabase(Database):
+    """The database the query rules run: two queries over the nodes of a :class:`QueryGraph`,
+    and a log of every execution (a dualmode Mutex, so worker processes append to it too)."""
+
+    def __init__(self, graph: QueryGraph, *, backend: BackendSpec | None = None) -> None:
+        super().__init__(backend=backend)
+        self.graph = graph
+        self.log = self.backend.create_mutex(())
+
+    def executions(self) -> list[tuple[str, int]]:
+        with self.log.lock() as guard:
+            return sorted(guard.value)
+
+    def ask(self, i: int) -> Any:
+        """Node *i* through the query the graph says."""
+        return (self.guarded if i in self.graph.guarded else self.node)(i)
+
+    def _evaluate(self, name: str, i: int) -> int:
+        with self.log.lock() as guard:
+            guard.value = (*guard.value, (name, i))
+        total = i
+        for j in self.graph.deps[i]:
+            if i in self.graph.slow:
+                time.sleep(0.002)
+            if i in self.graph.catches:
+                try:
+                    value = self.ask(j)
+                except Exception as exc:
+                    value = len(type(exc).__name__) + len(str(exc))
+            else:
+                value = self.ask(j)
+            total = (total * 31 + value) % 1_000_003
+        if i in self.graph.fails:
+            raise ValueError(f"node {i} fails")
+        return total
+
+    @query
+    def node(self, i: int) -> int:
+        return self._evaluate("node", i)
+
+    @query(cycle=lambda db, i: -1 - i)
+    def guarded(self, i: int) -> int:
+        return self._evaluate("guarded", i)
+
+
+@st.composite
+def query_graphs(draw: st.DrawFn, max_nodes: int = 12) -> QueryGraph:
+    """Graphs of pure nodes (a DAG), rings (cycles, each wholly guarded or not, whose members
+    also read pure nodes before or after their ring edge), and outer nodes that read any of
+    them without closing new cycles."""
+    n_pure = draw(st.integers(0, 4))
+    ring_sizes = draw(st.lists(st.integers(1, 3), max_size=2))
+    n_outer = draw(st.integers(0, max(0, max_nodes - n_pure - sum(ring_sizes))))
+    n_outer = min(n_outer, 4)
+    pure = list(range(n_pure))
+    deps: list[list[int]] = [
+        draw(st.lists(st.sampled_from(pure[i + 1 :]), max_size=3)) if i + 1 < n_pure else []
+        for i in pure
+    ]
+    guarded: set[int] = set()
+    members: list[int] = []
+    for size in ring_sizes:
+        ring = list(range(len(deps), len(deps) + size))
+        ring_guarded = draw(st.booleans())
+        for k, i in enumerate(ring):
+            own = draw(st.lists(st.sampled_from(pure), max_size=2)) if pure else []
+            position = draw(st.integers(0, len(own)))
+            own.insert(position, ring[(k + 1) % size])
+            deps.append(own)
+            if ring_guarded:
+                guarded.add(i)
+        members += ring
+    first_outer = len(deps)
+    for i in range(first_outer, first_outer + n_outer):
+        later = list(range(i + 1, first_outer + n_outer))
+        choices = pure + members + later
+        deps.append(draw(st.lists(st.sampled_from(choices), max_size=3)) if choices else [])
+    n = len(deps)
+    if n == 0:
+        deps.append([])
+        n = 1
+    nodes = st.sampled_from(range(n))
+    may_catch = [i for i in range(n) if i not in members]
+    return QueryGraph(
+        deps=tuple(tuple(d) for d in deps),
+        fails=frozenset(draw(st.sets(nodes, max_size=3))),
+        catches=frozenset(draw(st.sets(st.sampled_from(may_catch), max_size=3)))
+        if may_catch
+        else frozenset(),
+        guarded=frozenset(guarded),
+        slow=frozenset(draw(st.sets(nodes, max_size=n))),
+    )
+
+
+def ask_node(db: GraphDatabase, i: int) -> tuple[str, Any]:
+    """Node *i*'s value, or its exception as ``Failure`` text: one request of a batch."""
+    try:
+        return "value", db.ask(i)
+    except Exception as exc:
+        return "raised", repr(Failure.of(exc))
+
+
+@register_rules
+class QueryRules(ConformanceMachine):
+    """The query engine (issue 4): generated graphs of pure queries, asked in concurrent
+    batches, give the same values, the same exceptions (a :class:`~dualmode.CycleError` with
+    the same ``.cycle``) and the same executions on every backend, each (query, key) at most
+    once, as in a serial run."""
+
+    databases = Bundle("databases")
+
+    @rule(target=databases, graph=query_graphs())
+    def new_database(self, graph: QueryGraph) -> Instance | MultipleResults[Instance]:
+        """``GraphDatabase(graph)`` on every backend: the same queries, nothing computed yet."""
+        return self.build(GraphDatabase, graph)
+
+    @rule(db=databases, keys=st.lists(st.integers(0, 11), min_size=1, max_size=8))
+    def query_batch(self, db: Instance, keys: list[int]) -> None:
+        """``par_map(ask_node, keys)``: every node asked at once (serial: one after another);
+        each request gets its node's value or exception, the same on every backend."""
+        n = len(db.objs[0].graph.deps)
+        keys = [k % n for k in keys]
+        self.each(
+            db,
+            f"par_map(ask_node, {keys})",
+            lambda obj: parallel.par_map(
+                functools.partial(ask_node, obj), keys, backend=obj.backend
+            ),
+        )
+        self._check_executions(db)
+
+    @rule(db=databases, key=st.integers(0, 11))
+    def query_call(self, db: Instance, key: int) -> None:
+        """``db.ask(key)`` from this thread: the value, or the exception, with its message."""
+        key %= len(db.objs[0].graph.deps)
+        self.each(db, f"ask({key})", lambda obj: obj.ask(key), errors=Failure.of)
+        self._check_executions(db)
+
+    @rule(db=databases, key=st.integers(0, 11))
+    def query_peek(self, db: Instance, key: int) -> None:
+        """``node.peek(key)``: the memoized value (or exception), None if not computed yet."""
+        key %= len(db.objs[0].graph.deps)
+        self.each(
+            db,
+            f"peek({key})",
+            lambda obj: (obj.guarded if key in obj.graph.guarded else obj.node).peek(key),
+            errors=Failure.of,
+        )
+
+    def _check_executions(self, db: Instance) -> None:
+        """Each (query, key) has executed at most once, and the same ones on every backend."""
+        outcomes = self.each(db, "executions()", lambda obj: obj.executions())
+        log = outcomes[0].value
+        twice = sorted({e for e in log if log.count(e) > 1})
+        if twice:
+            raise Divergence(f"{db}: executed more than once: {twice}")
 
 
 # -- building and running ---------------------------------------------------------------------

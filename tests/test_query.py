@@ -1,10 +1,15 @@
-"""The query engine on serial and threads: memoized, single-flight, cycle-safe.
+"""The query engine on every backend: memoized, single-flight, cycle-safe.
 
-(The processes backend's coordinator-hosted job table is the rest of issue 4: not yet here.)
+On processes the database's job table lives in the backend's coordinator, and the queries run
+in worker processes: the classes here are at module level so that the workers can import them,
+and the execution log is a dualmode Mutex, which every process can append to.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import pickle
 import threading
 import time
 from typing import Any
@@ -13,9 +18,7 @@ import pytest
 
 import dualmode as dm
 
-pytestmark = pytest.mark.timeout(30)
-
-IN_PROCESS = ["serial", "threads"]
+pytestmark = pytest.mark.timeout(60)
 
 
 class Analyzer(dm.Database):
@@ -23,12 +26,16 @@ class Analyzer(dm.Database):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.executed: list[tuple[str, Any]] = []
-        self._executed_lock = threading.Lock()
+        self.log = self.backend.create_mutex(())  # every execution, in order
+
+    @property
+    def executed(self) -> list[tuple[str, Any]]:
+        with self.log.lock() as guard:
+            return list(guard.value)
 
     def _note(self, name: str, key: Any) -> None:
-        with self._executed_lock:
-            self.executed.append((name, key))
+        with self.log.lock() as guard:
+            guard.value = (*guard.value, (name, key))
 
     @dm.query
     def parse(self, path: str) -> str:
@@ -73,9 +80,9 @@ class Analyzer(dm.Database):
         return n * 2
 
 
-@pytest.fixture(params=IN_PROCESS)
-def db(request: pytest.FixtureRequest) -> Analyzer:
-    return Analyzer(backend=request.param)
+@pytest.fixture
+def db(dualmode_backend: str) -> Analyzer:
+    return Analyzer(backend=dualmode_backend, workers=2)
 
 
 def test_queries_are_memoized_per_key(db: Analyzer) -> None:
@@ -125,24 +132,35 @@ def test_a_cycle_fallback_gives_values_not_errors(db: Analyzer) -> None:
     assert db.guarded(2) == -1
 
 
-@pytest.mark.parametrize("repeat", range(5))
-def test_eight_threads_asking_one_missing_key_execute_it_once(repeat: int) -> None:
-    db = Analyzer(backend="threads")
-    start = threading.Barrier(8)
+def ask_slow(db: Analyzer, start: dm.Barrier, n: int) -> int:
+    start.wait()
+    return db.slow(n)
+
+
+@pytest.mark.parametrize("backend", ["threads", "processes"])
+@pytest.mark.parametrize("repeat", range(3))
+def test_eight_callers_asking_one_missing_key_execute_it_once(backend: str, repeat: int) -> None:
+    db = Analyzer(backend=backend, workers=2)
+    start = dm.Barrier(8, backend=db.backend, timeout=20)
     results: list[int] = []
 
     def ask() -> None:
-        start.wait()
-        results.append(db.slow(21))
+        results.append(ask_slow(db, start, 21))
 
+    # 8 threads of this process; on processes also both workers, each with its own 8 callers.
     threads = [threading.Thread(target=ask) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(10)
+        t.join(20)
     assert results == [42] * 8
-    assert db.executed == [("slow", 21)]
-    assert db.stats()["slow"].executions == 1
+    if backend == "processes":
+        workers = dm.Barrier(2, backend=db.backend, timeout=20)
+        ask = functools.partial(ask_slow, db, workers)
+        assert dm.par_map(ask, [22, 22], backend=db.backend) == [44, 44]
+    expected = [("slow", 21)] + ([("slow", 22)] if backend == "processes" else [])
+    assert db.executed == expected
+    assert db.stats()["slow"].executions == len(expected)  # counted in the job table
 
 
 class Crossing(dm.Database):
@@ -157,38 +175,38 @@ class Crossing(dm.Database):
         return self.a(k)
 
 
-@pytest.mark.parametrize("repeat", range(5))
-def test_a_cycle_across_two_threads_raises_in_both_at_once(repeat: int) -> None:
-    db = Crossing(backend="threads")
-    errors: dict[str, tuple[list[Any], float]] = {}
-    start = threading.Barrier(2)
+def enter_crossing(db: Crossing, start: dm.Barrier, name: str) -> tuple[list[Any], float]:
+    start.wait()
+    begin = time.monotonic()
+    try:
+        getattr(db, name)(7)
+    except dm.CycleError as exc:
+        return exc.cycle, time.monotonic() - begin
+    raise AssertionError(f"{name}(7) did not raise CycleError")
 
-    def ask(name: str) -> None:
-        start.wait()
-        begin = time.monotonic()
-        try:
-            getattr(db, name)(7)
-        except dm.CycleError as exc:
-            errors[name] = (exc.cycle, time.monotonic() - begin)
 
-    threads = [threading.Thread(target=ask, args=(n,)) for n in ("a", "b")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(5)
-    assert set(errors) == {"a", "b"}
-    assert errors["a"][0] == errors["b"][0] == [("a", 7), ("b", 7)]
-    assert all(elapsed < 1.0 for _, elapsed in errors.values())
+@pytest.mark.parametrize("backend", ["threads", "processes"])
+@pytest.mark.parametrize("repeat", range(3))
+def test_a_cycle_across_two_runners_raises_in_both_at_once(backend: str, repeat: int) -> None:
+    # A on one thread (or worker process) needs B while B on the other needs A.
+    db = Crossing(backend=backend, workers=2)
+    start = dm.Barrier(2, backend=db.backend, timeout=20)
+    enter = functools.partial(enter_crossing, db, start)
+    (cycle_a, took_a), (cycle_b, took_b) = dm.par_map(enter, ["a", "b"], backend=db.backend)
+    assert cycle_a == cycle_b == [("a", 7), ("b", 7)]
+    assert took_a < 1.0 and took_b < 1.0
     with pytest.raises(dm.CycleError) as serial:
         Crossing(backend="serial").b(7)
-    assert serial.value.cycle == errors["a"][0]
+    assert serial.value.cycle == cycle_a
 
 
-def test_prefetch_computes_missing_keys_in_parallel() -> None:
-    db = Analyzer(backend="threads", workers=2)
+@pytest.mark.parametrize("backend", ["threads", "processes"])
+def test_prefetch_computes_missing_keys_in_parallel(backend: str) -> None:
+    db = Analyzer(backend=backend, workers=2)
+    dm.par_map(abs, range(4), backend=db.backend)  # start the workers first
     begin = time.monotonic()
     db.slow.prefetch(range(4))
-    assert time.monotonic() - begin < 0.7  # 4 x 0.2 s on 2 workers, not 0.8 s
+    assert time.monotonic() - begin < 0.75  # 4 x 0.2 s on 2 workers, not 0.8 s
     assert sorted(db.executed) == [("slow", n) for n in range(4)]
     assert [db.slow(n) for n in range(4)] == [0, 2, 4, 6]
 
@@ -203,3 +221,77 @@ def test_setting_an_input_inside_a_query_is_refused() -> None:
 
     with pytest.raises(RuntimeError, match="set from inside a running query"):
         Writer().write(1)
+
+
+# -- processes: the coordinator's job table ----------------------------------------------------
+
+
+class Shipped(dm.Database):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.home = os.getpid()  # an attribute of the database travels with it
+
+    @dm.query(local=True)
+    def tree(self, n: int) -> tuple[int, threading.Lock]:
+        # An unpicklable value (a lock) is fine for a local=True query: it never travels.
+        return os.getpid(), threading.Lock()
+
+    @dm.query
+    def pid_of_tree(self, n: int) -> int:
+        return self.tree(n)[0]
+
+    @dm.query
+    def lock(self, n: int) -> threading.Lock:
+        return threading.Lock()
+
+    @dm.query
+    def dies_in_a_worker(self, n: int) -> int:
+        if os.getpid() != self.home:
+            os._exit(3)
+        return n
+
+
+def test_local_queries_keep_values_in_the_process_that_made_them() -> None:
+    db = Shipped(backend="processes", workers=2)
+    pids = dm.par_map(db.pid_of_tree, [1] * 8, backend=db.backend)
+    # pid_of_tree(1) executes once in the whole tree; tree(1) stays in that worker.
+    assert len(set(pids)) == 1 and pids[0] != os.getpid()
+    assert db.stats()["pid_of_tree"].executions == 1
+    # This process never received tree(1)'s value: asking here executes it here, once.
+    assert db.tree(1)[0] == os.getpid() and db.tree(1)[0] == os.getpid()
+    assert db.stats()["tree"].executions == 2
+
+
+def test_an_unpicklable_value_is_a_clear_error_naming_local() -> None:
+    db = Shipped(backend="processes", workers=2)
+    with pytest.raises(TypeError, match=r"_thread.lock cannot be pickled.*local=True"):
+        db.lock(1)
+
+
+def test_a_database_class_that_cannot_be_shipped_fails_at_creation() -> None:
+    class Unshippable(dm.Database):
+        guard = threading.Lock()
+
+        @dm.query
+        def q(self, n: int) -> int:
+            return n
+
+    with pytest.raises(TypeError, match=r"Unshippable cannot be used on the processes backend"):
+        Unshippable(backend="processes")
+    assert Unshippable(backend="threads").q(2) == 2  # in-process backends need no shipping
+
+
+def test_in_process_databases_refuse_to_pickle() -> None:
+    with pytest.raises(TypeError, match="its memos live in this process"):
+        pickle.dumps(Shipped(backend="threads"))
+
+
+def test_a_worker_dying_mid_query_fails_its_waiters_and_nothing_is_memoized() -> None:
+    db = Shipped(backend="processes", workers=2)
+    with pytest.raises(dm.ParallelError) as lost:
+        dm.par_map(db.dies_in_a_worker, [5], backend=db.backend)
+    assert isinstance(lost.value.exceptions[0], dm.WorkerCrashed)
+    # The dead worker's claim is given up: the waiter hears why, the next caller executes it.
+    with pytest.raises(dm.WorkerCrashed, match=r"executing query dies_in_a_worker\(5,\) died"):
+        db.dies_in_a_worker(5)
+    assert db.dies_in_a_worker(5) == 5
