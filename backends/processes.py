@@ -63,7 +63,7 @@ import dualmode.primitives as p
 from dualmode import job_table
 from dualmode.backend import Backend, Outcome, capture, run_chunk, run_now
 from dualmode.errors import BorrowError, WorkerCrashed
-from dualmode.job_table import ERROR, ERROR_ONCE, FALLBACK, OK, Memo
+from dualmode.job_table import ERROR, ERROR_ONCE, OK, Memo
 
 from . import threads
 
@@ -817,24 +817,25 @@ class JobTable(_Hosted, job_table.JobTable):
     stats = _remote("stats")
     set_input = _remote("set_input")
     get_input = _remote("get_input")
+    input_changes = _remote("input_changes")
 
     def pack(self, memo: Memo, keep_value: bool = True) -> tuple[Memo, bool]:
         """*memo* with its value as bytes (or none, for a ``local=True`` value kept here), and
         whether packing failed: then the memo holds the TypeError that says why, for the
         caller as for everyone else."""
         if memo.state == OK and not keep_value:
-            return Memo(OK, None, memo.deps), False
-        if memo.state == FALLBACK:
+            return memo.replace(value=None), False
+        if memo.state not in (OK, ERROR, ERROR_ONCE):
             return memo, False
         try:
-            return Memo(memo.state, self.pack_value(memo.value), memo.deps), False
+            return memo.replace(value=self.pack_value(memo.value)), False
         except TypeError as exc:
             state = ERROR if memo.state == OK else memo.state
-            return Memo(state, self.pack_value(TypeError(str(exc))), memo.deps), True
+            return memo.replace(state=state, value=self.pack_value(TypeError(str(exc)))), True
 
     def unpack(self, memo: Memo) -> Memo:
         if isinstance(memo.value, bytes) and memo.state in (OK, ERROR, ERROR_ONCE):
-            return Memo(memo.state, cloudpickle.loads(memo.value), memo.deps)
+            return memo.replace(value=cloudpickle.loads(memo.value))
         return memo
 
     def pack_value(self, value: Any) -> bytes:

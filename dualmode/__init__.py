@@ -12,6 +12,7 @@ from .config import available_backends, configure, current, use
 from .errors import (
     BorrowError,
     BrokenBarrierError,
+    Cancelled,
     ConfigError,
     CycleError,
     ParallelError,
@@ -41,7 +42,16 @@ from .primitives import (
     WorkerLocal,
     WriteGuard,
 )
-from .query import BoundQuery, Database, QueryStats, input, query
+from .query import (
+    BoundQuery,
+    Database,
+    DatabaseStats,
+    Durability,
+    QueryStats,
+    RevisionStats,
+    input,
+    query,
+)
 
 __version__ = "0.1.0"
 
@@ -55,8 +65,11 @@ __all__ = [
     "BrokenBarrierError",
     "Condition",
     "ConfigError",
+    "Cancelled",
     "CycleError",
     "Database",
+    "DatabaseStats",
+    "Durability",
     "ParallelError",
     "Event",
     "FreezeLock",
@@ -70,6 +83,7 @@ __all__ = [
     "QueueFull",
     "QueueShutDown",
     "RLock",
+    "RevisionStats",
     "RwLock",
     "Scope",
     "Semaphore",

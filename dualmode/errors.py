@@ -10,6 +10,7 @@ from typing import Any
 __all__ = [
     "BorrowError",
     "BrokenBarrierError",
+    "Cancelled",
     "ConfigError",
     "CycleError",
     "ParallelError",
@@ -63,6 +64,16 @@ class CycleError(RuntimeError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.cycle,)
+
+
+class Cancelled(BaseException):
+    """A query was cancelled: an input changed while it ran (salsa's ``Cancelled``).
+
+    Raised inside the queries of the older revision at their next read of a query or input,
+    and out of the call that started them. Nothing they computed is kept; ask again to get
+    the value for the new inputs. A ``BaseException``, like ``asyncio.CancelledError``, so
+    that a query body's ``except Exception`` does not swallow it.
+    """
 
 
 class WorkerCrashed(RuntimeError):

@@ -10,6 +10,11 @@ A *runner* is one thread asking for queries, named by ``(pid, thread id)``. Its 
 jobs it has claimed and not yet published, innermost last; a runner that waits for another's
 job records it, and the chain runner -> job waited for -> its owner -> ... is the wait-for graph
 that :meth:`JobTable.claim` walks before it waits.
+
+Revisions (salsa's, rustc incremental's): every input change starts a new revision. A memo
+records the revision it was last verified in and the one its value last changed in; a claim in
+a later revision answers "verify it" with the old memo, and the client re-validates its
+dependencies and re-executes the body only if one of them changed (see ``dualmode.query``).
 """
 
 from __future__ import annotations
@@ -41,27 +46,66 @@ _SHARDS = 64  # claims on different keys rarely share a lock
 _OWNER_CHECK = 0.5  # seconds between checks that a waited-for owner's process is alive
 
 # Memo.state. ERROR_ONCE: an exception delivered to the caller and the waiters but not memoized
-# (``cache_errors=False``, or an interrupted execution): nobody caches it.
-OK, ERROR, FALLBACK, ERROR_ONCE = 0, 1, 2, 3
+# (``cache_errors=False``, or a worker that died): nobody caches it. RETRY: the execution was
+# abandoned (cancelled, interrupted); a waiter asks again.
+OK, ERROR, FALLBACK, ERROR_ONCE, RETRY = 0, 1, 2, 3, 4
+_STATES = ("ok", "error", "fallback", "error_once", "retry")
+
+LOW, MEDIUM, HIGH = 0, 1, 2  # durabilities (dualmode.Durability)
+
+# What JobTable.claim answers: the memo, valid in the caller's revision; a claim to execute
+# (nothing memoized) or to verify (an older revision's memo, given); or that the caller's
+# revision is not the current one (the current one, given).
+MEMO, RUN, VERIFY, STALE = "memo", "run", "verify", "stale"
+# Verdicts a publisher gives: how the (query, key) was brought up to date in its revision.
+GREEN, EXECUTED, BACKDATED = "green", "executed", "backdated"
 
 
 class Memo:
     """A finished query: its value (``OK``), exception (``ERROR``), or ``FALLBACK`` (it lay on
-    a cycle: its value is the query's ``cycle=`` fallback, computed by whoever reads it), and
-    the dependencies it read, in order."""
+    a cycle: its value is the query's ``cycle=`` fallback, computed by whoever reads it); the
+    dependencies it read, in order (None: unknown, so it must execute again in a new
+    revision); the revisions it was last verified and last changed in; and its durability,
+    the lowest of its dependencies' (HIGH when it read none)."""
 
-    __slots__ = ("deps", "state", "value")
+    __slots__ = ("changed_at", "deps", "durability", "state", "value", "verified_at")
 
-    def __init__(self, state: int, value: Any, deps: tuple[QKey, ...] = ()) -> None:
+    def __init__(
+        self,
+        state: int,
+        value: Any,
+        deps: tuple[QKey, ...] | None = (),
+        verified_at: int = 0,
+        changed_at: int = 0,
+        durability: int = HIGH,
+    ) -> None:
         self.state = state
         self.value = value
         self.deps = deps
+        self.verified_at = verified_at
+        self.changed_at = changed_at
+        self.durability = durability
+
+    def replace(self, **changes: Any) -> Memo:
+        fields = {name: getattr(self, name) for name in Memo.__slots__}
+        fields.update(changes)
+        return Memo(**fields)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return Memo, (self.state, self.value, self.deps)
+        return Memo, (
+            self.state,
+            self.value,
+            self.deps,
+            self.verified_at,
+            self.changed_at,
+            self.durability,
+        )
 
     def __repr__(self) -> str:
-        return f"Memo({('ok', 'error', 'fallback', 'error_once')[self.state]}, {self.value!r})"
+        return (
+            f"Memo({_STATES[self.state]}, {self.value!r}, verified_at={self.verified_at}, "
+            f"changed_at={self.changed_at})"
+        )
 
 
 def _sort_key(entry: QKey) -> tuple[str, str, str]:
@@ -99,12 +143,16 @@ class _RunnerState:
 class _Job:
     """A claimed (query, key): who executes it, and the latch its waiters sleep on."""
 
-    __slots__ = ("latch", "outcome", "owner", "qkey", "resolution", "slot")
+    __slots__ = ("latch", "old", "outcome", "owner", "qkey", "resolution", "revision", "slot")
 
-    def __init__(self, qkey: QKey, slot: Any, owner: _RunnerState) -> None:
+    def __init__(
+        self, qkey: QKey, slot: Any, owner: _RunnerState, revision: int, old: Memo | None
+    ) -> None:
         self.qkey = qkey
         self.slot = slot  # the job-table key: qkey, plus the process for local=True queries
         self.owner = owner
+        self.revision = revision
+        self.old = old  # the older revision's memo being verified, if any
         self.latch = threading.Event()
         self.resolution: Memo | None = None  # set when a cycle through this job was resolved
         self.outcome: Memo | None = None  # what waiters get, set before the latch opens
@@ -141,7 +189,17 @@ class JobTable:
         self._graph_lock = threading.Lock()  # taken only by a caller about to wait
         self._runners: dict[Runner, _RunnerState] = {}
         self._counters = {name: _Counters() for name in fallbacks}
-        self._inputs: dict[tuple[str, Any], Any] = {}
+        # Inputs and revisions: (name, key) -> (value, changed_at, durability).
+        self.revision = 1
+        self._revision_lock = threading.Lock()
+        self._inputs: dict[tuple[str, Any], tuple[Any, int, int]] = {}
+        # Per durability, the last revision in which an input at least that durable changed:
+        # a memo no input of its durability or more changed since it was verified is green.
+        self._last_changed = [1, 1, 1]
+        self._verdicts: dict[int, dict[str, int]] = {}  # revision -> verdict -> count
+
+    def _shard(self, slot: Any) -> threading.Lock:
+        return self._locks[hash(slot) % _SHARDS]
 
     # -- claims --------------------------------------------------------------------------------
 
@@ -150,16 +208,25 @@ class JobTable:
         name: str,
         key: tuple[Any, ...],
         runner: Runner,
+        revision: int,
         scope: Any = None,
         hits: Iterable[tuple[str, int]] = (),
-    ) -> Any:
-        """The memo of ``name(*key)``, or None: then *runner* has claimed it and must execute it
-        and :meth:`publish` (or :meth:`abandon`) it.
+    ) -> tuple[str, Any]:
+        """Bring ``name(*key)`` up to date in *revision* for *runner*. Answers:
 
-        If another runner is executing it, wait for its outcome; if waiting would close a cycle
-        in the wait-for graph, settle the cycle first (see :meth:`_settle`). *scope* keeps
-        separate memos per scope (the processes backend's ``local=True`` queries, per process);
-        *hits* are counts a client served from its own cache (sent along to save a round trip).
+        - ``(MEMO, memo)``: its memo, valid in *revision* (found, found green without looking
+          at its dependencies because no input of its durability changed, or computed by
+          another runner that this one waited for);
+        - ``(RUN, None)`` or ``(VERIFY, old_memo)``: *runner* has claimed it and must execute
+          it (or verify the old memo's dependencies, and execute it if one changed), then
+          :meth:`publish` or :meth:`abandon` it;
+        - ``(STALE, revision)``: *revision* is not the current one, which is given.
+
+        Waiting for another runner's execution adds an edge to the wait-for graph; if that
+        closes a cycle, the cycle is settled first (see :meth:`_settle`). *scope* keeps
+        separate memos per scope (the processes backend's ``local=True`` queries, per
+        process); *hits* are counts a client served from its own cache (sent along to save a
+        round trip).
         """
         if hits:
             self.add_hits(hits)
@@ -167,21 +234,36 @@ class JobTable:
         slot = qkey if scope is None else (name, key, scope)
         memos = self.memos[name] if scope is None else self._scoped
         memo_key = key if scope is None else slot
-        with self._locks[hash(slot) % _SHARDS]:
-            memo = memos.get(memo_key)
-            if memo is not None:
-                self._counters[name].hits += 1
-                return memo
-            self._counters[name].misses += 1
-            job = self._jobs.get(slot)
-            if job is None:
-                state = self._runners.get(runner)
-                if state is None:
-                    state = self._runners[runner] = _RunnerState(runner)
-                job = self._jobs[slot] = _Job(qkey, slot, state)
-                state.stack.append(job)
-                return None
-        return self._wait(job, runner)
+        while True:
+            if revision != self.revision:
+                return STALE, self.revision
+            with self._shard(slot):
+                memo = memos.get(memo_key)
+                if memo is not None:
+                    if memo.verified_at == revision:
+                        self._counters[name].hits += 1
+                        return MEMO, memo
+                    if (
+                        memo.deps is not None
+                        and self._last_changed[memo.durability] <= memo.verified_at
+                    ):
+                        memo = memos[memo_key] = memo.replace(verified_at=revision)
+                        self._count(revision, GREEN)
+                        self._counters[name].hits += 1
+                        return MEMO, memo
+                self._counters[name].misses += 1
+                job = self._jobs.get(slot)
+                if job is None:
+                    state = self._runners.get(runner)
+                    if state is None:
+                        state = self._runners[runner] = _RunnerState(runner)
+                    job = self._jobs[slot] = _Job(qkey, slot, state, revision, memo)
+                    state.stack.append(job)
+                    return (RUN, None) if memo is None else (VERIFY, memo)
+            outcome = self._wait(job, runner)
+            if job.revision == revision and outcome.state != RETRY:
+                return MEMO, outcome
+            # An older revision's job, or an abandoned one: look again.
 
     def publish(
         self,
@@ -191,26 +273,36 @@ class JobTable:
         memo: Memo,
         *,
         store: bool = True,
+        verdict: str | None = EXECUTED,
         elapsed: float = 0.0,
         self_time: float = 0.0,
         scope: Any = None,
     ) -> Memo | None:
         """Finish *runner*'s claim: memoize *memo* (unless ``store=False``: then only the
-        waiters get it) and wake the waiters. Returns None, or the memo that overrides the
-        caller's own (a cycle through this job was settled while its body ran)."""
+        waiters get it) and wake the waiters. *verdict* says how it was brought up to date
+        (``GREEN``: verified, the body did not run; ``EXECUTED``; ``BACKDATED``: executed,
+        and equal to the old value; None: abandoned). Returns None, or the memo that overrides
+        the caller's own (a cycle through this job was settled while its body ran)."""
         slot = (name, key) if scope is None else (name, key, scope)
         state = self._runners[runner]
         job = state.stack.pop()
         assert job.slot == slot, (job.slot, slot)
         if not state.stack and state.waiting is None:
             del self._runners[runner]
-        with self._locks[hash(slot) % _SHARDS]:
-            counters = self._counters[name]
-            counters.executions += 1
-            counters.total += elapsed
-            counters.self_time += self_time
+        with self._shard(slot):
+            if verdict in (EXECUTED, BACKDATED):
+                counters = self._counters[name]
+                counters.executions += 1
+                counters.total += elapsed
+                counters.self_time += self_time
+            if verdict is not None:
+                self._count(job.revision, verdict)
+            if verdict == GREEN and job.old is not None:  # the table's own copy, re-stamped
+                memo = job.old.replace(verified_at=job.revision)
             override = job.resolution
             if override is not None:
+                if override.deps is None and memo.deps is not None:
+                    override.deps = memo.deps  # what the body read: a later revision verifies it
                 memo = override
             elif store:
                 if scope is None:
@@ -218,26 +310,47 @@ class JobTable:
                 else:
                     self._scoped[slot] = memo
             elif memo.state == ERROR:
-                memo = Memo(ERROR_ONCE, memo.value, memo.deps)
+                memo = memo.replace(state=ERROR_ONCE)
             job.outcome = memo
             del self._jobs[slot]
         job.latch.set()
         return override
 
     def abandon(self, name: str, key: tuple[Any, ...], runner: Runner, scope: Any = None) -> None:
-        """Give up *runner*'s claim without a result (the body was interrupted): waiters get
-        :class:`~dualmode.WorkerCrashed`, nothing is memoized, the next caller executes it."""
-        error = WorkerCrashed(f"query {name}{key!r} was interrupted while it ran; ask for it again")
-        self.publish(name, key, runner, Memo(ERROR_ONCE, error), store=False, scope=scope)
+        """Give up *runner*'s claim without a result (cancelled, or interrupted): nothing is
+        memoized, and a waiter asks again (and so executes it itself)."""
+        memo = Memo(RETRY, None)
+        self.publish(name, key, runner, memo, store=False, verdict=None, scope=scope)
 
     def add_hits(self, hits: Iterable[tuple[str, int]]) -> None:
         """Count hits that clients served from their own caches."""
         for name, n in hits:
-            with self._locks[hash(name) % _SHARDS]:
+            with self._shard(name):
                 self._counters[name].hits += n
 
-    def peek(self, name: str, key: tuple[Any, ...]) -> Memo | None:
-        return self.memos[name].get(key)
+    def peek(self, name: str, key: tuple[Any, ...], revision: int) -> Memo | None:
+        """The memo of ``name(*key)`` if it is valid in *revision* (nothing is computed)."""
+        memo = self.memos[name].get(key)
+        if memo is None or memo.verified_at != revision:
+            return None
+        return memo
+
+    def stats(
+        self,
+    ) -> tuple[dict[str, tuple[int, int, int, float, float, float]], dict[int, dict[str, int]]]:
+        """Per query: hits, misses, executions, total time, self time, wait time; and per
+        revision, how many (query, key) were verified green, executed and backdated."""
+        queries = {}
+        for name, c in self._counters.items():
+            queries[name] = (c.hits, c.misses, c.executions, c.total, c.self_time, c.wait)
+        with self._revision_lock:
+            verdicts = {r: dict(v) for r, v in self._verdicts.items()}
+        return queries, verdicts
+
+    def _count(self, revision: int, verdict: str) -> None:
+        with self._revision_lock:
+            per = self._verdicts.setdefault(revision, {GREEN: 0, EXECUTED: 0, BACKDATED: 0})
+            per[verdict] += 1
 
     # In-process tables hand memos over as they are; the processes backend's client packs values
     # to bytes for the coordinator and unpacks them.
@@ -254,26 +367,46 @@ class JobTable:
     def unpack_value(self, value: Any) -> Any:
         return value
 
-    # -- inputs --------------------------------------------------------------------------------
+    # -- inputs and revisions ------------------------------------------------------------------
 
-    def set_input(self, name: str, key: Any, value: Any) -> None:
-        with self._locks[hash((name, key)) % _SHARDS]:
-            self._inputs[(name, key)] = value
+    def set_input(self, name: str, key: Any, value: Any, durability: int = LOW) -> int:
+        """Set an input: a new revision starts (returned). Queries still running in older
+        revisions are cancelled at their next claim or input read."""
+        with self._revision_lock:
+            revision = self.revision + 1
+            previous = self._inputs.get((name, key))
+            # Memos that read the old value have its durability: they must see the change too.
+            changed = durability if previous is None else max(durability, previous[2])
+            self._inputs[(name, key)] = (value, revision, durability)
+            for level in range(changed + 1):
+                self._last_changed[level] = revision
+            self.revision = revision
+        return revision
 
-    def get_input(self, name: str, key: Any) -> tuple[bool, Any]:
-        """``(True, value)`` of input *name* at *key* (packed, on processes), or ``(False,
-        None)`` if it was never set."""
-        try:
-            return True, self._inputs[(name, key)]
-        except KeyError:
-            return False, None
+    def get_input(self, name: str, key: Any, revision: int) -> tuple[str, Any, int, int]:
+        """``(MEMO, value, changed_at, durability)`` of input *name* at *key*; ``("missing",
+        None, 0, LOW)`` if it was never set; ``(STALE, None, current revision, LOW)`` if
+        *revision* is not the current one."""
+        entry = self._inputs.get((name, key))
+        if revision != self.revision:
+            return STALE, None, self.revision, LOW
+        if entry is None:
+            return "missing", None, 0, LOW
+        value, changed_at, durability = entry
+        return MEMO, value, changed_at, durability
 
-    def stats(self) -> dict[str, tuple[int, int, int, float, float, float]]:
-        """Per query: hits, misses, executions, total time, self time, wait time."""
-        result = {}
-        for name, c in self._counters.items():
-            result[name] = (c.hits, c.misses, c.executions, c.total, c.self_time, c.wait)
-        return result
+    def input_changes(
+        self, inputs: list[tuple[str, Any]], since: int, revision: int
+    ) -> tuple[str, int]:
+        """Whether any of *inputs* changed after revision *since*: ``(MEMO, 1 or 0)``, or
+        ``(STALE, current revision)`` (one round trip for all of a memo's input reads)."""
+        if revision != self.revision:
+            return STALE, self.revision
+        for name_key in inputs:
+            entry = self._inputs.get(name_key)
+            if entry is not None and entry[1] > since:
+                return MEMO, 1
+        return MEMO, 0
 
     # -- waiting and cycles --------------------------------------------------------------------
 
@@ -292,7 +425,7 @@ class JobTable:
                         # fallback: waiting for it would wait for myself. Unwind to it.
                         assert cycle is not None
                         error = CycleError(canonical_cycle([j.qkey for j in cycle]))
-                        return Memo(ERROR, error)
+                        return Memo(ERROR, error, None, job.revision, job.revision, LOW)
                     if state is None:
                         state = self._runners[runner] = _RunnerState(runner)
                     state.waiting = job  # its chain reaches a running or settled job
@@ -304,7 +437,7 @@ class JobTable:
                 state.waiting = None
                 if not state.stack and self._runners.get(runner) is state:
                     del self._runners[runner]
-        with self._locks[hash(job.slot) % _SHARDS]:
+        with self._shard(job.slot):
             self._counters[name].wait += waited
         assert job.outcome is not None  # set before the latch opened
         return job.outcome
@@ -322,11 +455,11 @@ class JobTable:
             f"the worker process (pid {job.owner.ident[0]}) executing query {name}{key!r} "
             "died; nothing was memoized, so asking again executes it again"
         )
-        with self._locks[hash(job.slot) % _SHARDS]:
+        with self._shard(job.slot):
             if self._jobs.get(job.slot) is not job:
                 return  # published meanwhile
             del self._jobs[job.slot]
-            job.outcome = Memo(ERROR_ONCE, error)
+            job.outcome = Memo(ERROR_ONCE, error, None, job.revision, job.revision)
         with self._graph_lock:
             self._runners.pop(job.owner.ident, None)
         job.latch.set()
@@ -366,16 +499,33 @@ class JobTable:
         If some queries on it have a ``cycle=`` fallback, those take their fallback values and
         the others are not poisoned: they go on and compute from them. Without any fallback,
         every query on the cycle gets the same CycleError. Settled jobs' waiters wake now; the
-        bodies still running finish, and their own results are dropped for these.
+        bodies still running finish, and their own results are dropped for these. A settled
+        memo keeps the revision it changed in if the old one was settled the same way (so its
+        dependents stay green), and is verified again in every new revision.
         """
         error = CycleError(canonical_cycle([job.qkey for job in cycle]))
         with_fallback = [job for job in cycle if self._fallbacks[job.qkey[0]]]
         for job in with_fallback or cycle:
-            memo = Memo(FALLBACK, None) if self._fallbacks[job.qkey[0]] else Memo(ERROR, error)
-            with self._locks[hash(job.slot) % _SHARDS]:
+            if self._fallbacks[job.qkey[0]]:
+                state, value = FALLBACK, None
+            else:
+                state, value = ERROR, error
+            old = job.old
+            same = (
+                old is not None
+                and old.state == state
+                and (state == FALLBACK or _same_cycle(old.value, error))
+            )
+            changed_at = old.changed_at if same and old is not None else job.revision
+            memo = Memo(state, value, None, job.revision, changed_at, LOW)
+            with self._shard(job.slot):
                 job.resolution = job.outcome = memo
                 if job.slot == job.qkey:
                     self.memos[job.qkey[0]][job.qkey[1]] = memo
                 else:
                     self._scoped[job.slot] = memo
             job.latch.set()
+
+
+def _same_cycle(value: Any, error: CycleError) -> bool:
+    return isinstance(value, CycleError) and value.cycle == error.cycle

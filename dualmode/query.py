@@ -31,7 +31,7 @@ iteration; not done here).
 
 from __future__ import annotations
 
-import contextlib
+import enum
 import functools
 import os
 import threading
@@ -43,9 +43,36 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
 from .config import BackendSpec, _resolve_spec, current, resolve_backend
-from .job_table import ERROR, ERROR_ONCE, FALLBACK, OK, JobTable, Memo, QKey
+from .errors import Cancelled
+from .job_table import (
+    BACKDATED,
+    ERROR,
+    ERROR_ONCE,
+    EXECUTED,
+    FALLBACK,
+    GREEN,
+    HIGH,
+    LOW,
+    MEDIUM,
+    MEMO,
+    OK,
+    RETRY,
+    STALE,
+    JobTable,
+    Memo,
+    QKey,
+)
 
-__all__ = ["BoundQuery", "Database", "QueryStats", "input", "query"]
+__all__ = [
+    "BoundQuery",
+    "Database",
+    "DatabaseStats",
+    "Durability",
+    "QueryStats",
+    "RevisionStats",
+    "input",
+    "query",
+]
 
 T = TypeVar("T")
 
@@ -70,48 +97,104 @@ class QueryStats:
     wait_time: float = 0.0
 
 
-class _Frame:
-    """A query being executed by a runner: what it has read so far."""
+class Durability(enum.IntEnum):
+    """How rarely an input changes (salsa's durability). A query's durability is the lowest of
+    what it read; after a change to inputs of lower durability only, it is known to be
+    unchanged without walking its dependencies. ``db.source[k] = v`` sets LOW."""
 
-    __slots__ = ("child_time", "deps")
+    LOW = LOW
+    MEDIUM = MEDIUM
+    HIGH = HIGH
+
+
+@dataclass(frozen=True)
+class RevisionStats:
+    """How the (query, key) pairs asked for in one revision were brought up to date.
+
+    ``green``: re-validated without running the body (no dependency changed); ``executed``:
+    the body ran (new keys, or a dependency changed); ``backdated``: of those, how many gave a
+    value equal to the old one, so that what depends on them stayed green.
+    """
+
+    green: int = 0
+    executed: int = 0
+    backdated: int = 0
+
+
+class DatabaseStats(dict[str, QueryStats]):
+    """``db.stats()``: a :class:`QueryStats` per query name, plus ``.revisions``, a
+    :class:`RevisionStats` per revision in which anything was re-validated or executed, and
+    ``.revision``, the current revision."""
+
+    def __init__(
+        self, queries: dict[str, QueryStats], revisions: dict[int, RevisionStats], revision: int
+    ) -> None:
+        super().__init__(queries)
+        self.revisions = revisions
+        self.revision = revision
+
+
+class _Frame:
+    """A query being executed (or verified) by a runner: what it has read so far, and the
+    lowest durability among the inputs it read."""
+
+    __slots__ = ("child_time", "deps", "durability")
 
     def __init__(self) -> None:
         self.deps: list[QKey] = []
         self.child_time = 0.0
+        self.durability = HIGH
 
 
 class _Runner:
-    """A thread that asks for queries: its stack of executing frames, its own copy of the memos
-    it has read, and its hits not yet counted by the table (only this thread writes them)."""
+    """A thread that asks for queries: the revision its queries run in, its stack of executing
+    frames, its own copy of the memos it has read in that revision, and its hits not yet
+    counted by the table (only this thread writes them)."""
 
-    __slots__ = ("hits", "ident", "memos", "stack")
+    __slots__ = ("hits", "ident", "memos", "revision", "stack")
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, revision: int) -> None:
         self.ident = (os.getpid(), threading.get_ident())
         # On free-threaded 3.13 a lookup in a dict another thread created costs ~20 us once keys
         # must be compared (measured: 100x a local one), so hits are served from dicts this
         # thread owns.
         self.memos: list[dict[tuple[Any, ...], Memo]] = [{} for _ in range(n)]
+        self.revision = revision
         self.stack: list[_Frame] = []
         self.hits = [0] * n
 
+    def advance(self, revision: int) -> None:
+        """Move to a newer revision: the memos copied in the old one may be out of date."""
+        self.revision = revision
+        self.memos = [{} for _ in self.memos]
+
 
 class _Runtime:
-    """The client side of one database's job table: executes bodies, records dependencies,
-    caches memos in this process, and turns memos into values or exceptions."""
+    """The client side of one database's job table: executes and verifies bodies, records
+    dependencies, caches memos in this process, and turns memos into values or exceptions."""
 
-    def __init__(self, db: Database, queries: list[_QueryDescriptor[Any]], table: Any) -> None:
+    def __init__(
+        self,
+        db: Database,
+        queries: list[_QueryDescriptor[Any]],
+        inputs: frozenset[str],
+        table: Any,
+        revision: int = 1,
+    ) -> None:
         self.db = db
         self.table: JobTable = table
         self.remote: bool = table.remote  # values cross processes packed, via the coordinator
         self.queries = {q.name: q for q in queries}
         self.index = {q.name: i for i, q in enumerate(queries)}
+        self.inputs = inputs
         # The memos readers may use without asking the table: the table's own in-process; on
         # processes, this process's cache of what it has executed or received.
         self.memos: dict[str, dict[tuple[Any, ...], Memo]] = (
             {q.name: {} for q in queries} if self.remote else table.memos
         )
         self.scope = os.getpid() if self.remote else None  # where local=True memos live
+        self.revision = revision  # the newest revision this process knows of
+        self.revision_lock = threading.Lock()
         self.local = threading.local()
         self.runners: list[_Runner] = []  # kept after their threads end: stats count their hits
         self.runners_lock = threading.Lock()
@@ -120,35 +203,69 @@ class _Runtime:
         try:
             runner: _Runner = self.local.runner
         except AttributeError:
-            runner = _Runner(len(self.queries))
+            runner = _Runner(len(self.queries), self.revision)
             self.local.runner = runner
             with self.runners_lock:
                 self.runners.append(runner)
+        if not runner.stack and runner.revision != self.revision:
+            runner.advance(self.revision)
         return runner
+
+    def learn_revision(self, revision: int) -> None:
+        with self.revision_lock:
+            if revision > self.revision:
+                self.revision = revision
+
+    def stale(self, runner: _Runner, revision: int) -> None:
+        """The table says *runner*'s revision is over: cancel its queries, or, between
+        queries, move it to the current revision."""
+        self.learn_revision(revision)
+        if runner.stack:
+            raise Cancelled(
+                f"an input of {self.db!r} changed (revision {runner.revision} -> {revision}) "
+                "while this query ran; ask again for the value from the new inputs"
+            )
+        runner.advance(self.revision)
 
     # -- the miss path ---------------------------------------------------------------------
 
     def get(self, name: str, key: tuple[Any, ...], runner: _Runner) -> Any:
         """``name(*key)`` when this runner's own copy of the memos lacks it."""
-        descriptor = self.queries[name]
-        index = self.index[name]
-        memo = self.memos[name].get(key)
-        if memo is not None:
-            runner.hits[index] += 1
-        else:
-            scope = self.scope if descriptor.local else None
-            memo = self.table.claim(name, key, runner.ident, scope, *self._pending_hits(runner))
-            if memo is None:
-                memo = self._execute(descriptor, key, runner, scope)
-            else:
-                memo = self._received(descriptor, key, memo)
-        if memo.state == FALLBACK:
-            memo = self._fallback(descriptor, key)
-        if memo.state != ERROR_ONCE:
-            runner.memos[index][key] = memo
+        memo = self.memo_of(name, key, runner)
         if memo.state == OK:
             return memo.value
         raise memo.value
+
+    def memo_of(self, name: str, key: tuple[Any, ...], runner: _Runner) -> Memo:
+        """The memo of ``name(*key)`` in *runner*'s revision: found, verified, or executed."""
+        descriptor = self.queries[name]
+        index = self.index[name]
+        memo = runner.memos[index].get(key)
+        if memo is not None:
+            return memo
+        while True:
+            memo = self.memos[name].get(key)
+            if memo is not None and memo.verified_at == runner.revision:
+                runner.hits[index] += 1
+                break
+            scope = self.scope if descriptor.local else None
+            kind, answer = self.table.claim(
+                name, key, runner.ident, runner.revision, scope, *self._pending_hits(runner)
+            )
+            if kind == MEMO:
+                memo = self._received(descriptor, key, answer)
+                break
+            if kind == STALE:
+                self.stale(runner, answer)
+                continue
+            old = None if answer is None else self._received(descriptor, key, answer, old=True)
+            memo = self._update(descriptor, key, runner, scope, old)
+            break
+        if memo.state == FALLBACK:
+            memo = self._fallback(descriptor, key, memo)
+        if memo.state != ERROR_ONCE:
+            runner.memos[index][key] = memo
+        return memo
 
     def _pending_hits(self, runner: _Runner) -> tuple[list[tuple[str, int]], ...]:
         """This runner's hits the table has not counted yet (processes only), to send along."""
@@ -159,18 +276,39 @@ class _Runtime:
         runner.hits = [0] * len(names)
         return (pending,)
 
-    def _execute(
-        self, descriptor: _QueryDescriptor[Any], key: tuple[Any, ...], runner: _Runner, scope: Any
+    def _update(
+        self,
+        descriptor: _QueryDescriptor[Any],
+        key: tuple[Any, ...],
+        runner: _Runner,
+        scope: Any,
+        old: Memo | None,
     ) -> Memo:
+        """Bring a claimed (query, key) up to date in the runner's revision and publish it:
+        verify *old* (green if none of its dependencies changed since it was verified), else
+        execute the body, and backdate the result if it equals *old*'s."""
         name = descriptor.name
+        revision = runner.revision
         frame = _Frame()
         runner.stack.append(frame)
         start = time.perf_counter()
         try:
-            value = descriptor.fn(self.db, *key)
-            memo = Memo(OK, value, tuple(frame.deps))
-        except Exception as exc:
-            memo = Memo(ERROR, exc, tuple(frame.deps))
+            if old is not None and not descriptor.volatile and not self._changed(old, runner):
+                runner.stack.pop()
+                memo = old.replace(verified_at=revision)
+                if self.remote and scope is None:
+                    self.memos[name][key] = memo
+                override = self.table.publish(
+                    name, key, runner.ident, self._green(memo), verdict=GREEN, scope=scope
+                )
+                return memo if override is None else self._received(descriptor, key, override)
+            frame.deps.clear()  # what verification read is not the body's
+            frame.durability = HIGH
+            try:
+                value = descriptor.fn(self.db, *key)
+                state = OK
+            except Exception as exc:
+                value, state = exc, ERROR
         except BaseException:
             runner.stack.pop()
             self.table.abandon(name, key, runner.ident, scope)
@@ -179,9 +317,15 @@ class _Runtime:
         runner.stack.pop()
         if runner.stack:
             runner.stack[-1].child_time += elapsed
+        durability = LOW if descriptor.volatile else self._durability(frame, runner)
+        memo = Memo(state, value, tuple(frame.deps), revision, revision, durability)
+        verdict = EXECUTED
+        if old is not None and _same_result(old, memo):
+            memo.changed_at = old.changed_at
+            verdict = BACKDATED
         store = memo.state == OK or descriptor.cache_errors
         if not store:
-            memo = Memo(ERROR_ONCE, memo.value, memo.deps)
+            memo = memo.replace(state=ERROR_ONCE)
         elif scope is not None:
             # local=True: the value stays in this process and the table keeps only a marker;
             # threads of this process that waited for it read it from here.
@@ -195,6 +339,7 @@ class _Runtime:
             runner.ident,
             shipped,
             store=store,
+            verdict=verdict,
             elapsed=elapsed,
             self_time=elapsed - frame.child_time,
             scope=scope,
@@ -205,40 +350,93 @@ class _Runtime:
             self.memos[name][key] = memo
         return memo
 
+    def _green(self, memo: Memo) -> Memo:
+        """What to publish for a memo verified green: on processes, without its value (the
+        coordinator re-stamps the one it has)."""
+        return memo.replace(value=None) if self.remote else memo
+
+    def _changed(self, old: Memo, runner: _Runner) -> bool:
+        """Whether a dependency of *old* changed after it was verified: inputs and queries in
+        the order they were read; each query is brought up to date first (it may execute)."""
+        if old.deps is None:
+            return True  # unknown (settled on a cycle before its body finished)
+        since = old.verified_at
+        inputs: list[tuple[str, Any]] = []
+        for name, key in old.deps:
+            if name in self.inputs:
+                inputs.append((name, key[0]))
+                continue
+            if inputs:
+                if self._inputs_changed(inputs, since, runner):
+                    return True
+                inputs = []
+            if self.memo_of(name, key, runner).changed_at > since:
+                return True
+        return bool(inputs) and self._inputs_changed(inputs, since, runner)
+
+    def _inputs_changed(self, inputs: list[tuple[str, Any]], since: int, runner: _Runner) -> bool:
+        kind, answer = self.table.input_changes(inputs, since, runner.revision)
+        if kind == STALE:
+            self.stale(runner, answer)  # raises Cancelled: a frame is on the stack
+        return bool(answer)
+
+    def _durability(self, frame: _Frame, runner: _Runner) -> int:
+        """The lowest durability among what the frame read (inputs counted as they were read)."""
+        durability = frame.durability
+        for name, key in frame.deps:
+            if durability == LOW:
+                break
+            if name in self.inputs:
+                continue
+            memo = runner.memos[self.index[name]].get(key)
+            durability = LOW if memo is None else min(durability, memo.durability)
+        return durability
+
     def _received(
-        self, descriptor: _QueryDescriptor[Any], key: tuple[Any, ...], memo: Memo
+        self, descriptor: _QueryDescriptor[Any], key: tuple[Any, ...], memo: Memo, old: bool = False
     ) -> Memo:
         """A memo from the table, as this process uses it (unpacked and cached here)."""
         if not self.remote:
             return memo
+        name = descriptor.name
         if descriptor.local and memo.state == OK:
             # A marker: the value is in this process, put there by the thread that executed it.
-            return self.memos[descriptor.name][key]
+            mine = self.memos[name].get(key)
+            if mine is None:  # cannot happen: published only after it was cached here
+                if old:
+                    return memo.replace(state=RETRY, deps=None)  # execute it again
+                raise RuntimeError(f"query {name}{key!r}: its local=True value is lost")
+            return mine.replace(verified_at=memo.verified_at, changed_at=memo.changed_at)
         memo = self.table.unpack(memo)
-        if memo.state != ERROR_ONCE:
-            self.memos[descriptor.name][key] = memo
+        if memo.state != ERROR_ONCE and not old:
+            self.memos[name][key] = memo
         return memo
 
-    def _fallback(self, descriptor: _QueryDescriptor[Any], key: tuple[Any, ...]) -> Memo:
+    def _fallback(
+        self, descriptor: _QueryDescriptor[Any], key: tuple[Any, ...], memo: Memo
+    ) -> Memo:
         """The value of a query settled by its ``cycle=`` fallback (computed by each reader)."""
         assert descriptor.cycle is not None
         try:
-            return Memo(OK, descriptor.cycle(self.db, *key))
+            return memo.replace(state=OK, value=descriptor.cycle(self.db, *key))
         except Exception as exc:
-            return Memo(ERROR, exc)
+            return memo.replace(state=ERROR, value=exc)
 
     def peek(self, name: str, key: tuple[Any, ...]) -> Memo | None:
         descriptor = self.queries[name]
+        revision = self.revision
         memo = self.memos[name].get(key)
+        if memo is not None and memo.verified_at != revision:
+            memo = None
         if memo is None and self.remote and not descriptor.local:
-            memo = self.table.peek(name, key)
+            memo = self.table.peek(name, key, revision)
             if memo is not None:
                 memo = self._received(descriptor, key, memo)
         if memo is not None and memo.state == FALLBACK:
-            memo = self._fallback(descriptor, key)
+            memo = self._fallback(descriptor, key, memo)
         return memo
 
-    def stats(self) -> dict[str, QueryStats]:
+    def stats(self) -> DatabaseStats:
         with self.runners_lock:
             runners = list(self.runners)
         if self.remote:  # this process's uncounted hits reach the table first
@@ -246,14 +444,31 @@ class _Runtime:
                 pending = self._pending_hits(runner)
                 if pending:
                     self.table.add_hits(*pending)
-        counts = self.table.stats()
-        result = {}
+        counts, verdicts = self.table.stats()
+        queries = {}
         for name, i in self.index.items():
             hits, misses, executions, total, self_time, wait = counts[name]
             if not self.remote:
                 hits += sum(r.hits[i] for r in runners)
-            result[name] = QueryStats(hits, misses, executions, total, self_time, wait)
-        return result
+            queries[name] = QueryStats(hits, misses, executions, total, self_time, wait)
+        revisions = {
+            r: RevisionStats(v[GREEN], v[EXECUTED] + v[BACKDATED], v[BACKDATED])
+            for r, v in sorted(verdicts.items())
+        }
+        return DatabaseStats(queries, revisions, self.revision)
+
+
+def _same_result(old: Memo, new: Memo) -> bool:
+    """Whether a re-executed query gave what it gave before (then it is backdated)."""
+    if old.state != new.state:
+        return False
+    if new.state == OK:
+        try:
+            return bool(old.value == new.value)
+        except Exception:  # an __eq__ that raises, or an ambiguous truth value (arrays)
+            return False
+    a, b = old.value, new.value
+    return type(a) is type(b) and getattr(a, "args", None) == getattr(b, "args", None)
 
 
 class BoundQuery(Generic[T]):
@@ -277,6 +492,8 @@ class BoundQuery(Generic[T]):
         stack = runner.stack
         if stack:  # record the edge for the caller, hit or miss
             stack[-1].deps.append((self._name, key))
+        elif runner.revision != self._rt.revision:  # an input changed since its last query
+            runner.advance(self._rt.revision)
         try:
             memo = runner.memos[self._index].get(key)
         except TypeError:
@@ -289,8 +506,9 @@ class BoundQuery(Generic[T]):
         raise memo.value
 
     def peek(self, *key: Any, default: Any = None) -> Any:
-        """The memoized value without computing anything: *default* if not computed yet;
-        the memoized exception is raised if the query failed."""
+        """The memoized value without computing anything: *default* if not computed (or not
+        verified) in the current revision yet; the memoized exception is raised if the query
+        failed."""
         memo = self._rt.peek(self._name, key)
         if memo is None or memo.state == ERROR_ONCE:
             return default
@@ -309,8 +527,14 @@ class BoundQuery(Generic[T]):
             par_for_each(self._prefetch_one, missing, backend=self._rt.db.backend)
 
     def _prefetch_one(self, key: tuple[Any, ...]) -> None:
-        with contextlib.suppress(Exception):  # memoized: the caller sees it when it asks
-            self(*key)
+        while True:
+            try:
+                self(*key)
+            except Cancelled:  # an input changed meanwhile: bring it up to date in the new one
+                continue
+            except Exception:  # memoized: the caller sees it when it asks
+                pass
+            return
 
     def __reduce__(self) -> tuple[Any, ...]:
         return getattr, (self._rt.db, self._name)  # the same query of the shipped database
@@ -341,12 +565,14 @@ class _QueryDescriptor(Generic[T]):
         cycle: Callable[..., T] | None = None,
         cache_errors: bool = True,
         local: bool = False,
+        volatile: bool = False,
     ) -> None:
         self.fn = fn
         self.name = fn.__name__
         self.cycle = cycle
         self.cache_errors = cache_errors
         self.local = local
+        self.volatile = volatile
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
 
     def __set_name__(self, owner: type, name: str) -> None:
@@ -372,7 +598,11 @@ def query(fn: Callable[..., T], /) -> _QueryDescriptor[T]: ...
 
 @overload
 def query(
-    *, cycle: Callable[..., Any] | None = None, cache_errors: bool = True, local: bool = False
+    *,
+    cycle: Callable[..., Any] | None = None,
+    cache_errors: bool = True,
+    local: bool = False,
+    volatile: bool = False,
 ) -> Callable[[Callable[..., T]], _QueryDescriptor[T]]: ...
 
 
@@ -383,23 +613,29 @@ def query(
     cycle: Callable[..., Any] | None = None,
     cache_errors: bool = True,
     local: bool = False,
+    volatile: bool = False,
 ) -> Any:
     """Make a Database method a memoized, single-flight, cycle-checked query.
 
-    ``@dm.query`` or ``@dm.query(cycle=fn, cache_errors=True, local=False)``. *cycle* is
+    ``@dm.query`` or ``@dm.query(cycle=fn, cache_errors=True, local=False, volatile=False)``.
+    *cycle* is
     called as ``fn(db, *key)`` for the value this query takes when it lies on a dependency
     cycle (without it, the cycle raises CycleError). With ``cache_errors=False`` an exception
     is delivered to the caller and every waiter but not memoized: the next call executes the
     body again. With ``local=True`` (for values that are expensive to pickle, such as an AST)
     the processes backend keeps each value in the process that computed it: another worker
     process that needs it executes the body again there, at most once per process. On serial
-    and threads it changes nothing.
+    and threads it changes nothing. A ``volatile=True`` query (rustc's ``eval_always``, for
+    bodies that read something outside the database) executes again in every new revision
+    in which it is asked for; if its value is unchanged, what depends on it stays green.
     """
 
     def decorate(f: Callable[..., T]) -> _QueryDescriptor[T]:
         if not callable(f):
             raise TypeError(f"@dm.query decorates a method, got {f!r}")
-        return _QueryDescriptor(f, cycle=cycle, cache_errors=cache_errors, local=local)
+        return _QueryDescriptor(
+            f, cycle=cycle, cache_errors=cache_errors, local=local, volatile=volatile
+        )
 
     return decorate if fn is None else decorate(fn)
 
@@ -408,7 +644,7 @@ class _InputMap:
     """``db.source[key]``: values set from outside; reading one records a dependency.
 
     The values live in the database's job table (on processes, in the coordinator), so every
-    worker reads the same ones.
+    worker reads the same ones. Setting one starts a new revision.
     """
 
     __slots__ = ("_name", "_rt")
@@ -418,22 +654,44 @@ class _InputMap:
         self._name = name
 
     def __getitem__(self, key: Hashable) -> Any:
-        runner = self._rt.runner()
-        if runner.stack:
-            runner.stack[-1].deps.append((self._name, (key,)))
-        found, value = self._rt.table.get_input(self._name, key)
-        if not found:
+        rt = self._rt
+        runner = rt.runner()
+        frame = runner.stack[-1] if runner.stack else None
+        if frame is not None:
+            frame.deps.append((self._name, (key,)))
+        while True:
+            status, value, changed_at, durability = rt.table.get_input(
+                self._name, key, runner.revision
+            )
+            if status != STALE:
+                break
+            rt.stale(runner, changed_at)  # in a query: raises Cancelled
+        if frame is not None and durability < frame.durability:
+            frame.durability = durability
+        if status != MEMO:
             raise KeyError(
                 f"input {self._name!r} has no value for {key!r}; set it first "
                 f"(db.{self._name}[{key!r}] = ...)"
             )
-        return self._rt.table.unpack_value(value)
+        return rt.table.unpack_value(value)
 
     def __setitem__(self, key: Hashable, value: Any) -> None:
-        if self._rt.runner().stack:
+        self.set(key, value)
+
+    def set(self, key: Hashable, value: Any, *, durability: Durability = Durability.LOW) -> None:
+        """Set the input at *key*: a new revision starts. *durability*: how rarely this
+        input changes (see :class:`Durability`)."""
+        rt = self._rt
+        if rt.runner().stack:
             raise RuntimeError(
                 f"input {self._name!r} set from inside a running query; inputs change only "
                 "between queries, from outside"
+            )
+        if rt.remote and rt.db._home != os.getpid():
+            raise RuntimeError(
+                f"input {self._name!r} set in process {os.getpid()}: the inputs of a database on "
+                f"the processes backend are set in the process that created it "
+                f"({rt.db._home}), which hands the new revision to the tasks it sends"
             )
         try:
             hash(key)
@@ -442,11 +700,20 @@ class _InputMap:
                 f"input {self._name!r}: the key {key!r} is unhashable; use a hashable key "
                 "(a str, tuple, frozenset...)"
             ) from None
-        self._rt.table.set_input(self._name, key, self._rt.table.pack_value(value))
+        if not isinstance(durability, int) or not LOW <= durability <= HIGH:
+            raise ValueError(
+                f"durability must be a dualmode.Durability (LOW, MEDIUM or HIGH), not "
+                f"{durability!r}"
+            )
+        packed = rt.table.pack_value(value)
+        rt.learn_revision(rt.table.set_input(self._name, key, packed, int(durability)))
 
     def __contains__(self, key: Hashable) -> bool:
-        found, _ = self._rt.table.get_input(self._name, key)
-        return bool(found)
+        runner = self._rt.runner()
+        status = self._rt.table.get_input(self._name, key, runner.revision)[0]
+        if status == STALE:
+            status = self._rt.table.get_input(self._name, key, self._rt.revision)[0]
+        return bool(status == MEMO)
 
     def __repr__(self) -> str:
         return f"<input {self._name} of {self._rt.db!r}>"
@@ -477,26 +744,27 @@ class Database:
 
     ``Analyzer(backend="threads", workers=2)`` fixes the backend that the memos live on and
     that ``prefetch`` runs on (default: the one in force when the database is created). Every
-    query is memoized per key and executes at most once, however many threads or processes ask.
+    query is memoized per key and executes at most once per revision, however many threads or
+    processes ask. Setting an input starts a new revision: what depends on it is re-validated
+    when next asked for, and only the queries whose dependencies changed execute again.
 
     On the processes backend the job table, memos and inputs live in the backend's coordinator
     and the database is shipped to workers (its class by reference, or by value with
     cloudpickle, and its own attributes by pickle): a class that cannot be shipped raises
-    TypeError here, when the database is created.
+    TypeError here, when the database is created. Its inputs are set in the creating process.
     """
 
     _query_descriptors: list[_QueryDescriptor[Any]]
+    _input_names: frozenset[str]
     _runtime: _Runtime
     _token: str
+    _home: int
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls._query_descriptors = [
-            v
-            for klass in reversed(cls.__mro__)
-            for v in vars(klass).values()
-            if isinstance(v, _QueryDescriptor)
-        ]
+        attributes = {k: v for klass in reversed(cls.__mro__) for k, v in vars(klass).items()}
+        cls._query_descriptors = [v for v in attributes.values() if isinstance(v, _QueryDescriptor)]
+        cls._input_names = frozenset(k for k, v in attributes.items() if isinstance(v, input))
 
     def __init__(self, *, backend: BackendSpec | None = None, workers: int | None = None) -> None:
         if workers is None:
@@ -505,17 +773,26 @@ class Database:
             self.backend = _resolve_spec(
                 backend if backend is not None else current().name, workers
             )
-        descriptors = type(self)._query_descriptors
+        cls = type(self)
+        descriptors = cls._query_descriptors
         table = self.backend.create_job_table({q.name: q.cycle is not None for q in descriptors})
         if table.remote:
-            _check_shippable(type(self), self.backend.name)
-        self._runtime = _Runtime(self, descriptors, table)
+            _check_shippable(cls, self.backend.name)
+        self._runtime = _Runtime(self, descriptors, cls._input_names, table)
         self._token = uuid.uuid4().hex
+        self._home = os.getpid()
         with _attached_lock:
             _attached[self._token] = self
 
-    def stats(self) -> dict[str, QueryStats]:
-        """Per query: hits, misses, executions, total and self time, time spent waiting."""
+    @property
+    def revision(self) -> int:
+        """The current revision: 1, plus one per input set so far (as this process knows)."""
+        return self._runtime.revision
+
+    def stats(self) -> DatabaseStats:
+        """Per query, a :class:`QueryStats` (hits, misses, executions, total and self time,
+        time spent waiting); ``.revisions``: per revision, a :class:`RevisionStats` (how many
+        were re-validated green, re-executed, backdated)."""
         return self._runtime.stats()
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -529,7 +806,8 @@ class Database:
             for k, v in self.__dict__.items()
             if k not in _INTERNAL and not isinstance(v, (BoundQuery, _InputMap))
         }
-        return _attach, (type(self), self._token, self.backend, self._runtime.table, state)
+        rt = self._runtime
+        return _attach, (type(self), self._token, self.backend, rt.table, rt.revision, state)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} on {self.backend.name}>"
@@ -552,9 +830,15 @@ def _check_shippable(cls: type, backend: str) -> None:
 
 
 def _attach(
-    cls: type[Database], token: str, backend: Any, table: Any, state: dict[str, Any]
+    cls: type[Database],
+    token: str,
+    backend: Any,
+    table: Any,
+    revision: int,
+    state: dict[str, Any],
 ) -> Database:
-    """Unpickle a Database: this process's copy of it, sharing the coordinator's job table."""
+    """Unpickle a Database: this process's copy of it, sharing the coordinator's job table,
+    in the revision the sender was in (or a newer one it already knows)."""
     with _attached_lock:
         db = _attached.get(token)
         if db is None:
@@ -562,6 +846,7 @@ def _attach(
             db.__dict__.update(state)
             db.backend = backend
             db._token = token
-            db._runtime = _Runtime(db, cls._query_descriptors, table)
+            db._runtime = _Runtime(db, cls._query_descriptors, cls._input_names, table, revision)
             _attached[token] = db
+    db._runtime.learn_revision(revision)
     return db

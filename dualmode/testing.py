@@ -59,7 +59,7 @@ from . import primitives as p
 from .backend import Backend
 from .config import BackendSpec, load_backend, resolve_backend
 from .errors import ParallelError
-from .query import Database, query
+from .query import Database, Durability, input, query
 
 __all__ = [
     "TINY",
@@ -78,6 +78,7 @@ __all__ = [
     "Outcome",
     "PRIMITIVE_RULES",
     "ParallelRules",
+    "GraphDatabase",
     "QueryGraph",
     "QueryRules",
     "PrimitiveConformance",
@@ -1360,63 +1361,93 @@ def _check_one_per_worker(backend: Backend, what: str, outcome: Outcome) -> None
 
 
 # -- queries ----------------------------------------------------------------------------------
-# A generated program of pure queries over small int keys. The cycles it makes are rings that
-# are wholly guarded (every member has a cycle= fallback) or wholly not: those settle the same
-# way whatever the schedule (every member takes its fallback, or every member the same
-# CycleError), so they are part of the contract. Rings whose members only partly have
+# A generated program of pure queries over small int keys and three inputs. The cycles it makes
+# are rings that are wholly guarded (every member has a cycle= fallback) or wholly not: those
+# settle the same way whatever the schedule (every member takes its fallback, or every member
+# the same CycleError), so they are part of the contract. Rings whose members only partly have
 # fallbacks are not generated: where such a ring is closed can change its result (salsa
 # answers that with fixpoint iteration; dualmode does not).
+
+#: How many inputs a GraphDatabase has: ``inp[0]`` .. ``inp[INPUTS - 1]``.
+INPUTS = 3
 
 
 @dataclass(frozen=True)
 class QueryGraph:
-    """The queries of a :class:`GraphDatabase`: node ``i`` reads ``deps[i]`` in order, then
-    raises ``ValueError`` if ``i in fails``; a node in ``catches`` turns its dependencies'
-    exceptions into values; a node in ``guarded`` is asked through the query with a
-    ``cycle=`` fallback (``-1 - i``), the others through the one without; a node in ``slow``
-    sleeps 2 ms before each read, so that concurrent requests really interleave."""
+    """The queries of a :class:`GraphDatabase`. Node ``i``:
+
+    - if ``i in reads``, first reads input ``inp[i % INPUTS]`` (call it ``v``): if ``v == 3``
+      it raises ``ValueError`` there; if ``v`` is odd it skips its last dependency (unless it
+      is on a ring), so the graph changes with the inputs;
+    - reads ``deps[i]`` in order; a node in ``catches`` turns their exceptions into values;
+    - raises ``ValueError`` if ``i in fails``;
+    - is asked through the query with a ``cycle=`` fallback (``-1 - i``) if ``i in guarded``,
+      through a ``volatile=True`` query if ``i in volatile``, else through a plain one;
+    - sleeps 2 ms before each read if ``i in slow``, so that concurrent requests interleave.
+
+    ``ring`` lists the nodes that lie on the generated cycles.
+    """
 
     deps: tuple[tuple[int, ...], ...]
     fails: frozenset[int] = frozenset()
     catches: frozenset[int] = frozenset()
     guarded: frozenset[int] = frozenset()
     slow: frozenset[int] = frozenset()
+    reads: frozenset[int] = frozenset()
+    volatile: frozenset[int] = frozenset()
+    ring: frozenset[int] = frozenset()
 
     def __repr__(self) -> str:
         edges = ", ".join(f"{i}->{list(d)}" for i, d in enumerate(self.deps))
-        flags = [
-            f"{name}={sorted(getattr(self, name))}"
-            for name in ("fails", "catches", "guarded", "slow")
-            if getattr(self, name)
-        ]
+        names = ("fails", "catches", "guarded", "slow", "reads", "volatile", "ring")
+        flags = [f"{n}={sorted(getattr(self, n))}" for n in names if getattr(self, n)]
         return f"QueryGraph({'; '.join([edges, *flags])})"
 
 
 class GraphDatabase(Database):
-    """The database the query rules run: two queries over the nodes of a :class:`QueryGraph`,
-    and a log of every execution (a dualmode Mutex, so worker processes append to it too)."""
+    """The database the query rules run: three queries over the nodes of a
+    :class:`QueryGraph`, its inputs ``inp[0..2]`` (0 until set), and a log of the executions
+    since it was last read (a dualmode Mutex, so worker processes append to it too)."""
+
+    inp = input()
 
     def __init__(self, graph: QueryGraph, *, backend: BackendSpec | None = None) -> None:
         super().__init__(backend=backend)
         self.graph = graph
         self.log = self.backend.create_mutex(())
+        for slot in range(INPUTS):
+            self.inp[slot] = 0
 
-    def executions(self) -> list[tuple[str, int]]:
+    def take_executions(self) -> list[tuple[str, int]]:
+        """The (query, key) executed since the last call, sorted."""
         with self.log.lock() as guard:
-            return sorted(guard.value)
+            log, guard.value = guard.value, ()
+        return sorted(log)
 
     def ask(self, i: int) -> Any:
         """Node *i* through the query the graph says."""
-        return (self.guarded if i in self.graph.guarded else self.node)(i)
+        graph = self.graph
+        if i in graph.guarded:
+            return self.guarded(i)
+        return (self.changing if i in graph.volatile else self.node)(i)
 
     def _evaluate(self, name: str, i: int) -> int:
+        graph = self.graph
         with self.log.lock() as guard:
             guard.value = (*guard.value, (name, i))
+        deps = graph.deps[i]
         total = i
-        for j in self.graph.deps[i]:
-            if i in self.graph.slow:
+        if i in graph.reads:
+            value = self.inp[i % INPUTS]
+            if value == 3:
+                raise ValueError(f"node {i} read 3")
+            if value % 2 and i not in graph.ring:
+                deps = deps[:-1]
+            total += value
+        for j in deps:
+            if i in graph.slow:
                 time.sleep(0.002)
-            if i in self.graph.catches:
+            if i in graph.catches:
                 try:
                     value = self.ask(j)
                 except Exception as exc:
@@ -1424,7 +1455,7 @@ class GraphDatabase(Database):
             else:
                 value = self.ask(j)
             total = (total * 31 + value) % 1_000_003
-        if i in self.graph.fails:
+        if i in graph.fails:
             raise ValueError(f"node {i} fails")
         return total
 
@@ -1436,6 +1467,10 @@ class GraphDatabase(Database):
     def guarded(self, i: int) -> int:
         return self._evaluate("guarded", i)
 
+    @query(volatile=True)
+    def changing(self, i: int) -> int:
+        return self._evaluate("changing", i)
+
 
 @st.composite
 def query_graphs(draw: st.DrawFn, max_nodes: int = 12) -> QueryGraph:
@@ -1444,8 +1479,7 @@ def query_graphs(draw: st.DrawFn, max_nodes: int = 12) -> QueryGraph:
     them without closing new cycles."""
     n_pure = draw(st.integers(0, 4))
     ring_sizes = draw(st.lists(st.integers(1, 3), max_size=2))
-    n_outer = draw(st.integers(0, max(0, max_nodes - n_pure - sum(ring_sizes))))
-    n_outer = min(n_outer, 4)
+    n_outer = min(4, draw(st.integers(0, max(0, max_nodes - n_pure - sum(ring_sizes)))))
     pure = list(range(n_pure))
     deps: list[list[int]] = [
         draw(st.lists(st.sampled_from(pure[i + 1 :]), max_size=3)) if i + 1 < n_pure else []
@@ -1458,31 +1492,29 @@ def query_graphs(draw: st.DrawFn, max_nodes: int = 12) -> QueryGraph:
         ring_guarded = draw(st.booleans())
         for k, i in enumerate(ring):
             own = draw(st.lists(st.sampled_from(pure), max_size=2)) if pure else []
-            position = draw(st.integers(0, len(own)))
-            own.insert(position, ring[(k + 1) % size])
+            own.insert(draw(st.integers(0, len(own))), ring[(k + 1) % size])
             deps.append(own)
             if ring_guarded:
                 guarded.add(i)
         members += ring
     first_outer = len(deps)
     for i in range(first_outer, first_outer + n_outer):
-        later = list(range(i + 1, first_outer + n_outer))
-        choices = pure + members + later
+        choices = pure + members + list(range(i + 1, first_outer + n_outer))
         deps.append(draw(st.lists(st.sampled_from(choices), max_size=3)) if choices else [])
-    n = len(deps)
-    if n == 0:
+    if not deps:
         deps.append([])
-        n = 1
-    nodes = st.sampled_from(range(n))
-    may_catch = [i for i in range(n) if i not in members]
+    nodes = st.sampled_from(range(len(deps)))
+    off_ring = [i for i in range(len(deps)) if i not in members]
+    some_off_ring = st.sets(st.sampled_from(off_ring), max_size=3) if off_ring else st.just(set())
     return QueryGraph(
         deps=tuple(tuple(d) for d in deps),
         fails=frozenset(draw(st.sets(nodes, max_size=3))),
-        catches=frozenset(draw(st.sets(st.sampled_from(may_catch), max_size=3)))
-        if may_catch
-        else frozenset(),
+        catches=frozenset(draw(some_off_ring)),
         guarded=frozenset(guarded),
-        slow=frozenset(draw(st.sets(nodes, max_size=n))),
+        slow=frozenset(draw(st.sets(nodes, max_size=len(deps)))),
+        reads=frozenset(draw(st.sets(nodes, max_size=len(deps)))),
+        volatile=frozenset(draw(some_off_ring)),
+        ring=frozenset(members),
     )
 
 
@@ -1494,19 +1526,32 @@ def ask_node(db: GraphDatabase, i: int) -> tuple[str, Any]:
         return "raised", repr(Failure.of(exc))
 
 
+def ask_every_node(db: GraphDatabase) -> list[tuple[str, Any]]:
+    """Every node's value (or exception), asked one after another from this thread."""
+    return [ask_node(db, i) for i in range(len(db.graph.deps))]
+
+
+_DURABILITY = st.sampled_from(list(Durability))
+
+
 @register_rules
 class QueryRules(ConformanceMachine):
-    """The query engine (issue 4): generated graphs of pure queries, asked in concurrent
-    batches, give the same values, the same exceptions (a :class:`~dualmode.CycleError` with
-    the same ``.cycle``) and the same executions on every backend, each (query, key) at most
-    once, as in a serial run."""
+    """The query engine (issues 4 and 5): generated graphs of pure queries over inputs, asked
+    in concurrent batches between input changes, give the same values, the same exceptions (a
+    :class:`~dualmode.CycleError` with the same ``.cycle``) and the same executions on every
+    backend: each (query, key) at most once per revision, and after an input change exactly
+    the same ones re-executed as on the reference; and what they give equals what a database
+    built from scratch with the final inputs gives."""
 
     databases = Bundle("databases")
 
     @rule(target=databases, graph=query_graphs())
     def new_database(self, graph: QueryGraph) -> Instance | MultipleResults[Instance]:
         """``GraphDatabase(graph)`` on every backend: the same queries, nothing computed yet."""
-        return self.build(GraphDatabase, graph)
+        db = self.build(GraphDatabase, graph)
+        if isinstance(db, Instance):
+            db.state["inputs"] = dict.fromkeys(range(INPUTS), 0)
+        return db
 
     @rule(db=databases, keys=st.lists(st.integers(0, 11), min_size=1, max_size=8))
     def query_batch(self, db: Instance, keys: list[int]) -> None:
@@ -1532,22 +1577,55 @@ class QueryRules(ConformanceMachine):
 
     @rule(db=databases, key=st.integers(0, 11))
     def query_peek(self, db: Instance, key: int) -> None:
-        """``node.peek(key)``: the memoized value (or exception), None if not computed yet."""
+        """``peek(key)``: the value (or exception) memoized and verified in this revision;
+        None if it was not asked for since the last input change."""
         key %= len(db.objs[0].graph.deps)
+
+        def peek(obj: GraphDatabase) -> Any:
+            graph = obj.graph
+            if key in graph.guarded:
+                return obj.guarded.peek(key)
+            return (obj.changing if key in graph.volatile else obj.node).peek(key)
+
+        self.each(db, f"peek({key})", peek, errors=Failure.of)
+
+    @rule(db=databases, slot=st.integers(0, INPUTS - 1), value=st.integers(0, 3), how=_DURABILITY)
+    def set_input(self, db: Instance, slot: int, value: int, how: Durability) -> None:
+        """``db.inp.set(slot, value, durability=how)``: a new revision; nothing executes yet."""
         self.each(
             db,
-            f"peek({key})",
-            lambda obj: (obj.guarded if key in obj.graph.guarded else obj.node).peek(key),
-            errors=Failure.of,
+            f"inp.set({slot}, {value}, durability={how.name})",
+            lambda obj: obj.inp.set(slot, value, durability=how),
         )
+        db.state["inputs"][slot] = value
+        self._check_executions(db)
+
+    @rule(db=databases)
+    def query_everything_against_a_fresh_database(self, db: Instance) -> None:
+        """Every node, asked of the database that has lived through every input change, gives
+        what a fresh database (on the reference backend) given only the final inputs gives."""
+        graph = db.objs[0].graph
+        fresh = GraphDatabase(graph, backend=self.backends[0])
+        for slot, value in db.state["inputs"].items():
+            fresh.inp[slot] = value
+        expected = ask_every_node(fresh)
+        for backend, obj in zip(self.backends, db.objs, strict=True):
+            got = ask_every_node(obj)
+            if got != expected:
+                raise Divergence(
+                    f"{backend.name}: {db} after input changes {db.state['inputs']} gives "
+                    f"{got}, a fresh database {expected}"
+                )
+        self._check_executions(db)
 
     def _check_executions(self, db: Instance) -> None:
-        """Each (query, key) has executed at most once, and the same ones on every backend."""
-        outcomes = self.each(db, "executions()", lambda obj: obj.executions())
-        log = outcomes[0].value
-        twice = sorted({e for e in log if log.count(e) > 1})
+        """Since the last check (one revision: inputs change only between steps), each
+        (query, key) executed at most once, and the same ones on every backend."""
+        log = self.each(db, "executions since the last step", lambda obj: obj.take_executions())
+        executed = log[0].value
+        twice = sorted({e for e in executed if executed.count(e) > 1})
         if twice:
-            raise Divergence(f"{db}: executed more than once: {twice}")
+            raise Divergence(f"{db}: executed more than once in one revision: {twice}")
 
 
 # -- building and running ---------------------------------------------------------------------

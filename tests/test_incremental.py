@@ -1,0 +1,270 @@
+"""Incremental recomputation on every backend: revisions, red/green re-validation, backdating,
+durability, volatile queries and cancellation.
+
+The databases are at module level so that worker processes can import them; executions are
+logged in a dualmode Mutex, which every process can append to.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import dualmode as dm
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Logged(dm.Database):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.log = self.backend.create_mutex(())
+
+    def note(self, name: str) -> None:
+        with self.log.lock() as guard:
+            guard.value = (*guard.value, name)
+
+    def executed(self) -> list[str]:
+        """What executed since the last call, sorted."""
+        with self.log.lock() as guard:
+            log, guard.value = guard.value, ()
+        return sorted(log)
+
+
+class Chain(Logged):
+    source = dm.input()
+    config = dm.input()
+    clock = dm.input()
+
+    @dm.query
+    def a(self, k: str) -> int:
+        self.note("a")
+        return len(self.source[k])
+
+    @dm.query
+    def b(self, k: str) -> int:
+        self.note("b")
+        return self.a(k) * 2
+
+    @dm.query
+    def c(self, k: str) -> int:
+        self.note("c")
+        return self.b(k) + 1
+
+    @dm.query
+    def setting(self, k: str) -> int:
+        self.note("setting")
+        return int(self.config[k])
+
+    @dm.query
+    def scaled(self, k: str) -> int:
+        self.note("scaled")
+        return self.setting(k) * 10
+
+    @dm.query(volatile=True)
+    def now(self, k: str) -> int:
+        self.note("now")
+        return int(self.clock[k]) // 100  # coarse: often the same value
+
+    @dm.query
+    def minutes(self, k: str) -> int:
+        self.note("minutes")
+        return self.now(k) * 60
+
+
+@pytest.fixture
+def chain(dualmode_backend: str) -> Chain:
+    db = Chain(backend=dualmode_backend, workers=2)
+    db.source["x"] = "abc"
+    db.config.set("x", 1, durability=dm.Durability.HIGH)
+    db.clock["x"] = 1000
+    return db
+
+
+def ask_c(db: Chain, k: str) -> int:
+    return db.c(k)
+
+
+def test_an_equal_value_stops_the_wave(chain: Chain) -> None:
+    # input -> a -> b -> c; the new input gives a the same value: only a re-runs.
+    assert chain.c("x") == 7
+    assert chain.executed() == ["a", "b", "c"]
+    chain.source["x"] = "xyz"
+    assert chain.c("x") == 7
+    assert chain.executed() == ["a"]
+    revision = chain.stats().revisions[chain.revision]
+    assert (revision.green, revision.executed, revision.backdated) == (2, 1, 1)
+    # A different value re-runs the whole chain; from worker processes too on processes.
+    chain.source["x"] = "wxyz"
+    assert dm.par_map(functools.partial(ask_c, chain), ["x"] * 4, backend=chain.backend) == [9] * 4
+    assert chain.executed() == ["a", "b", "c"]
+    assert chain.c("x") == 9 and chain.executed() == []
+
+
+def test_nothing_executes_when_nothing_it_read_changed(chain: Chain) -> None:
+    assert chain.c("x") == 7 and chain.scaled("x") == 10
+    chain.executed()
+    chain.source["y"] = "unrelated"  # a new revision, but not an input they read
+    assert chain.c("x") == 7 and chain.scaled("x") == 10
+    assert chain.executed() == []
+
+
+def test_a_low_durability_change_does_not_walk_high_durability_queries(chain: Chain) -> None:
+    assert chain.scaled("x") == 10  # scaled -> setting -> config (HIGH)
+    chain.executed()
+    chain.source["x"] = "changed"  # LOW
+    before = chain.stats().revisions.get(chain.revision, dm.RevisionStats())
+    assert chain.scaled("x") == 10
+    after = chain.stats().revisions[chain.revision]
+    # scaled is green at once: setting is not even looked at.
+    assert (after.green - before.green, after.executed) == (1, 0)
+    assert chain.executed() == []
+    chain.config.set("x", 2, durability=dm.Durability.HIGH)
+    assert chain.scaled("x") == 20
+    assert chain.executed() == ["scaled", "setting"]
+
+
+def test_volatile_queries_run_again_in_every_revision(chain: Chain) -> None:
+    assert chain.minutes("x") == 600
+    assert chain.executed() == ["minutes", "now"]
+    assert chain.minutes("x") == 600 and chain.executed() == []  # same revision: memoized
+    chain.clock["x"] = 1050  # now gives the same value: minutes stays green
+    assert chain.minutes("x") == 600
+    assert chain.executed() == ["now"]
+    chain.source["x"] = "anything"  # any new revision re-runs now
+    assert chain.minutes("x") == 600
+    assert chain.executed() == ["now"]
+    chain.clock["x"] = 1200
+    assert chain.minutes("x") == 720
+    assert chain.executed() == ["minutes", "now"]
+
+
+def test_an_input_set_after_a_failed_read_is_picked_up(chain: Chain) -> None:
+    with pytest.raises(KeyError, match="input 'source' has no value for 'z'"):
+        chain.c("z")
+    chain.source["z"] = "zz"
+    assert chain.c("z") == 5
+
+
+def test_inputs_are_refused_inside_queries_and_with_bad_durability() -> None:
+    class Writer(dm.Database):
+        source = dm.input()
+
+        @dm.query
+        def write(self, k: int) -> None:
+            self.source[k] = 1
+
+    with pytest.raises(RuntimeError, match="set from inside a running query"):
+        Writer().write(1)
+    with pytest.raises(ValueError, match="durability must be a dualmode.Durability"):
+        Writer().source.set(1, 1, durability=7)  # type: ignore[arg-type]
+
+
+class Diamond(Logged):
+    """top -> left, right -> base -> input; left and right sleep so that callers overlap."""
+
+    source = dm.input()
+
+    @dm.query
+    def base(self, k: int) -> int:
+        self.note("base")
+        return int(self.source[k])
+
+    @dm.query
+    def left(self, k: int) -> int:
+        self.note("left")
+        time.sleep(0.02)
+        return self.base(k) + 1
+
+    @dm.query
+    def right(self, k: int) -> int:
+        self.note("right")
+        time.sleep(0.02)
+        return self.base(k) + 2
+
+    @dm.query
+    def top(self, k: int) -> int:
+        self.note("top")
+        return self.left(k) + self.right(k)
+
+
+def ask_top(db: Diamond, side: str) -> int:
+    getattr(db, side)(1)  # enter the graph here first
+    return db.top(1)
+
+
+@pytest.mark.parametrize("backend", ["threads", "processes"])
+@pytest.mark.parametrize("repeat", range(3))
+def test_overlapping_revalidation_executes_each_query_once(backend: str, repeat: int) -> None:
+    db = Diamond(backend=backend, workers=2)
+    db.source[1] = 10
+    assert db.top(1) == 23
+    db.executed()
+    db.source[1] = 20
+    # Callers re-validate overlapping parts of the graph at once, from different entry points.
+    sides = ["left", "right", "top", "base"] * 2
+    results = dm.par_map(functools.partial(ask_top, db), sides, backend=db.backend)
+    assert results == [43] * len(sides)
+    assert db.executed() == ["base", "left", "right", "top"]
+
+
+class Slow(Logged):
+    source = dm.input()
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.started = self.backend.create_event()
+        self.go_on = self.backend.create_event()
+
+    @dm.query
+    def outer(self, k: int) -> int:
+        self.note("outer")
+        first = int(self.source[k])
+        self.started.set()
+        self.go_on.wait(10)
+        return first + self.inner(k)  # the next read, after the input changed: cancelled
+
+    @dm.query
+    def inner(self, k: int) -> int:
+        self.note("inner")
+        return int(self.source[k]) * 100
+
+
+@pytest.mark.parametrize("backend", ["threads", "processes"])
+def test_a_query_running_when_an_input_changes_is_cancelled_and_can_be_retried(
+    backend: str,
+) -> None:
+    db = Slow(backend=backend, workers=2)
+    db.source[1] = 1
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(db.outer(1))
+        except dm.Cancelled as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert db.started.wait(10)
+    db.source[1] = 2  # while outer runs in the old revision
+    db.go_on.set()
+    thread.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], dm.Cancelled)
+    assert "changed" in str(outcome[0]) and "ask again" in str(outcome[0])
+    assert db.outer(1) == 202  # the retry computes from the new input
+
+
+def set_an_input(db: Chain) -> None:
+    db.source["x"] = "from a worker"
+
+
+def test_inputs_on_processes_are_set_in_the_creating_process() -> None:
+    db = Chain(backend="processes", workers=2)
+    with pytest.raises(dm.ParallelError) as failed:
+        dm.par_map(lambda _: set_an_input(db), [0], backend=db.backend)
+    assert "set in the process that created it" in str(failed.value.exceptions[0])
