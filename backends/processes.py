@@ -1445,8 +1445,10 @@ class ProcessesBackend(Backend):
     def create_queue(self, maxsize: int = 0) -> Queue:
         return self._host(Queue, maxsize)
 
-    def create_job_table(self, fallbacks: dict[str, bool]) -> JobTable:
-        return self._host(JobTable, fallbacks)
+    def create_job_table(
+        self, fallbacks: dict[str, bool], volatile: frozenset[str] = frozenset()
+    ) -> JobTable:
+        return self._host(JobTable, fallbacks, volatile)
 
 
 def _after_barrier(meeting: Barrier, fn: Callable[[], T]) -> T:

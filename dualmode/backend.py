@@ -188,10 +188,12 @@ class Backend(abc.ABC):
 
     # -- the query engine ----------------------------------------------------------------------
 
-    def create_job_table(self, fallbacks: dict[str, bool]) -> JobTable:
+    def create_job_table(
+        self, fallbacks: dict[str, bool], volatile: frozenset[str] = frozenset()
+    ) -> JobTable:
         """The job table of a new :class:`~dualmode.Database` (design section 5): claims,
-        latches, wait-for graph, memos and inputs. *fallbacks* maps each query name to whether
-        it has a ``cycle=`` fallback.
+        latches, wait-for graph, memos, inputs and revisions. *fallbacks* maps each query name
+        to whether it has a ``cycle=`` fallback; *volatile* names the ``volatile=True`` ones.
 
         The default keeps it in this process (serial, threads). A backend whose workers are
         other processes returns a client of a table they all reach, with ``remote = True`` and
@@ -199,7 +201,7 @@ class Backend(abc.ABC):
         """
         from .job_table import JobTable
 
-        return JobTable(fallbacks)
+        return JobTable(fallbacks, volatile)
 
     # -- primitives: one factory per public class of dualmode.primitives ----------------------
 

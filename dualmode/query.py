@@ -61,6 +61,7 @@ from .job_table import (
     JobTable,
     Memo,
     QKey,
+    lookup,
 )
 
 __all__ = [
@@ -240,11 +241,11 @@ class _Runtime:
         """The memo of ``name(*key)`` in *runner*'s revision: found, verified, or executed."""
         descriptor = self.queries[name]
         index = self.index[name]
-        memo = runner.memos[index].get(key)
+        memo = lookup(runner.memos[index], key)
         if memo is not None:
             return memo
         while True:
-            memo = self.memos[name].get(key)
+            memo = lookup(self.memos[name], key)
             if memo is not None and memo.verified_at == runner.revision:
                 runner.hits[index] += 1
                 break
@@ -388,7 +389,7 @@ class _Runtime:
                 break
             if name in self.inputs:
                 continue
-            memo = runner.memos[self.index[name]].get(key)
+            memo = lookup(runner.memos[self.index[name]], key)
             durability = LOW if memo is None else min(durability, memo.durability)
         return durability
 
@@ -401,7 +402,7 @@ class _Runtime:
         name = descriptor.name
         if descriptor.local and memo.state == OK:
             # A marker: the value is in this process, put there by the thread that executed it.
-            mine = self.memos[name].get(key)
+            mine = lookup(self.memos[name], key)
             if mine is None:  # cannot happen: published only after it was cached here
                 if old:
                     return memo.replace(state=RETRY, deps=None)  # execute it again
@@ -425,7 +426,7 @@ class _Runtime:
     def peek(self, name: str, key: tuple[Any, ...]) -> Memo | None:
         descriptor = self.queries[name]
         revision = self.revision
-        memo = self.memos[name].get(key)
+        memo = lookup(self.memos[name], key)
         if memo is not None and memo.verified_at != revision:
             memo = None
         if memo is None and self.remote and not descriptor.local:
@@ -495,11 +496,12 @@ class BoundQuery(Generic[T]):
         elif runner.revision != self._rt.revision:  # an input changed since its last query
             runner.advance(self._rt.revision)
         try:
-            memo = runner.memos[self._index].get(key)
+            # [] not .get: see dualmode.job_table.lookup (keys may come from another thread).
+            memo = runner.memos[self._index][key]
+        except KeyError:
+            return self._rt.get(self._name, key, runner)  # type: ignore[no-any-return]
         except TypeError:
             raise _unhashable(self._name, key) from None
-        if memo is None:
-            return self._rt.get(self._name, key, runner)  # type: ignore[no-any-return]
         runner.hits[self._index] += 1
         if memo.state == OK:
             return memo.value  # type: ignore[no-any-return]
@@ -775,7 +777,10 @@ class Database:
             )
         cls = type(self)
         descriptors = cls._query_descriptors
-        table = self.backend.create_job_table({q.name: q.cycle is not None for q in descriptors})
+        table = self.backend.create_job_table(
+            {q.name: q.cycle is not None for q in descriptors},
+            frozenset(q.name for q in descriptors if q.volatile),
+        )
         if table.remote:
             _check_shippable(cls, self.backend.name)
         self._runtime = _Runtime(self, descriptors, cls._input_names, table)

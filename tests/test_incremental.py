@@ -160,7 +160,7 @@ def test_inputs_are_refused_inside_queries_and_with_bad_durability() -> None:
 
     with pytest.raises(RuntimeError, match="set from inside a running query"):
         Writer().write(1)
-    with pytest.raises(ValueError, match="durability must be a dualmode.Durability"):
+    with pytest.raises(ValueError, match=r"durability must be a dualmode\.Durability"):
         Writer().source.set(1, 1, durability=7)  # type: ignore[arg-type]
 
 
