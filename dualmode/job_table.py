@@ -304,6 +304,15 @@ class JobTable:
                 return MEMO, outcome
             # An older revision's job, or an abandoned one: look again.
 
+    def unchanged(self, qkey: QKey, memo: Memo, revision: int) -> bool:
+        """Whether *memo* (of this in-process table) is valid in *revision* although it was
+        verified in an older one: nothing it read changed since. Takes no lock: the dirty marks
+        and revisions it reads only grow, so a stale read errs towards "changed"."""
+        if revision != self.revision or memo.deps is None:
+            return False
+        since = memo.verified_at
+        return lookup(self._dirty, qkey, 0) <= since or self._last_changed[memo.durability] <= since
+
     def publish(
         self,
         name: str,
@@ -331,7 +340,9 @@ class JobTable:
         # A settled job's memo stays its settlement (only its owner's publish changes it).
         override = job.resolution
         if (verdict in (EXECUTED, BACKDATED) or override is not None) and memo.deps:
-            self._add_dependents(job.qkey, memo.deps)
+            known = job.old.deps if job.old is not None and job.old.deps else ()
+            # Edges are never taken away (an extra one only costs a verification later).
+            self._add_dependents(job.qkey, memo.deps if not known else set(memo.deps) - set(known))
         if self.revision != job.revision:
             # Inputs changed while it ran: its edges may have been added after the change
             # marked their dependents, so treat it as affected by the change.

@@ -152,7 +152,7 @@ class _Runner:
     frames, its own copy of the memos it has read in that revision, and its hits not yet
     counted by the table (only this thread writes them)."""
 
-    __slots__ = ("hits", "ident", "memos", "revision", "stack")
+    __slots__ = ("greens", "hits", "ident", "memos", "past_greens", "revision", "stack")
 
     def __init__(self, n: int, revision: int) -> None:
         self.ident = (os.getpid(), threading.get_ident())
@@ -163,9 +163,15 @@ class _Runner:
         self.revision = revision
         self.stack: list[_Frame] = []
         self.hits = [0] * n
+        # Memos it found green without a claim: in this revision, and in earlier ones.
+        self.greens = 0
+        self.past_greens: dict[int, int] = {}
 
     def advance(self, revision: int) -> None:
         """Move to a newer revision: the memos copied in the old one may be out of date."""
+        if self.greens:
+            self.past_greens[self.revision] = self.greens
+            self.greens = 0
         self.revision = revision
         self.memos = [{} for _ in self.memos]
 
@@ -232,23 +238,34 @@ class _Runtime:
 
     def get(self, name: str, key: tuple[Any, ...], runner: _Runner) -> Any:
         """``name(*key)`` when this runner's own copy of the memos lacks it."""
-        memo = self.memo_of(name, key, runner)
+        memo = self.memo_of(name, key, runner, mine=False)
         if memo.state == OK:
             return memo.value
         raise memo.value
 
-    def memo_of(self, name: str, key: tuple[Any, ...], runner: _Runner) -> Memo:
-        """The memo of ``name(*key)`` in *runner*'s revision: found, verified, or executed."""
-        descriptor = self.queries[name]
+    def memo_of(self, name: str, key: tuple[Any, ...], runner: _Runner, mine: bool = True) -> Memo:
+        """The memo of ``name(*key)`` in *runner*'s revision: found, verified, or executed
+        (*mine*: look in the runner's own copy first)."""
         index = self.index[name]
-        memo = lookup(runner.memos[index], key)
-        if memo is not None:
-            return memo
+        memos = runner.memos[index]
+        if mine:
+            memo = memos.get(key)
+            if memo is not None:
+                return memo
         while True:
             memo = lookup(self.memos[name], key)
-            if memo is not None and memo.verified_at == runner.revision:
-                runner.hits[index] += 1
-                break
+            if memo is not None and memo.state != FALLBACK:
+                if memo.verified_at == runner.revision:
+                    runner.hits[index] += 1
+                    memos[key] = memo
+                    return memo
+                if not self.remote and self.table.unchanged((name, key), memo, runner.revision):
+                    # Green with no lock and no claim: nothing it read changed since.
+                    runner.hits[index] += 1
+                    runner.greens += 1
+                    memos[key] = memo
+                    return memo
+            descriptor = self.queries[name]
             scope = self.scope if descriptor.local else None
             kind, answer = self.table.claim(
                 name, key, runner.ident, runner.revision, scope, *self._pending_hits(runner)
@@ -258,14 +275,15 @@ class _Runtime:
                 break
             if kind == STALE:
                 self.stale(runner, answer)
+                memos = runner.memos[index]  # a new revision: a new copy
                 continue
             old = None if answer is None else self._received(descriptor, key, answer, old=True)
             memo = self._update(descriptor, key, runner, scope, old)
             break
         if memo.state == FALLBACK:
-            memo = self._fallback(descriptor, key, memo)
+            memo = self._fallback(self.queries[name], key, memo)
         if memo.state != ERROR_ONCE:
-            runner.memos[index][key] = memo
+            memos[key] = memo
         return memo
 
     def _pending_hits(self, runner: _Runner) -> tuple[list[tuple[str, int]], ...]:
@@ -371,7 +389,8 @@ class _Runtime:
                 if self._inputs_changed(inputs, since, runner):
                     return True
                 inputs = []
-            if self.memo_of(name, key, runner).changed_at > since:
+            # A key of this thread's own: it is stored in this runner's dicts (see lookup()).
+            if self.memo_of(name, (*key,), runner).changed_at > since:
                 return True
         return bool(inputs) and self._inputs_changed(inputs, since, runner)
 
@@ -452,6 +471,12 @@ class _Runtime:
             if not self.remote:
                 hits += sum(r.hits[i] for r in runners)
             queries[name] = QueryStats(hits, misses, executions, total, self_time, wait)
+        for runner in runners:
+            greens = runner.past_greens.copy()
+            greens[runner.revision] = greens.get(runner.revision, 0) + runner.greens
+            for r, n in greens.items():
+                if n:
+                    verdicts.setdefault(r, {GREEN: 0, EXECUTED: 0, BACKDATED: 0})[GREEN] += n
         revisions = {
             r: RevisionStats(v[GREEN], v[EXECUTED] + v[BACKDATED], v[BACKDATED])
             for r, v in sorted(verdicts.items())
@@ -496,12 +521,12 @@ class BoundQuery(Generic[T]):
         elif runner.revision != self._rt.revision:  # an input changed since its last query
             runner.advance(self._rt.revision)
         try:
-            # [] not .get: see dualmode.job_table.lookup (keys may come from another thread).
-            memo = runner.memos[self._index][key]
-        except KeyError:
-            return self._rt.get(self._name, key, runner)  # type: ignore[no-any-return]
+            # .get is safe here: a runner's own dicts hold only keys its thread made.
+            memo = runner.memos[self._index].get(key)
         except TypeError:
             raise _unhashable(self._name, key) from None
+        if memo is None:
+            return self._rt.get(self._name, key, runner)  # type: ignore[no-any-return]
         runner.hits[self._index] += 1
         if memo.state == OK:
             return memo.value  # type: ignore[no-any-return]
