@@ -388,11 +388,14 @@ class JobTable:
                 self._counts(name, name).hits += n
 
     def peek(self, name: str, key: tuple[Any, ...], revision: int) -> Memo | None:
-        """The memo of ``name(*key)`` if it is valid in *revision* (nothing is computed)."""
+        """The memo of ``name(*key)`` if it is valid in *revision*: verified in it, or nothing
+        it read changed since (nothing is computed)."""
         memo = lookup(self.memos[name], key)
-        if memo is None or memo.verified_at != revision:
+        if memo is None:
             return None
-        return memo
+        if memo.verified_at == revision or self.unchanged((name, key), memo, revision):
+            return memo
+        return None
 
     def stats(
         self,

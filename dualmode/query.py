@@ -147,25 +147,94 @@ class _Frame:
         self.durability = HIGH
 
 
+_NO_ARG: Any = object()  # no argument given (None is a valid key)
+
+
+class _Miss(Exception):
+    """Raised through a runner's cache when it does not hold the argument: the caller then
+    runs the miss path outside the cache (lru_cache holds a lock while its function runs on
+    free-threaded builds, and a query's miss path may re-enter the same cache)."""
+
+
+def _primer(runner: _Runner) -> Callable[[Any], Any]:
+    """The function a runner's cache of one query wraps: it only hands over the value the
+    miss path put in ``runner.prime``, so the cache stores it."""
+
+    def prime(arg: Any) -> Any:
+        value = runner.prime
+        if value is _NO_ARG:
+            raise _Miss
+        runner.prime = _NO_ARG
+        return value
+
+    return prime
+
+
+def _recorder(stack: list[_Frame], name: str, cache: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A runner's cache of query *name* as seen while a body runs: records the edge first."""
+
+    def record(arg: Any) -> Any:
+        stack[-1].deps.append((name, (arg,)))
+        return cache(arg)
+
+    return record
+
+
 class _Runner:
     """A thread that asks for queries: the revision its queries run in, its stack of executing
     frames, its own copy of the memos it has read in that revision, and its hits not yet
-    counted by the table (only this thread writes them)."""
+    counted by the table (only this thread writes them).
 
-    __slots__ = ("greens", "hits", "ident", "memos", "past_greens", "revision", "stack")
+    One-argument calls, the common case, hit ``caches``: per query a ``functools.lru_cache`` of
+    this thread's, by bare argument, holding plain values, that counts its hits in C (no key
+    tuple, no Python counter). ``calls`` is what the hit path calls: ``caches``, or while a body
+    runs ``recording``, which records the dependency edge first. Errors are not cached there.
+    """
 
-    def __init__(self, n: int, revision: int) -> None:
+    __slots__ = (
+        "caches",
+        "calls",
+        "greens",
+        "hits",
+        "ident",
+        "memos",
+        "names",
+        "past_greens",
+        "prime",
+        "recording",
+        "revision",
+        "stack",
+    )
+
+    def __init__(self, names: list[str], revision: int) -> None:
+        n = len(names)
         self.ident = (os.getpid(), threading.get_ident())
-        # On free-threaded 3.13 a lookup in a dict another thread created costs ~20 us once keys
-        # must be compared (measured: 100x a local one), so hits are served from dicts this
-        # thread owns.
+        self.names = names
+        # Dicts this thread owns: see dualmode.job_table.lookup for why hits avoid shared ones.
         self.memos: list[dict[tuple[Any, ...], Memo]] = [{} for _ in range(n)]
         self.revision = revision
         self.stack: list[_Frame] = []
-        self.hits = [0] * n
+        self.hits = [0] * n  # besides those the caches count
+        self.prime: Any = _NO_ARG
+        self.caches: list[Any] = []
+        self.recording: list[Callable[[Any], Any]] = []
+        self.calls: list[Callable[[Any], Any]] = []
+        self._new_caches()
         # Memos it found green without a claim: in this revision, and in earlier ones.
         self.greens = 0
         self.past_greens: dict[int, int] = {}
+
+    def _new_caches(self) -> None:
+        for i, cache in enumerate(self.caches):
+            self.hits[i] += cache.cache_info().hits
+        self.caches = [functools.lru_cache(maxsize=None)(_primer(self)) for _ in self.names]
+        self.recording = [
+            _recorder(self.stack, n, c) for n, c in zip(self.names, self.caches, strict=False)
+        ]
+        self.calls = self.recording if self.stack else self.caches
+
+    def all_hits(self) -> list[int]:
+        return [n + c.cache_info().hits for n, c in zip(self.hits, self.caches, strict=False)]
 
     def advance(self, revision: int) -> None:
         """Move to a newer revision: the memos copied in the old one may be out of date."""
@@ -174,6 +243,7 @@ class _Runner:
             self.greens = 0
         self.revision = revision
         self.memos = [{} for _ in self.memos]
+        self._new_caches()
 
 
 class _Runtime:
@@ -202,26 +272,46 @@ class _Runtime:
         self.scope = os.getpid() if self.remote else None  # where local=True memos live
         self.revision = revision  # the newest revision this process knows of
         self.revision_lock = threading.Lock()
+        self.threads = threading.local()  # .runner: this thread's runner
+        # .calls: this thread's runner.calls, for the hit path. A new revision replaces the
+        # whole object, so each thread's next call takes the slow path and moves its runner on.
         self.local = threading.local()
+        self.reported: dict[int, list[int]] = {}  # processes: hits sent, per id(runner)
         self.runners: list[_Runner] = []  # kept after their threads end: stats count their hits
         self.runners_lock = threading.Lock()
 
     def runner(self) -> _Runner:
+        """This thread's runner, in the current revision unless a body of an older one runs."""
         try:
-            runner: _Runner = self.local.runner
+            runner: _Runner = self.threads.runner
         except AttributeError:
-            runner = _Runner(len(self.queries), self.revision)
-            self.local.runner = runner
+            runner = _Runner(list(self.queries), self.revision)
+            self.threads.runner = runner
             with self.runners_lock:
                 self.runners.append(runner)
         if not runner.stack and runner.revision != self.revision:
             runner.advance(self.revision)
+        self.local.calls = runner.calls
         return runner
 
     def learn_revision(self, revision: int) -> None:
         with self.revision_lock:
             if revision > self.revision:
                 self.revision = revision
+                self.local = threading.local()
+
+    def enter(self, runner: _Runner, frame: _Frame) -> None:
+        """Push a frame; with the first, calls record their dependency edges."""
+        runner.stack.append(frame)
+        if len(runner.stack) == 1:
+            runner.calls = self.local.calls = runner.recording
+
+    def leave(self, runner: _Runner) -> None:
+        runner.stack.pop()
+        if not runner.stack:
+            if runner.revision != self.revision:
+                runner.advance(self.revision)
+            runner.calls = self.local.calls = runner.caches
 
     def stale(self, runner: _Runner, revision: int) -> None:
         """The table says *runner*'s revision is over: cancel its queries, or, between
@@ -288,12 +378,18 @@ class _Runtime:
 
     def _pending_hits(self, runner: _Runner) -> tuple[list[tuple[str, int]], ...]:
         """This runner's hits the table has not counted yet (processes only), to send along."""
-        if not self.remote or not any(runner.hits):
+        if not self.remote:
             return ()
-        names = list(self.index)
-        pending = [(names[i], n) for i, n in enumerate(runner.hits) if n]
-        runner.hits = [0] * len(names)
-        return (pending,)
+        totals = runner.all_hits()
+        with self.runners_lock:
+            sent = self.reported.get(id(runner)) or [0] * len(totals)
+            self.reported[id(runner)] = totals
+        pending = [
+            (runner.names[i], n - m)
+            for i, (n, m) in enumerate(zip(totals, sent, strict=False))
+            if n > m
+        ]
+        return (pending,) if pending else ()
 
     def _update(
         self,
@@ -309,11 +405,11 @@ class _Runtime:
         name = descriptor.name
         revision = runner.revision
         frame = _Frame()
-        runner.stack.append(frame)
+        self.enter(runner, frame)
         start = time.perf_counter()
         try:
             if old is not None and not descriptor.volatile and not self._changed(old, runner):
-                runner.stack.pop()
+                self.leave(runner)
                 memo = old.replace(verified_at=revision)
                 if self.remote and scope is None:
                     self.memos[name][key] = memo
@@ -329,11 +425,11 @@ class _Runtime:
             except Exception as exc:
                 value, state = exc, ERROR
         except BaseException:
-            runner.stack.pop()
+            self.leave(runner)
             self.table.abandon(name, key, runner.ident, scope)
             raise
         elapsed = time.perf_counter() - start
-        runner.stack.pop()
+        self.leave(runner)
         if runner.stack:
             runner.stack[-1].child_time += elapsed
         durability = LOW if descriptor.volatile else self._durability(frame, runner)
@@ -447,7 +543,8 @@ class _Runtime:
         revision = self.revision
         memo = lookup(self.memos[name], key)
         if memo is not None and memo.verified_at != revision:
-            memo = None
+            valid = not self.remote and self.table.unchanged((name, key), memo, revision)
+            memo = memo if valid else None
         if memo is None and self.remote and not descriptor.local:
             memo = self.table.peek(name, key, revision)
             if memo is not None:
@@ -469,7 +566,7 @@ class _Runtime:
         for name, i in self.index.items():
             hits, misses, executions, total, self_time, wait = counts[name]
             if not self.remote:
-                hits += sum(r.hits[i] for r in runners)
+                hits += sum(r.all_hits()[i] for r in runners)
             queries[name] = QueryStats(hits, misses, executions, total, self_time, wait)
         for runner in runners:
             greens = runner.past_greens.copy()
@@ -500,28 +597,49 @@ def _same_result(old: Memo, new: Memo) -> bool:
 class BoundQuery(Generic[T]):
     """A query of one database: call it with a key (``db.parse("a.py")``)."""
 
-    __slots__ = ("_index", "_local", "_name", "_rt")
+    __slots__ = ("_index", "_name", "_rt")
 
     def __init__(self, rt: _Runtime, descriptor: _QueryDescriptor[T]) -> None:
         self._rt = rt
         self._name = descriptor.name
         self._index = rt.index[descriptor.name]
-        self._local = rt.local
 
-    def __call__(self, *key: Any) -> T:
-        # The hit path: one thread-local read, one read of a dict this thread owns, one counter
-        # of its own; no lock, nothing another thread writes.
+    def __call__(self, arg: Any = _NO_ARG, /, *more: Any) -> T:
+        # The hit path of a one-argument call: one thread-local read and one call of this
+        # thread's own C-level cache (see _Runner); no key tuple, no lock, nothing shared written.
         try:
-            runner: _Runner = self._local.runner
-        except AttributeError:
-            runner = self._rt.runner()
-        stack = runner.stack
-        if stack:  # record the edge for the caller, hit or miss
-            stack[-1].deps.append((self._name, key))
-        elif runner.revision != self._rt.revision:  # an input changed since its last query
-            runner.advance(self._rt.revision)
+            calls = self._rt.local.calls
+        except AttributeError:  # this thread's first call in this revision
+            calls = self._rt.runner().calls
+        if more or arg is _NO_ARG:
+            return self._call(() if arg is _NO_ARG else (arg, *more))
         try:
-            # .get is safe here: a runner's own dicts hold only keys its thread made.
+            return calls[self._index](arg)  # type: ignore[no-any-return]
+        except _Miss:
+            return self._miss(arg)
+        except TypeError:
+            try:
+                hash(arg)
+            except TypeError:
+                raise _unhashable(self._name, (arg,)) from None
+            raise
+
+    def _miss(self, arg: Any) -> T:
+        runner = self._rt.runner()
+        memo = self._rt.memo_of(self._name, (arg,), runner)
+        if memo.state != OK:
+            raise memo.value  # errors stay out of the cache: each call raises it anew
+        runner.prime = memo.value
+        runner.caches[self._index](arg)  # the cache stores the primed value...
+        runner.prime = _NO_ARG  # ...unless a nested call of the same key already had
+        return memo.value  # type: ignore[no-any-return]
+
+    def _call(self, key: tuple[Any, ...]) -> T:
+        """A call with no argument or several: keyed by their tuple, in the runner's memos."""
+        runner = self._rt.runner()
+        if runner.stack:
+            runner.stack[-1].deps.append((self._name, key))
+        try:
             memo = runner.memos[self._index].get(key)
         except TypeError:
             raise _unhashable(self._name, key) from None
@@ -533,8 +651,8 @@ class BoundQuery(Generic[T]):
         raise memo.value
 
     def peek(self, *key: Any, default: Any = None) -> Any:
-        """The memoized value without computing anything: *default* if not computed (or not
-        verified) in the current revision yet; the memoized exception is raised if the query
+        """The memoized value without computing anything: *default* if it was never computed,
+        or something it read changed since; the memoized exception is raised if the query
         failed."""
         memo = self._rt.peek(self._name, key)
         if memo is None or memo.state == ERROR_ONCE:

@@ -1577,8 +1577,8 @@ class QueryRules(ConformanceMachine):
 
     @rule(db=databases, key=st.integers(0, 11))
     def query_peek(self, db: Instance, key: int) -> None:
-        """``peek(key)``: the value (or exception) memoized and verified in this revision;
-        None if it was not asked for since the last input change."""
+        """``peek(key)``: the value (or exception) memoized and still valid (nothing it read
+        changed since it was verified), else None; it computes nothing."""
         key %= len(db.objs[0].graph.deps)
 
         def peek(obj: GraphDatabase) -> Any:
