@@ -208,7 +208,9 @@ class JobTable:
         self._volatile = frozenset(volatile)
         self.memos: dict[str, dict[Any, Memo]] = {name: {} for name in fallbacks}
         self._scoped: dict[Any, Memo] = {}  # local=True memos, per (name, key, pid)
-        self._jobs: dict[Any, _Job] = {}
+        # Per shard (used under its lock): on free-threaded builds one dict that every claim
+        # writes would serialize them on the dict's own lock.
+        self._jobs: list[dict[Any, _Job]] = [{} for _ in range(_SHARDS)]
         self._locks = [threading.Lock() for _ in range(_SHARDS)]
         self._graph_lock = threading.Lock()  # taken only by a caller about to wait
         self._runners: dict[Runner, _RunnerState] = {}
@@ -226,7 +228,7 @@ class JobTable:
         # Push-based dirtying (Buck2's DICE): who read each input and query, and per query the
         # last revision in which something it (transitively) read changed. A memo verified
         # since then is green without looking at its dependencies.
-        self._dependents: dict[QKey, set[QKey]] = {}
+        self._dependents: list[dict[QKey, set[QKey]]] = [{} for _ in range(_SHARDS)]
         self._dirty: dict[QKey, int] = {}
 
     def _shard(self, slot: Any) -> threading.Lock:
@@ -287,12 +289,13 @@ class JobTable:
                         self._counts(slot, name).hits += 1
                         return MEMO, memo
                 self._counts(slot, name).misses += 1
-                job = lookup(self._jobs, slot)
+                jobs = self._jobs[hash(slot) % _SHARDS]
+                job = lookup(jobs, slot)
                 if job is None:
                     state = lookup(self._runners, runner)
                     if state is None:
                         state = self._runners[runner] = _RunnerState(runner)
-                    job = self._jobs[slot] = _Job(qkey, slot, state, revision, memo)
+                    job = jobs[slot] = _Job(qkey, slot, state, revision, memo)
                     state.stack.append(job)
                     return (RUN, None) if memo is None else (VERIFY, memo)
                 if job.latch is None:
@@ -311,7 +314,10 @@ class JobTable:
         if revision != self.revision or memo.deps is None:
             return False
         since = memo.verified_at
-        return lookup(self._dirty, qkey, 0) <= since or self._last_changed[memo.durability] <= since
+        dirty = self._dirty
+        if qkey not in dirty:  # in and [], not .get: see lookup()
+            return True
+        return dirty[qkey] <= since or self._last_changed[memo.durability] <= since
 
     def publish(
         self,
@@ -369,7 +375,7 @@ class JobTable:
             elif memo.state == ERROR:
                 memo = memo.replace(state=ERROR_ONCE)
             job.outcome = memo
-            del self._jobs[slot]
+            del self._jobs[hash(slot) % _SHARDS][slot]
             latch = job.latch
         if latch is not None:
             latch.set()
@@ -468,10 +474,12 @@ class JobTable:
 
     def _add_dependents(self, qkey: QKey, deps: Iterable[QKey]) -> None:
         for dep in deps:
-            with self._shard(dep):
-                readers = lookup(self._dependents, dep)
+            shard = hash(dep) % _SHARDS
+            with self._locks[shard]:
+                dependents = self._dependents[shard]
+                readers = lookup(dependents, dep)
                 if readers is None:
-                    readers = self._dependents[dep] = set()
+                    readers = dependents[dep] = set()
                 readers.add(qkey)
 
     def _mark_dirty(self, qkey: QKey, revision: int) -> None:
@@ -485,8 +493,9 @@ class JobTable:
         todo = list(sources)
         while todo:
             current = todo.pop()
-            with self._shard(current):
-                readers = list(lookup(self._dependents, current, ()))
+            shard = hash(current) % _SHARDS
+            with self._locks[shard]:
+                readers = list(lookup(self._dependents[shard], current, ()))
             for reader in readers:
                 if reader not in seen:
                     seen.add(reader)
@@ -570,10 +579,11 @@ class JobTable:
             f"the worker process (pid {job.owner.ident[0]}) executing query {name}{key!r} "
             "died; nothing was memoized, so asking again executes it again"
         )
-        with self._shard(job.slot):
-            if lookup(self._jobs, job.slot) is not job:
+        shard = hash(job.slot) % _SHARDS
+        with self._locks[shard]:
+            if lookup(self._jobs[shard], job.slot) is not job:
                 return  # published meanwhile
-            del self._jobs[job.slot]
+            del self._jobs[shard][job.slot]
             job.outcome = Memo(ERROR_ONCE, error, None, job.revision, job.revision)
         with self._graph_lock:
             self._runners.pop(job.owner.ident, None)

@@ -156,16 +156,20 @@ class _Miss(Exception):
     free-threaded builds, and a query's miss path may re-enter the same cache)."""
 
 
-def _primer(runner: _Runner) -> Callable[[Any], Any]:
-    """The function a runner's cache of one query wraps: it only hands over the value the
-    miss path put in ``runner.prime``, so the cache stores it."""
+def _primer(runner: _Runner, rt: _Runtime, name: str, index: int) -> Callable[[Any], Any]:
+    """The function a runner's cache of one query wraps, called when the cache lacks an
+    argument: the value the miss path put in ``runner.prime``, else a value this process
+    already has (the common case: no exception), else :class:`_Miss`."""
 
     def prime(arg: Any) -> Any:
         value = runner.prime
-        if value is _NO_ARG:
+        if value is not _NO_ARG:
+            runner.prime = _NO_ARG
+            return value
+        memo = rt.shared_hit(name, (arg,), runner, index)
+        if memo is None or memo.state != OK:
             raise _Miss
-        runner.prime = _NO_ARG
-        return value
+        return memo.value
 
     return prime
 
@@ -203,11 +207,13 @@ class _Runner:
         "prime",
         "recording",
         "revision",
+        "rt",
         "stack",
     )
 
-    def __init__(self, names: list[str], revision: int) -> None:
+    def __init__(self, rt: _Runtime, names: list[str], revision: int) -> None:
         n = len(names)
+        self.rt = rt
         self.ident = (os.getpid(), threading.get_ident())
         self.names = names
         # Dicts this thread owns: see dualmode.job_table.lookup for why hits avoid shared ones.
@@ -227,7 +233,10 @@ class _Runner:
     def _new_caches(self) -> None:
         for i, cache in enumerate(self.caches):
             self.hits[i] += cache.cache_info().hits
-        self.caches = [functools.lru_cache(maxsize=None)(_primer(self)) for _ in self.names]
+        self.caches = [
+            functools.lru_cache(maxsize=None)(_primer(self, self.rt, name, i))
+            for i, name in enumerate(self.names)
+        ]
         self.recording = [
             _recorder(self.stack, n, c) for n, c in zip(self.names, self.caches, strict=False)
         ]
@@ -285,7 +294,7 @@ class _Runtime:
         try:
             runner: _Runner = self.threads.runner
         except AttributeError:
-            runner = _Runner(list(self.queries), self.revision)
+            runner = _Runner(self, list(self.queries), self.revision)
             self.threads.runner = runner
             with self.runners_lock:
                 self.runners.append(runner)
@@ -343,18 +352,9 @@ class _Runtime:
             if memo is not None:
                 return memo
         while True:
-            memo = lookup(self.memos[name], key)
-            if memo is not None and memo.state != FALLBACK:
-                if memo.verified_at == runner.revision:
-                    runner.hits[index] += 1
-                    memos[key] = memo
-                    return memo
-                if not self.remote and self.table.unchanged((name, key), memo, runner.revision):
-                    # Green with no lock and no claim: nothing it read changed since.
-                    runner.hits[index] += 1
-                    runner.greens += 1
-                    memos[key] = memo
-                    return memo
+            memo = self.shared_hit(name, key, runner, index)
+            if memo is not None:
+                return memo
             descriptor = self.queries[name]
             scope = self.scope if descriptor.local else None
             kind, answer = self.table.claim(
@@ -374,6 +374,26 @@ class _Runtime:
             memo = self._fallback(self.queries[name], key, memo)
         if memo.state != ERROR_ONCE:
             memos[key] = memo
+        return memo
+
+    def shared_hit(
+        self, name: str, key: tuple[Any, ...], runner: _Runner, index: int
+    ) -> Memo | None:
+        """The memo of ``name(*key)`` from this process's memos if it is valid in the runner's
+        revision (copied into the runner's own), else None. No lock, no claim."""
+        memos = self.memos[name]
+        if key not in memos:  # in and [], not .get: see dualmode.job_table.lookup
+            return None
+        memo = memos[key]
+        revision = runner.revision
+        if memo.state == FALLBACK:
+            return None
+        if memo.verified_at != revision:
+            if self.remote or not self.table.unchanged((name, key), memo, revision):
+                return None
+            runner.greens += 1  # green: nothing it read changed since it was verified
+        runner.hits[index] += 1
+        runner.memos[index][key] = memo
         return memo
 
     def _pending_hits(self, runner: _Runner) -> tuple[list[tuple[str, int]], ...]:
@@ -672,13 +692,13 @@ class BoundQuery(Generic[T]):
             par_for_each(self._prefetch_one, missing, backend=self._rt.db.backend)
 
     def _prefetch_one(self, key: tuple[Any, ...]) -> None:
+        rt = self._rt
         while True:
             try:
-                self(*key)
+                # Straight to the memo (no value: failures stay memoized for whoever asks).
+                rt.memo_of(self._name, key, rt.runner())
             except Cancelled:  # an input changed meanwhile: bring it up to date in the new one
                 continue
-            except Exception:  # memoized: the caller sees it when it asks
-                pass
             return
 
     def __reduce__(self) -> tuple[Any, ...]:
