@@ -19,11 +19,13 @@ from hypothesis.stateful import rule
 import dualmode as dm
 import dualmode.primitives as p
 import dualmode.testing as testing
+from dualmode.job_table import JobTable
 from dualmode.testing import (
     AtomicIntRules,
     ConformanceMachine,
     Divergence,
     ParallelRules,
+    QueryRules,
     QueueRules,
     conformance_machine,
     register_rules,
@@ -116,6 +118,40 @@ class LosesLastFailuresBackend(ThreadsBackend):  # type: ignore[misc]
         return [*super().map_chunks(fn, chunks[:-1]), *super().map_chunks(lossy, chunks[-1:])]
 
 
+class ForgetfulJobTable(JobTable):
+    """A job table that never keeps an executed value: every ask executes the body again."""
+
+    def publish(self, *args: Any, **kwargs: Any) -> Any:
+        return super().publish(*args, **{**kwargs, "store": False})
+
+
+class ForgetfulBackend(ThreadsBackend):  # type: ignore[misc]
+    name = "forgetful"
+
+    def create_job_table(self, fallbacks: Any, volatile: Any = frozenset()) -> JobTable:
+        return ForgetfulJobTable(fallbacks, volatile)
+
+
+class StaleBackend(ThreadsBackend):  # type: ignore[misc]
+    """Threads, but setting an input does not mark what read it: stale values stay green."""
+
+    name = "stale"
+
+    def create_job_table(self, fallbacks: Any, volatile: Any = frozenset()) -> JobTable:
+        table = JobTable(fallbacks, volatile)
+        table._mark_dependents = lambda sources, revision: None  # type: ignore[method-assign]
+        table._last_changed = _NeverChanged()  # type: ignore[assignment]
+        return table
+
+
+class _NeverChanged(list[int]):
+    def __init__(self) -> None:
+        super().__init__([0, 0, 0])
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        pass  # the durability shortcut never sees a change either
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize(
     ("broken", "where", "rules"),
@@ -124,12 +160,16 @@ class LosesLastFailuresBackend(ThreadsBackend):  # type: ignore[misc]
         (KeepsItemsBackend, "Queue#", None),
         (ReversedChunksBackend, "par_", [ParallelRules]),
         (LosesLastFailuresBackend, "ParallelError(", [ParallelRules]),
+        (ForgetfulBackend, "GraphDatabase#", [QueryRules]),
+        (StaleBackend, "GraphDatabase#", [QueryRules]),
     ],
     ids=[
         "fetch_add-off-by-one",
         "shutdown-keeps-items",
         "par_map-reverses-chunks",
         "par_map-loses-last-failures",
+        "query-executes-every-time",
+        "query-stays-green-after-an-input-change",
     ],
 )
 def test_divergence_is_reported_and_shrunk(
