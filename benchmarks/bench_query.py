@@ -84,6 +84,21 @@ def measure(n_hits: int, dag: int) -> list[Row]:
             "throughput ratio; target >= 1.7 on free-threaded 3.13t",
         )
     )
+    # The ceiling this build allows: the same hits served by a plain dict holding the same
+    # values (shared between the threads, so every hit increfs an object both threads touch).
+    plain = {k: db.ident(k) for k in keys}
+    one = best_time(lambda: in_threads(1, functools.partial(hits, plain.__getitem__, keys, rounds)))
+    two = best_time(
+        lambda: in_threads(2, functools.partial(hits, plain.__getitem__, keys, rounds // 2))
+    )
+    rows.append(
+        Row(
+            "ceiling: 2 threads vs 1 hitting a plain dict of the same values",
+            one,
+            two,
+            "throughput ratio of CPython itself, for comparison",
+        )
+    )
 
     def fresh_dag(backend: str) -> None:
         Graph(backend=backend, workers=2).node.prefetch(range(dag))

@@ -211,18 +211,6 @@ def test_prefetch_computes_missing_keys_in_parallel(backend: str) -> None:
     assert [db.slow(n) for n in range(4)] == [0, 2, 4, 6]
 
 
-def test_setting_an_input_inside_a_query_is_refused() -> None:
-    class Writer(dm.Database):
-        source = dm.input()
-
-        @dm.query
-        def write(self, k: int) -> None:
-            self.source[k] = 1
-
-    with pytest.raises(RuntimeError, match="set from inside a running query"):
-        Writer().write(1)
-
-
 # -- processes: the coordinator's job table ----------------------------------------------------
 
 
