@@ -60,6 +60,8 @@ LOW, MEDIUM, HIGH = 0, 1, 2  # durabilities (dualmode.Durability)
 # (nothing memoized) or to verify (an older revision's memo, given); or that the caller's
 # revision is not the current one (the current one, given).
 MEMO, RUN, VERIFY, STALE = "memo", "run", "verify", "stale"
+_RUN = (RUN, None)
+
 # Verdicts a publisher gives: how the (query, key) was brought up to date in its revision.
 GREEN, EXECUTED, BACKDATED = "green", "executed", "backdated"
 
@@ -213,6 +215,8 @@ class JobTable:
         self._jobs: list[dict[Any, _Job]] = [{} for _ in range(_SHARDS)]
         self._locks = [threading.Lock() for _ in range(_SHARDS)]
         self._graph_lock = threading.Lock()  # taken only by a caller about to wait
+        # Kept while idle (one per thread that ever asked; a thread id reused later finds an
+        # empty one): a claim need not build one each time.
         self._runners: dict[Runner, _RunnerState] = {}
         # Counters per shard, each written only under its shard's lock; stats() sums them.
         self._counters = [{name: _Counters() for name in fallbacks} for _ in range(_SHARDS)]
@@ -297,7 +301,7 @@ class JobTable:
                         state = self._runners[runner] = _RunnerState(runner)
                     job = jobs[slot] = _Job(qkey, slot, state, revision, memo)
                     state.stack.append(job)
-                    return (RUN, None) if memo is None else (VERIFY, memo)
+                    return _RUN if memo is None else (VERIFY, memo)
                 if job.latch is None:
                     job.latch = threading.Event()
                     if job.outcome is not None:  # settled already
@@ -341,8 +345,6 @@ class JobTable:
         state = self._runners[runner]
         job = state.stack.pop()
         assert job.slot == slot, (job.slot, slot)
-        if not state.stack and state.waiting is None:
-            del self._runners[runner]
         # A settled job's memo stays its settlement (only its owner's publish changes it).
         override = job.resolution
         if (verdict in (EXECUTED, BACKDATED) or override is not None) and memo.deps:
@@ -557,8 +559,6 @@ class JobTable:
         with self._graph_lock:
             if state is not None:
                 state.waiting = None
-                if not state.stack and lookup(self._runners, runner) is state:
-                    del self._runners[runner]
         with self._shard(job.slot):
             self._counts(job.slot, name).wait += waited
         assert job.outcome is not None  # set before the latch opened
