@@ -670,6 +670,24 @@ class BoundQuery(Generic[T]):
             return memo.value  # type: ignore[no-any-return]
         raise memo.value
 
+    async def async_get(self, *key: Any) -> T:
+        """``self(*key)`` from async code, under asyncio or trio (through anyio).
+
+        A memo that is still valid is returned (or its exception raised) at once; otherwise
+        the query runs in a worker thread (``anyio.to_thread.run_sync``), so the event loop
+        never blocks on a body or on another caller's execution. Cancelling the await
+        abandons the wait, not the computation: the body finishes and is memoized.
+        """
+        memo = self._rt.peek(self._name, key)
+        if memo is not None and memo.state in (OK, ERROR):
+            if memo.state == OK:
+                return memo.value  # type: ignore[no-any-return]
+            raise memo.value
+        import anyio.to_thread  # imported on first use: sync-only programs never pay for it
+
+        call = functools.partial(self, *key)
+        return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+
     def peek(self, *key: Any, default: Any = None) -> Any:
         """The memoized value without computing anything: *default* if it was never computed,
         or something it read changed since; the memoized exception is raised if the query

@@ -1,0 +1,82 @@
+"""``BoundQuery.async_get``: queries from async code, under asyncio and trio (anyio's plugin)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import anyio
+import pytest
+
+import dualmode as dm
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class Slow(dm.Database):
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.threads: list[int] = []
+
+    @dm.query
+    def square(self, n: int) -> int:
+        self.threads.append(threading.get_ident())
+        time.sleep(0.2)
+        return n * n
+
+    @dm.query
+    def fails(self, n: int) -> int:
+        raise ValueError(f"no {n}")
+
+
+@pytest.mark.parametrize("backend", ["serial", "threads"])
+async def test_async_get_runs_off_the_event_loop_and_memoizes(backend: str) -> None:
+    db = Slow(backend=backend)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await anyio.sleep(0.01)
+            ticks += 1
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(tick)
+        results = []
+        async with anyio.create_task_group() as askers:
+            for _ in range(4):
+                askers.start_soon(lambda: _append(results, db.square.async_get(7)))
+        tasks.cancel_scope.cancel()
+    assert results == [49] * 4
+    assert len(db.threads) == 1 and db.threads[0] != threading.get_ident()  # once, off the loop
+    assert ticks >= 5  # the loop kept running while the body slept
+    assert await db.square.async_get(7) == 49  # a valid memo: no thread needed
+    assert db.stats()["square"].executions == 1
+
+
+async def _append(results: list[int], pending: object) -> None:
+    results.append(await pending)  # type: ignore[misc]
+
+
+async def test_async_get_raises_the_memoized_exception() -> None:
+    db = Slow(backend="threads")
+    for _ in range(2):
+        with pytest.raises(ValueError, match="no 3"):
+            await db.fails.async_get(3)
+
+
+async def test_cancelling_the_await_leaves_the_body_to_finish() -> None:
+    db = Slow(backend="threads")
+    with anyio.move_on_after(0.05):
+        await db.square.async_get(5)
+    for _ in range(100):  # the abandoned thread finishes and memoizes
+        if db.square.peek(5) is not None:
+            break
+        await anyio.sleep(0.02)
+    assert db.square.peek(5) == 25
+    assert db.stats()["square"].executions == 1
