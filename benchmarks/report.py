@@ -29,6 +29,30 @@ def best_time(fn: Callable[[], object], repeats: int = 5) -> float:
     return best
 
 
+def timed(fn: Callable[[], object]) -> Callable[[], float]:
+    """*fn* as a callable that returns how many seconds it took."""
+
+    def run() -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    return run
+
+
+def best_of_pairs(
+    a: Callable[[], float], b: Callable[[], float], repeats: int = 5
+) -> tuple[float, float]:
+    """The best of *repeats* runs of *a* and of *b*, run in turn (a, b, a, b...) so that a
+    noisy spell of a shared machine falls on both sides of the ratio. Each returns the
+    seconds it measured (see :func:`timed`)."""
+    best_a = best_b = float("inf")
+    for _ in range(repeats):
+        best_a = min(best_a, a())
+        best_b = min(best_b, b())
+    return best_a, best_b
+
+
 def report(rows: Sequence[Row], json_path: str | None, note: str = "") -> None:
     """Print the rows as a rich table headed by the interpreter; optionally write JSON."""
     from rich.console import Console

@@ -42,6 +42,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
+from .bound_query import NO_ARG, BoundQuery, Miss, bind, is_bound_query, new_thread_map
 from .config import BackendSpec, _resolve_spec, current, resolve_backend
 from .errors import Cancelled
 from .job_table import (
@@ -147,28 +148,19 @@ class _Frame:
         self.durability = HIGH
 
 
-_NO_ARG: Any = object()  # no argument given (None is a valid key)
-
-
-class _Miss(Exception):
-    """Raised through a runner's cache when it does not hold the argument: the caller then
-    runs the miss path outside the cache (lru_cache holds a lock while its function runs on
-    free-threaded builds, and a query's miss path may re-enter the same cache)."""
-
-
 def _primer(runner: _Runner, rt: _Runtime, name: str, index: int) -> Callable[[Any], Any]:
     """The function a runner's cache of one query wraps, called when the cache lacks an
     argument: the value the miss path put in ``runner.prime``, else a value this process
-    already has (the common case: no exception), else :class:`_Miss`."""
+    already has (the common case: no exception), else :class:`Miss`."""
 
     def prime(arg: Any) -> Any:
         value = runner.prime
-        if value is not _NO_ARG:
-            runner.prime = _NO_ARG
+        if value is not NO_ARG:
+            runner.prime = NO_ARG
             return value
         memo = rt.shared_hit(name, (arg,), runner, index)
         if memo is None or memo.state != OK:
-            raise _Miss
+            raise Miss
         return memo.value
 
     return prime
@@ -221,7 +213,7 @@ class _Runner:
         self.revision = revision
         self.stack: list[_Frame] = []
         self.hits = [0] * n  # besides those the caches count
-        self.prime: Any = _NO_ARG
+        self.prime: Any = NO_ARG
         self.caches: list[Any] = []
         self.recording: list[Callable[[Any], Any]] = []
         self.calls: list[Callable[[Any], Any]] = []
@@ -282,9 +274,9 @@ class _Runtime:
         self.revision = revision  # the newest revision this process knows of
         self.revision_lock = threading.Lock()
         self.threads = threading.local()  # .runner: this thread's runner
-        # .calls: this thread's runner.calls, for the hit path. A new revision replaces the
-        # whole object, so each thread's next call takes the slow path and moves its runner on.
-        self.local = threading.local()
+        # Per thread, its runner's calls, for the hit path (see dualmode.bound_query). A new
+        # revision empties it, so each thread's next call takes the slow path and moves on.
+        self.calls_by_thread = new_thread_map()
         self.reported: dict[int, list[int]] = {}  # processes: hits sent, per id(runner)
         self.runners: list[_Runner] = []  # kept after their threads end: stats count their hits
         self.runners_lock = threading.Lock()
@@ -298,29 +290,38 @@ class _Runtime:
             self.threads.runner = runner
             with self.runners_lock:
                 self.runners.append(runner)
-        if not runner.stack and runner.revision != self.revision:
-            runner.advance(self.revision)
-        self.local.calls = runner.calls
+        self._install(runner)
         return runner
+
+    def _install(self, runner: _Runner) -> None:
+        """Make *runner*'s calls this thread's hit path, in the current revision unless a body
+        runs. Checked again after the store: a new revision may have emptied the map between
+        the check and the store."""
+        ident = threading.get_ident()
+        while True:
+            if not runner.stack and runner.revision != self.revision:
+                runner.advance(self.revision)
+            self.calls_by_thread[ident] = runner.calls
+            if runner.stack or runner.revision == self.revision:
+                return
 
     def learn_revision(self, revision: int) -> None:
         with self.revision_lock:
             if revision > self.revision:
                 self.revision = revision
-                self.local = threading.local()
+                self.calls_by_thread.clear()
 
     def enter(self, runner: _Runner, frame: _Frame) -> None:
         """Push a frame; with the first, calls record their dependency edges."""
         runner.stack.append(frame)
         if len(runner.stack) == 1:
-            runner.calls = self.local.calls = runner.recording
+            runner.calls = self.calls_by_thread[threading.get_ident()] = runner.recording
 
     def leave(self, runner: _Runner) -> None:
         runner.stack.pop()
         if not runner.stack:
-            if runner.revision != self.revision:
-                runner.advance(self.revision)
-            runner.calls = self.local.calls = runner.caches
+            runner.calls = runner.caches
+            self._install(runner)
 
     def stale(self, runner: _Runner, revision: int) -> None:
         """The table says *runner*'s revision is over: cancel its queries, or, between
@@ -614,47 +615,40 @@ def _same_result(old: Memo, new: Memo) -> bool:
     return type(a) is type(b) and getattr(a, "args", None) == getattr(b, "args", None)
 
 
-class BoundQuery(Generic[T]):
-    """A query of one database: call it with a key (``db.parse("a.py")``)."""
+class _QueryHandle:
+    """A query of one database, off the hit path: ``db.q`` itself is a function (see
+    :mod:`dualmode.bound_query` for why) that hands misses, other argument counts, and the
+    methods below to this."""
 
-    __slots__ = ("_index", "_name", "_rt")
+    __slots__ = ("_index", "_name", "_rt", "bound")
 
-    def __init__(self, rt: _Runtime, descriptor: _QueryDescriptor[T]) -> None:
+    def __init__(self, rt: _Runtime, descriptor: _QueryDescriptor[Any], owner: type) -> None:
         self._rt = rt
         self._name = descriptor.name
         self._index = rt.index[descriptor.name]
+        qualname = f"{owner.__qualname__}.{self._name}"
+        self.bound = bind(self, self._index, rt.calls_by_thread, descriptor.fn, qualname)
 
-    def __call__(self, arg: Any = _NO_ARG, /, *more: Any) -> T:
-        # The hit path of a one-argument call: one thread-local read and one call of this
-        # thread's own C-level cache (see _Runner); no key tuple, no lock, nothing shared written.
-        try:
-            calls = self._rt.local.calls
-        except AttributeError:  # this thread's first call in this revision
-            calls = self._rt.runner().calls
-        if more or arg is _NO_ARG:
-            return self._call(() if arg is _NO_ARG else (arg, *more))
-        try:
-            return calls[self._index](arg)  # type: ignore[no-any-return]
-        except _Miss:
-            return self._miss(arg)
-        except TypeError:
-            try:
-                hash(arg)
-            except TypeError:
-                raise _unhashable(self._name, (arg,)) from None
-            raise
+    def thread_calls(self) -> list[Callable[[Any], Any]]:
+        return self._rt.runner().calls
 
-    def _miss(self, arg: Any) -> T:
+    def miss(self, arg: Any) -> Any:
         runner = self._rt.runner()
         memo = self._rt.memo_of(self._name, (arg,), runner)
         if memo.state != OK:
             raise memo.value  # errors stay out of the cache: each call raises it anew
         runner.prime = memo.value
         runner.caches[self._index](arg)  # the cache stores the primed value...
-        runner.prime = _NO_ARG  # ...unless a nested call of the same key already had
-        return memo.value  # type: ignore[no-any-return]
+        runner.prime = NO_ARG  # ...unless a nested call of the same key already had
+        return memo.value
 
-    def _call(self, key: tuple[Any, ...]) -> T:
+    def check_hashable(self, arg: Any) -> None:
+        try:
+            hash(arg)
+        except TypeError:
+            raise _unhashable(self._name, (arg,)) from None
+
+    def call_with_key(self, key: tuple[Any, ...]) -> Any:
         """A call with no argument or several: keyed by their tuple, in the runner's memos."""
         runner = self._rt.runner()
         if runner.stack:
@@ -664,14 +658,14 @@ class BoundQuery(Generic[T]):
         except TypeError:
             raise _unhashable(self._name, key) from None
         if memo is None:
-            return self._rt.get(self._name, key, runner)  # type: ignore[no-any-return]
+            return self._rt.get(self._name, key, runner)
         runner.hits[self._index] += 1
         if memo.state == OK:
-            return memo.value  # type: ignore[no-any-return]
+            return memo.value
         raise memo.value
 
-    async def async_get(self, *key: Any) -> T:
-        """``self(*key)`` from async code, under asyncio or trio (through anyio).
+    async def async_get(self, *key: Any) -> Any:
+        """``db.q(*key)`` from async code, under asyncio or trio (through anyio).
 
         A memo that is still valid is returned (or its exception raised) at once; otherwise
         the query runs in a worker thread (``anyio.to_thread.run_sync``), so the event loop
@@ -681,11 +675,11 @@ class BoundQuery(Generic[T]):
         memo = self._rt.peek(self._name, key)
         if memo is not None and memo.state in (OK, ERROR):
             if memo.state == OK:
-                return memo.value  # type: ignore[no-any-return]
+                return memo.value
             raise memo.value
         import anyio.to_thread  # imported on first use: sync-only programs never pay for it
 
-        call = functools.partial(self, *key)
+        call = functools.partial(self.bound, *key)
         return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
 
     def peek(self, *key: Any, default: Any = None) -> Any:
@@ -707,23 +701,26 @@ class BoundQuery(Generic[T]):
         if missing:
             from .parallel import par_for_each
 
-            par_for_each(self._prefetch_one, missing, backend=self._rt.db.backend)
-
-    def _prefetch_one(self, key: tuple[Any, ...]) -> None:
-        rt = self._rt
-        while True:
-            try:
-                # Straight to the memo (no value: failures stay memoized for whoever asks).
-                rt.memo_of(self._name, key, rt.runner())
-            except Cancelled:  # an input changed meanwhile: bring it up to date in the new one
-                continue
-            return
+            fetch = functools.partial(_prefetch_one, self.bound)
+            par_for_each(fetch, missing, backend=self._rt.db.backend)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return getattr, (self._rt.db, self._name)  # the same query of the shipped database
 
     def __repr__(self) -> str:
         return f"<query {self._name} of {self._rt.db!r}>"
+
+
+def _prefetch_one(bound: Any, key: tuple[Any, ...]) -> None:
+    handle: _QueryHandle = bound.__dualmode_query__
+    rt = handle._rt
+    while True:
+        try:
+            # Straight to the memo (no value: failures stay memoized for whoever asks).
+            rt.memo_of(handle._name, key, rt.runner())
+        except Cancelled:  # an input changed meanwhile: bring it up to date in the new one
+            continue
+        return
 
 
 def _unhashable(name: str, key: tuple[Any, ...]) -> TypeError:
@@ -770,7 +767,7 @@ class _QueryDescriptor(Generic[T]):
     def __get__(self, db: Database | None, owner: type) -> Any:
         if db is None:
             return self
-        bound = BoundQuery(db._runtime, self)
+        bound = _QueryHandle(db._runtime, self, owner).bound
         db.__dict__[self.name] = bound  # later lookups skip the descriptor
         return bound
 
@@ -990,7 +987,7 @@ class Database:
         state = {
             k: v
             for k, v in self.__dict__.items()
-            if k not in _INTERNAL and not isinstance(v, (BoundQuery, _InputMap))
+            if k not in _INTERNAL and not (isinstance(v, _InputMap) or is_bound_query(v))
         }
         rt = self._runtime
         return _attach, (type(self), self._token, self.backend, rt.table, rt.revision, state)
