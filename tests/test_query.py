@@ -137,6 +137,62 @@ def ask_slow(db: Analyzer, start: dm.Barrier, n: int) -> int:
     return db.slow(n)
 
 
+def test_a_bound_query_is_named_after_its_body_and_offers_its_methods(db: Analyzer) -> None:
+    db.source["a.py"] = "x"
+    bound = db.parse
+    assert isinstance(bound, dm.BoundQuery)
+    assert bound is db.parse  # made once per database
+    assert (bound.__name__, bound.__qualname__) == ("parse", "Analyzer.parse")
+    assert bound.peek("a.py", default="none yet") == "none yet"
+    bound.prefetch(["a.py"])
+    assert bound.peek("a.py") == "X"
+    other = Analyzer(backend=db.backend)
+    other.source["a.py"] = "y"
+    assert (db.parse("a.py"), other.parse("a.py")) == ("X", "Y")  # each database its own
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("repeat", range(3))
+def test_threads_hitting_cached_keys_see_every_new_revision(repeat: int) -> None:
+    """Hits race with input changes: a call started after an input was set never returns a
+    value from before it (each thread's own copy of the memos is dropped with the revision).
+    A call that executes the query while an input changes raises Cancelled, by contract."""
+    db = Analyzer(backend="threads", workers=2)
+    keys = [f"{n}.py" for n in range(20)]
+    for key in keys:
+        db.source[key] = "v0"
+    version = [0]  # the last version set: hits that start after reading it must see it
+    stop = threading.Event()
+    stale: list[tuple[str, int, str]] = []
+
+    def hammer() -> None:
+        while not stop.is_set():
+            for key in keys:
+                floor = version[0]
+                try:
+                    value = db.parse(key)
+                except dm.Cancelled:  # it was executing when an input changed: ask again
+                    continue
+                if int(value[1:]) < floor:
+                    stale.append((key, floor, value))
+
+    readers = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in readers:
+        t.start()
+    try:
+        for v in range(1, 40):
+            for key in keys:
+                db.source[key] = f"v{v}"
+            version[0] = v
+            time.sleep(0.002)
+    finally:
+        stop.set()
+        for t in readers:
+            t.join(30)
+    assert not stale, stale[:5]
+    assert all(db.parse(key) == "V39" for key in keys)
+
+
 @pytest.mark.parametrize("backend", ["threads", "processes"])
 @pytest.mark.parametrize("repeat", range(3))
 def test_eight_callers_asking_one_missing_key_execute_it_once(backend: str, repeat: int) -> None:
