@@ -60,7 +60,7 @@ from typing import Any, ClassVar, TypeVar, cast
 import cloudpickle  # type: ignore[import-untyped]
 
 import dualmode.primitives as p
-from dualmode import bound_query, job_table
+from dualmode import job_table
 from dualmode.backend import Backend, Outcome, capture, run_chunk, run_now
 from dualmode.errors import BorrowError, WorkerCrashed
 from dualmode.job_table import ERROR, ERROR_ONCE, OK, Memo
@@ -93,22 +93,6 @@ class _Absent:
 _ABSENT: Any = _Absent()
 
 
-class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle, except that a bound query (a function: see dualmode.bound_query) travels
-    as its database and name, not by value."""
-
-    def reducer_override(self, obj: object) -> Any:
-        reduced = bound_query.reduce(obj)
-        return super().reducer_override(obj) if reduced is None else reduced
-
-
-def _dumps(obj: object) -> bytes:
-    """``cloudpickle.dumps``, with bound queries by reference."""
-    with io.BytesIO() as buffer:
-        _Pickler(buffer).dump(obj)
-        return buffer.getvalue()
-
-
 class _ByValue:
     """Pickles *obj* with cloudpickle inside a standard pickle; loads as *obj* itself."""
 
@@ -118,7 +102,7 @@ class _ByValue:
         self.obj = obj
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return cloudpickle.loads, (_dumps(self.obj),)
+        return cloudpickle.loads, (cloudpickle.dumps(self.obj),)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -666,7 +650,7 @@ class _LocalState:
         self.value: Any = None
 
     def publish(self) -> None:
-        self.ref.call("publish", (_process_key(), _dumps(self.value)))
+        self.ref.call("publish", (_process_key(), cloudpickle.dumps(self.value)))
 
 
 _local_states: weakref.WeakValueDictionary[tuple[Any, str, int], _LocalState] = (
@@ -856,7 +840,7 @@ class JobTable(_Hosted, job_table.JobTable):
 
     def pack_value(self, value: Any) -> bytes:
         try:
-            return _dumps(value)
+            return cast(bytes, cloudpickle.dumps(value))
         except Exception as exc:
             raise TypeError(
                 f"{type(value).__module__}.{type(value).__qualname__} cannot be pickled to the "
@@ -1117,7 +1101,7 @@ def _with_worker_traceback(outcome: Outcome) -> Outcome:
 def _picklable_outcome(outcome: Outcome) -> Outcome:
     """The outcome, or a TypeError saying why its value or exception cannot travel back."""
     try:
-        _dumps(outcome)
+        cloudpickle.dumps(outcome)
     except Exception as exc:
         ok, value = outcome
         what = "the result" if ok else f"the exception {type(value).__name__}({value})"
@@ -1140,10 +1124,10 @@ def _run_task(payload: bytes) -> bytes:
     outcomes = [_with_worker_traceback(o) for o in outcomes]
     _publish_all()
     try:
-        return _dumps(outcomes if is_chunk else outcomes[0])
+        return cast(bytes, cloudpickle.dumps(outcomes if is_chunk else outcomes[0]))
     except Exception:  # find the outcomes that cannot travel and say why, keep the rest
         fixed = [_picklable_outcome(o) for o in outcomes]
-        return _dumps(fixed if is_chunk else fixed[0])
+        return cast(bytes, cloudpickle.dumps(fixed if is_chunk else fixed[0]))
 
 
 def _unpicklable(what: str, obj: object, exc: Exception) -> TypeError:
@@ -1157,12 +1141,12 @@ def _unpicklable(what: str, obj: object, exc: Exception) -> TypeError:
 def _dumps_task(fn: Callable[..., Any], args: tuple[Any, ...], *, is_chunk: bool) -> bytes:
     """Pickle a task; a TypeError names the function or the argument that cannot travel."""
     try:
-        return _dumps((fn, args, is_chunk))
+        return cast(bytes, cloudpickle.dumps((fn, args, is_chunk)))
     except Exception as exc:
         error = exc
     for what, obj in [("the function", fn), *((f"argument {i}", a) for i, a in enumerate(args))]:
         try:
-            _dumps(obj)
+            cloudpickle.dumps(obj)
         except Exception as exc:
             raise _unpicklable(what, obj, exc) from exc
     raise TypeError(f"the task cannot be pickled to send to a worker process: {error}")
@@ -1368,12 +1352,12 @@ class ProcessesBackend(Backend):
     def _name_item(fn: Callable[..., Any], chunk: Sequence[Any], start: int) -> TypeError:
         """The TypeError for the first thing of a chunk that cannot be pickled."""
         try:
-            _dumps(fn)
+            cloudpickle.dumps(fn)
         except Exception as exc:
             return _unpicklable("the function", fn, exc)
         for offset, item in enumerate(chunk):
             try:
-                _dumps(item)
+                cloudpickle.dumps(item)
             except Exception as exc:
                 return _unpicklable(f"item {start + offset}", item, exc)
         return TypeError(f"the chunk starting at item {start} cannot be pickled")
@@ -1449,7 +1433,7 @@ class ProcessesBackend(Backend):
     def create_worker_local(self, factory: Callable[[], Any]) -> WorkerLocal:
         if not callable(factory):
             raise TypeError(f"WorkerLocal(factory) needs a callable, got {factory!r}")
-        ref = self._link().create("WorkerLocal", (_dumps(factory),))
+        ref = self._link().create("WorkerLocal", (cloudpickle.dumps(factory),))
         return WorkerLocal(ref, factory)
 
     def create_sharded_dict(self) -> ShardedDict:

@@ -242,6 +242,9 @@ class JobTable:
         """The counters of query *name* in *slot*'s shard (its lock held)."""
         return self._counters[hash(slot) % _SHARDS][name]
 
+    # claim and publish hash a slot once (a key tuple's hash is not cached) and use the shard
+    # number for its lock, jobs, counters and verdicts.
+
     # -- claims --------------------------------------------------------------------------------
 
     def claim(
@@ -278,22 +281,24 @@ class JobTable:
         while True:
             if revision != self.revision:
                 return STALE, self.revision
-            with self._shard(slot):
+            shard = hash(slot) % _SHARDS
+            counters = self._counters[shard][name]
+            with self._locks[shard]:
                 memo = lookup(memos, memo_key)
                 if memo is not None:
                     if memo.verified_at == revision:
-                        self._counts(slot, name).hits += 1
+                        counters.hits += 1
                         return MEMO, memo
                     if memo.deps is not None and (
                         lookup(self._dirty, qkey, 0) <= memo.verified_at
                         or self._last_changed[memo.durability] <= memo.verified_at
                     ):
                         memo = memos[memo_key] = memo.replace(verified_at=revision)
-                        self._count(slot, revision, GREEN)
-                        self._counts(slot, name).hits += 1
+                        self._count(shard, revision, GREEN)
+                        counters.hits += 1
                         return MEMO, memo
-                self._counts(slot, name).misses += 1
-                jobs = self._jobs[hash(slot) % _SHARDS]
+                counters.misses += 1
+                jobs = self._jobs[shard]
                 job = lookup(jobs, slot)
                 if job is None:
                     state = lookup(self._runners, runner)
@@ -355,14 +360,15 @@ class JobTable:
             # Inputs changed while it ran: its edges may have been added after the change
             # marked their dependents, so treat it as affected by the change.
             self._mark_dirty(job.qkey, self.revision)
-        with self._shard(slot):
+        shard = hash(slot) % _SHARDS
+        with self._locks[shard]:
             if verdict in (EXECUTED, BACKDATED):
-                counters = self._counts(slot, name)
+                counters = self._counters[shard][name]
                 counters.executions += 1
                 counters.total += elapsed
                 counters.self_time += self_time
             if verdict is not None:
-                self._count(slot, job.revision, verdict)
+                self._count(shard, job.revision, verdict)
             if verdict == GREEN and job.old is not None:  # the table's own copy, re-stamped
                 memo = job.old.replace(verified_at=job.revision)
             if override is not None:
@@ -377,7 +383,7 @@ class JobTable:
             elif memo.state == ERROR:
                 memo = memo.replace(state=ERROR_ONCE)
             job.outcome = memo
-            del self._jobs[hash(slot) % _SHARDS][slot]
+            del self._jobs[shard][slot]
             latch = job.latch
         if latch is not None:
             latch.set()
@@ -430,12 +436,12 @@ class JobTable:
                         total[verdict] += n
         return queries, verdicts
 
-    def _count(self, slot: Any, revision: int, verdict: str) -> None:
-        """Count a verdict (*slot*'s shard lock held)."""
-        shard = self._verdicts[hash(slot) % _SHARDS]
-        counts = lookup(shard, revision)
+    def _count(self, shard: int, revision: int, verdict: str) -> None:
+        """Count a verdict (the shard's lock held)."""
+        verdicts = self._verdicts[shard]
+        counts = lookup(verdicts, revision)
         if counts is None:
-            counts = shard[revision] = {GREEN: 0, EXECUTED: 0, BACKDATED: 0}
+            counts = verdicts[revision] = {GREEN: 0, EXECUTED: 0, BACKDATED: 0}
         counts[verdict] += 1
 
     # In-process tables hand memos over as they are; the processes backend's client packs values

@@ -42,7 +42,6 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
-from .bound_query import NO_ARG, BoundQuery, Miss, bind, is_bound_query, new_thread_map
 from .config import BackendSpec, _resolve_spec, current, resolve_backend
 from .errors import Cancelled
 from .job_table import (
@@ -148,19 +147,28 @@ class _Frame:
         self.durability = HIGH
 
 
+_NO_ARG: Any = object()  # no argument given (None is a valid key)
+
+
+class _Miss(Exception):
+    """Raised through a runner's cache when it does not hold the argument: the caller then
+    runs the miss path outside the cache (lru_cache holds a lock while its function runs on
+    free-threaded builds, and a query's miss path may re-enter the same cache)."""
+
+
 def _primer(runner: _Runner, rt: _Runtime, name: str, index: int) -> Callable[[Any], Any]:
     """The function a runner's cache of one query wraps, called when the cache lacks an
     argument: the value the miss path put in ``runner.prime``, else a value this process
-    already has (the common case: no exception), else :class:`Miss`."""
+    already has (the common case: no exception), else :class:`_Miss`."""
 
     def prime(arg: Any) -> Any:
         value = runner.prime
-        if value is not NO_ARG:
-            runner.prime = NO_ARG
+        if value is not _NO_ARG:
+            runner.prime = _NO_ARG
             return value
         memo = rt.shared_hit(name, (arg,), runner, index)
         if memo is None or memo.state != OK:
-            raise Miss
+            raise _Miss
         return memo.value
 
     return prime
@@ -169,8 +177,16 @@ def _primer(runner: _Runner, rt: _Runtime, name: str, index: int) -> Callable[[A
 def _recorder(stack: list[_Frame], name: str, cache: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """A runner's cache of query *name* as seen while a body runs: records the edge first."""
 
+    # One (name, (arg,)) per argument, shared by every edge to it: fewer objects for the
+    # collector, which on free-threaded builds stops every thread while it runs.
+    qkeys: dict[Any, QKey] = {}
+
     def record(arg: Any) -> Any:
-        stack[-1].deps.append((name, (arg,)))
+        if arg in qkeys:  # in and [], not .get: see dualmode.job_table.lookup
+            qkey = qkeys[arg]
+        else:
+            qkey = qkeys[arg] = (name, (arg,))
+        stack[-1].deps.append(qkey)
         return cache(arg)
 
     return record
@@ -213,7 +229,7 @@ class _Runner:
         self.revision = revision
         self.stack: list[_Frame] = []
         self.hits = [0] * n  # besides those the caches count
-        self.prime: Any = NO_ARG
+        self.prime: Any = _NO_ARG
         self.caches: list[Any] = []
         self.recording: list[Callable[[Any], Any]] = []
         self.calls: list[Callable[[Any], Any]] = []
@@ -274,9 +290,9 @@ class _Runtime:
         self.revision = revision  # the newest revision this process knows of
         self.revision_lock = threading.Lock()
         self.threads = threading.local()  # .runner: this thread's runner
-        # Per thread, its runner's calls, for the hit path (see dualmode.bound_query). A new
-        # revision empties it, so each thread's next call takes the slow path and moves on.
-        self.calls_by_thread = new_thread_map()
+        # .calls: this thread's runner.calls, for the hit path. A new revision replaces the
+        # whole object, so each thread's next call takes the slow path and moves its runner on.
+        self.local = threading.local()
         self.reported: dict[int, list[int]] = {}  # processes: hits sent, per id(runner)
         self.runners: list[_Runner] = []  # kept after their threads end: stats count their hits
         self.runners_lock = threading.Lock()
@@ -290,38 +306,29 @@ class _Runtime:
             self.threads.runner = runner
             with self.runners_lock:
                 self.runners.append(runner)
-        self._install(runner)
+        if not runner.stack and runner.revision != self.revision:
+            runner.advance(self.revision)
+        self.local.calls = runner.calls
         return runner
-
-    def _install(self, runner: _Runner) -> None:
-        """Make *runner*'s calls this thread's hit path, in the current revision unless a body
-        runs. Checked again after the store: a new revision may have emptied the map between
-        the check and the store."""
-        ident = threading.get_ident()
-        while True:
-            if not runner.stack and runner.revision != self.revision:
-                runner.advance(self.revision)
-            self.calls_by_thread[ident] = runner.calls
-            if runner.stack or runner.revision == self.revision:
-                return
 
     def learn_revision(self, revision: int) -> None:
         with self.revision_lock:
             if revision > self.revision:
                 self.revision = revision
-                self.calls_by_thread.clear()
+                self.local = threading.local()
 
     def enter(self, runner: _Runner, frame: _Frame) -> None:
         """Push a frame; with the first, calls record their dependency edges."""
         runner.stack.append(frame)
         if len(runner.stack) == 1:
-            runner.calls = self.calls_by_thread[threading.get_ident()] = runner.recording
+            runner.calls = self.local.calls = runner.recording
 
     def leave(self, runner: _Runner) -> None:
         runner.stack.pop()
         if not runner.stack:
-            runner.calls = runner.caches
-            self._install(runner)
+            if runner.revision != self.revision:
+                runner.advance(self.revision)
+            runner.calls = self.local.calls = runner.caches
 
     def stale(self, runner: _Runner, revision: int) -> None:
         """The table says *runner*'s revision is over: cancel its queries, or, between
@@ -358,8 +365,9 @@ class _Runtime:
                 return memo
             descriptor = self.queries[name]
             scope = self.scope if descriptor.local else None
+            pending = self._pending_hits(runner) if self.remote else ()
             kind, answer = self.table.claim(
-                name, key, runner.ident, runner.revision, scope, *self._pending_hits(runner)
+                name, key, runner.ident, runner.revision, scope, *pending
             )
             if kind == MEMO:
                 memo = self._received(descriptor, key, answer)
@@ -399,8 +407,6 @@ class _Runtime:
 
     def _pending_hits(self, runner: _Runner) -> tuple[list[tuple[str, int]], ...]:
         """This runner's hits the table has not counted yet (processes only), to send along."""
-        if not self.remote:
-            return ()
         totals = runner.all_hits()
         with self.runners_lock:
             sent = self.reported.get(id(runner)) or [0] * len(totals)
@@ -466,9 +472,11 @@ class _Runtime:
             # local=True: the value stays in this process and the table keeps only a marker;
             # threads of this process that waited for it read it from here.
             self.memos[name][key] = memo
-        shipped, failed = self.table.pack(memo, keep_value=scope is None)
-        if failed:  # the value cannot travel: this caller gets the same error as the others
-            memo = self.table.unpack(shipped)
+        shipped = memo
+        if self.remote:
+            shipped, failed = self.table.pack(memo, keep_value=scope is None)
+            if failed:  # the value cannot travel: this caller gets the same error as the others
+                memo = self.table.unpack(shipped)
         override = self.table.publish(
             name,
             key,
@@ -615,40 +623,47 @@ def _same_result(old: Memo, new: Memo) -> bool:
     return type(a) is type(b) and getattr(a, "args", None) == getattr(b, "args", None)
 
 
-class _QueryHandle:
-    """A query of one database, off the hit path: ``db.q`` itself is a function (see
-    :mod:`dualmode.bound_query` for why) that hands misses, other argument counts, and the
-    methods below to this."""
+class BoundQuery(Generic[T]):
+    """A query of one database: call it with a key (``db.parse("a.py")``)."""
 
-    __slots__ = ("_index", "_name", "_rt", "bound")
+    __slots__ = ("_index", "_name", "_rt")
 
-    def __init__(self, rt: _Runtime, descriptor: _QueryDescriptor[Any], owner: type) -> None:
+    def __init__(self, rt: _Runtime, descriptor: _QueryDescriptor[T]) -> None:
         self._rt = rt
         self._name = descriptor.name
         self._index = rt.index[descriptor.name]
-        qualname = f"{owner.__qualname__}.{self._name}"
-        self.bound = bind(self, self._index, rt.calls_by_thread, descriptor.fn, qualname)
 
-    def thread_calls(self) -> list[Callable[[Any], Any]]:
-        return self._rt.runner().calls
+    def __call__(self, arg: Any = _NO_ARG, /, *more: Any) -> T:
+        # The hit path of a one-argument call: one thread-local read and one call of this
+        # thread's own C-level cache (see _Runner); no key tuple, no lock, nothing shared written.
+        try:
+            calls = self._rt.local.calls
+        except AttributeError:  # this thread's first call in this revision
+            calls = self._rt.runner().calls
+        if more or arg is _NO_ARG:
+            return self._call(() if arg is _NO_ARG else (arg, *more))
+        try:
+            return calls[self._index](arg)  # type: ignore[no-any-return]
+        except _Miss:
+            return self._miss(arg)
+        except TypeError:
+            try:
+                hash(arg)
+            except TypeError:
+                raise _unhashable(self._name, (arg,)) from None
+            raise
 
-    def miss(self, arg: Any) -> Any:
+    def _miss(self, arg: Any) -> T:
         runner = self._rt.runner()
         memo = self._rt.memo_of(self._name, (arg,), runner)
         if memo.state != OK:
             raise memo.value  # errors stay out of the cache: each call raises it anew
         runner.prime = memo.value
         runner.caches[self._index](arg)  # the cache stores the primed value...
-        runner.prime = NO_ARG  # ...unless a nested call of the same key already had
-        return memo.value
+        runner.prime = _NO_ARG  # ...unless a nested call of the same key already had
+        return memo.value  # type: ignore[no-any-return]
 
-    def check_hashable(self, arg: Any) -> None:
-        try:
-            hash(arg)
-        except TypeError:
-            raise _unhashable(self._name, (arg,)) from None
-
-    def call_with_key(self, key: tuple[Any, ...]) -> Any:
+    def _call(self, key: tuple[Any, ...]) -> T:
         """A call with no argument or several: keyed by their tuple, in the runner's memos."""
         runner = self._rt.runner()
         if runner.stack:
@@ -658,14 +673,14 @@ class _QueryHandle:
         except TypeError:
             raise _unhashable(self._name, key) from None
         if memo is None:
-            return self._rt.get(self._name, key, runner)
+            return self._rt.get(self._name, key, runner)  # type: ignore[no-any-return]
         runner.hits[self._index] += 1
         if memo.state == OK:
-            return memo.value
+            return memo.value  # type: ignore[no-any-return]
         raise memo.value
 
-    async def async_get(self, *key: Any) -> Any:
-        """``db.q(*key)`` from async code, under asyncio or trio (through anyio).
+    async def async_get(self, *key: Any) -> T:
+        """``self(*key)`` from async code, under asyncio or trio (through anyio).
 
         A memo that is still valid is returned (or its exception raised) at once; otherwise
         the query runs in a worker thread (``anyio.to_thread.run_sync``), so the event loop
@@ -675,11 +690,11 @@ class _QueryHandle:
         memo = self._rt.peek(self._name, key)
         if memo is not None and memo.state in (OK, ERROR):
             if memo.state == OK:
-                return memo.value
+                return memo.value  # type: ignore[no-any-return]
             raise memo.value
         import anyio.to_thread  # imported on first use: sync-only programs never pay for it
 
-        call = functools.partial(self.bound, *key)
+        call = functools.partial(self, *key)
         return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
 
     def peek(self, *key: Any, default: Any = None) -> Any:
@@ -696,31 +711,29 @@ class _QueryHandle:
     def prefetch(self, keys: Iterable[Any]) -> None:
         """Compute every missing key in parallel on the database's backend (a key that is a
         tuple is passed as several arguments). Failures stay memoized; nothing is raised."""
-        missing = [k if isinstance(k, tuple) else (k,) for k in keys]
-        missing = [k for k in missing if self._rt.peek(self._name, k) is None]
-        if missing:
+        # Which keys are missing is for the workers to find: checked here, it would be work
+        # that the caller does alone while they wait.
+        wanted = [k if isinstance(k, tuple) else (k,) for k in keys]
+        if wanted:
             from .parallel import par_for_each
 
-            fetch = functools.partial(_prefetch_one, self.bound)
-            par_for_each(fetch, missing, backend=self._rt.db.backend)
+            par_for_each(self._prefetch_one, wanted, backend=self._rt.db.backend)
+
+    def _prefetch_one(self, key: tuple[Any, ...]) -> None:
+        rt = self._rt
+        while True:
+            try:
+                # Straight to the memo (no value: failures stay memoized for whoever asks).
+                rt.memo_of(self._name, key, rt.runner())
+            except Cancelled:  # an input changed meanwhile: bring it up to date in the new one
+                continue
+            return
 
     def __reduce__(self) -> tuple[Any, ...]:
         return getattr, (self._rt.db, self._name)  # the same query of the shipped database
 
     def __repr__(self) -> str:
         return f"<query {self._name} of {self._rt.db!r}>"
-
-
-def _prefetch_one(bound: Any, key: tuple[Any, ...]) -> None:
-    handle: _QueryHandle = bound.__dualmode_query__
-    rt = handle._rt
-    while True:
-        try:
-            # Straight to the memo (no value: failures stay memoized for whoever asks).
-            rt.memo_of(handle._name, key, rt.runner())
-        except Cancelled:  # an input changed meanwhile: bring it up to date in the new one
-            continue
-        return
 
 
 def _unhashable(name: str, key: tuple[Any, ...]) -> TypeError:
@@ -767,7 +780,7 @@ class _QueryDescriptor(Generic[T]):
     def __get__(self, db: Database | None, owner: type) -> Any:
         if db is None:
             return self
-        bound = _QueryHandle(db._runtime, self, owner).bound
+        bound = BoundQuery(db._runtime, self)
         db.__dict__[self.name] = bound  # later lookups skip the descriptor
         return bound
 
@@ -987,7 +1000,7 @@ class Database:
         state = {
             k: v
             for k, v in self.__dict__.items()
-            if k not in _INTERNAL and not (isinstance(v, _InputMap) or is_bound_query(v))
+            if k not in _INTERNAL and not isinstance(v, (BoundQuery, _InputMap))
         }
         rt = self._runtime
         return _attach, (type(self), self._token, self.backend, rt.table, rt.revision, state)
