@@ -234,6 +234,9 @@ class JobTable:
         # since then is green without looking at its dependencies.
         self._dependents: list[dict[QKey, set[QKey]]] = [{} for _ in range(_SHARDS)]
         self._dirty: dict[QKey, int] = {}
+        # The revision whose marks are all made. Until it reaches self.revision, no memo is
+        # found green from the marks: one not yet marked would look unchanged.
+        self._marked = 1
 
     def _shard(self, slot: Any) -> threading.Lock:
         return self._locks[hash(slot) % _SHARDS]
@@ -289,9 +292,13 @@ class JobTable:
                     if memo.verified_at == revision:
                         counters.hits += 1
                         return MEMO, memo
-                    if memo.deps is not None and (
-                        lookup(self._dirty, qkey, 0) <= memo.verified_at
-                        or self._last_changed[memo.durability] <= memo.verified_at
+                    if (
+                        memo.deps is not None
+                        and self._marked == revision
+                        and (
+                            lookup(self._dirty, qkey, 0) <= memo.verified_at
+                            or self._last_changed[memo.durability] <= memo.verified_at
+                        )
                     ):
                         memo = memos[memo_key] = memo.replace(verified_at=revision)
                         self._count(shard, revision, GREEN)
@@ -320,7 +327,7 @@ class JobTable:
         """Whether *memo* (of this in-process table) is valid in *revision* although it was
         verified in an older one: nothing it read changed since. Takes no lock: the dirty marks
         and revisions it reads only grow, so a stale read errs towards "changed"."""
-        if revision != self.revision or memo.deps is None:
+        if revision != self.revision or revision != self._marked or memo.deps is None:
             return False
         since = memo.verified_at
         dirty = self._dirty
@@ -472,12 +479,13 @@ class JobTable:
             self._inputs[(name, key)] = (value, revision, durability)
             for level in range(changed + 1):
                 self._last_changed[level] = revision
-            self.revision = revision
             # Volatile queries change in every revision, as if they read an input just set.
             sources = [(name, (key,))]
             for volatile in self._volatile:
                 sources += [(volatile, k) for k in list(self.memos[volatile])]
+            self.revision = revision  # before the marks: see publish()
             self._mark_dependents(sources, revision)
+            self._marked = revision
         return revision
 
     def _add_dependents(self, qkey: QKey, deps: Iterable[QKey]) -> None:

@@ -306,10 +306,20 @@ class _Runtime:
             self.threads.runner = runner
             with self.runners_lock:
                 self.runners.append(runner)
-        if not runner.stack and runner.revision != self.revision:
-            runner.advance(self.revision)
-        self.local.calls = runner.calls
+        self._install(runner)
         return runner
+
+    def _install(self, runner: _Runner) -> None:
+        """Make *runner*'s calls this thread's hit path, in the current revision unless a body
+        runs. Checked again after the store: a new revision may have replaced ``self.local``
+        between the check and the store, and the old revision's calls stored in the new one
+        would serve stale values until the next revision."""
+        while True:
+            if not runner.stack and runner.revision != self.revision:
+                runner.advance(self.revision)
+            self.local.calls = runner.calls
+            if runner.stack or runner.revision == self.revision:
+                return
 
     def learn_revision(self, revision: int) -> None:
         with self.revision_lock:
@@ -326,9 +336,8 @@ class _Runtime:
     def leave(self, runner: _Runner) -> None:
         runner.stack.pop()
         if not runner.stack:
-            if runner.revision != self.revision:
-                runner.advance(self.revision)
-            runner.calls = self.local.calls = runner.caches
+            runner.calls = runner.caches
+            self._install(runner)
 
     def stale(self, runner: _Runner, revision: int) -> None:
         """The table says *runner*'s revision is over: cancel its queries, or, between
@@ -717,7 +726,10 @@ class BoundQuery(Generic[T]):
         if wanted:
             from .parallel import par_for_each
 
-            par_for_each(self._prefetch_one, wanted, backend=self._rt.db.backend)
+            backend = self._rt.db.backend
+            chunks = backend.workers * _PREFETCH_CHUNKS_PER_WORKER
+            chunksize = -(-len(wanted) // chunks)
+            par_for_each(self._prefetch_one, wanted, chunksize=chunksize, backend=backend)
 
     def _prefetch_one(self, key: tuple[Any, ...]) -> None:
         rt = self._rt
@@ -734,6 +746,12 @@ class BoundQuery(Generic[T]):
 
     def __repr__(self) -> str:
         return f"<query {self._name} of {self._rt.db!r}>"
+
+
+# Chunks per worker for prefetch: more than par_map's default, because how long a key takes
+# varies more (its dependencies may be done already, or a long chain), and a chunk left for
+# one worker at the end idles the others. Chosen with benchmarks/bench_query.py.
+_PREFETCH_CHUNKS_PER_WORKER = 16
 
 
 def _unhashable(name: str, key: tuple[Any, ...]) -> TypeError:
