@@ -5,7 +5,8 @@
 Figures (issue 4's targets in brackets):
 - cache hit of a one-argument query vs a functools.cache hit: serial [<= 4x], threads [<= 6x]
 - 2 threads hammering cached keys vs 1 thread, same total hits (free-threaded 3.13t) [>= 1.7x],
-  in steady state (each thread's first pass over the keys is not timed)
+  in steady state (each thread's first pass over the keys is not timed); each thread takes
+  ``db.ident`` once, in the thread, as a hot loop would (see BoundQuery: that is its own)
 - a 10,000-query DAG of small CPU-bound bodies, prefetched on threads(2) vs serial [>= 1.7x]
 """
 
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import sys
 import threading
 import time
+import types
 
 from report import Row, best_of_pairs, report, timed
 
@@ -49,11 +52,17 @@ def hits(fn: object, keys: range, rounds: int) -> None:
 
 
 def hammer(
-    fn: object, keys: range, rounds: int, start: threading.Barrier, times: list[float]
+    owner: object,
+    name: str,
+    keys: range,
+    rounds: int,
+    start: threading.Barrier,
+    times: list[float],
 ) -> None:
-    """One thread's share of the hammering: a first pass over *keys* (each thread's first
-    hits fill its own copy of the memos, which is not what is measured), then *rounds*."""
-    call = fn
+    """One thread's share of the hammering of ``owner.name``: a first pass over *keys* (each
+    thread's first hits fill its own copy of the memos, which is not what is measured), then
+    *rounds*."""
+    call = getattr(owner, name)
     for k in keys:
         call(k)  # type: ignore[operator]
     start.wait()
@@ -64,14 +73,14 @@ def hammer(
     times.append(time.perf_counter())
 
 
-def hammering(fn: object, threads: int, keys: range, rounds: int) -> float:
-    """Seconds for *threads* threads to make ``rounds * len(keys)`` hits of *fn* in all, from
-    the first one's start to the last one's end (as the threads see them: the main thread may
-    not run again until they are done). Everything a thread uses comes in as arguments: on
-    3.13t a closure cell is a lock that both threads would take."""
+def hammering(owner: object, name: str, threads: int, keys: range, rounds: int) -> float:
+    """Seconds for *threads* threads to make ``rounds * len(keys)`` hits of ``owner.name`` in
+    all, from the first one's start to the last one's end (as the threads see them: the main
+    thread may not run again until they are done). Everything a thread uses comes in as
+    arguments: on 3.13t a closure cell is a lock that both threads would take."""
     start = threading.Barrier(threads)
     times: list[float] = []
-    share = (fn, keys, rounds // threads, start, times)
+    share = (owner, name, keys, rounds // threads, start, times)
     pool = [threading.Thread(target=hammer, args=share) for _ in range(threads)]
     for t in pool:
         t.start()
@@ -82,6 +91,7 @@ def hammering(fn: object, threads: int, keys: range, rounds: int) -> float:
 
 def measure(n_hits: int, dag: int) -> list[Row]:
     rows: list[Row] = []
+    this_module = sys.modules[__name__]
     keys = range(1000)
     rounds = n_hits // len(keys)
     for name, target in (("serial", 4), ("threads", 6)):
@@ -106,11 +116,25 @@ def measure(n_hits: int, dag: int) -> list[Row]:
         Row(
             "2 threads hammering cached keys vs 1 thread (same total hits)",
             *best_of_pairs(
-                lambda: hammering(db.ident, 1, keys, rounds),
-                lambda: hammering(db.ident, 2, keys, rounds),
+                lambda: hammering(db, "ident", 1, keys, rounds),
+                lambda: hammering(db, "ident", 2, keys, rounds),
                 repeats=15,
             ),
             "throughput ratio; target >= 1.7 on free-threaded 3.13t",
+        )
+    )
+    # The same with one bound query, taken in the main thread, called from both: each call
+    # then goes through the calling thread's own (BoundQuery._elsewhere).
+    shared = types.SimpleNamespace(ident=db.ident)
+    rows.append(
+        Row(
+            "for comparison: one bound query shared by 2 threads vs 1",
+            *best_of_pairs(
+                lambda: hammering(shared, "ident", 1, keys, rounds),
+                lambda: hammering(shared, "ident", 2, keys, rounds),
+                repeats=15,
+            ),
+            "throughput ratio when threads share the bound query object",
         )
     )
     # For comparison, the same with functools.cache: one shared cache object, whose reference
@@ -119,8 +143,8 @@ def measure(n_hits: int, dag: int) -> list[Row]:
         Row(
             "for comparison: functools.cache hammered by 2 threads vs 1",
             *best_of_pairs(
-                lambda: hammering(cached_ident, 1, keys, rounds),
-                lambda: hammering(cached_ident, 2, keys, rounds),
+                lambda: hammering(this_module, "cached_ident", 1, keys, rounds),
+                lambda: hammering(this_module, "cached_ident", 2, keys, rounds),
                 repeats=15,
             ),
             "throughput ratio of the usual alternative",

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import operator
 import os
 import threading
 import time
@@ -40,7 +41,8 @@ import uuid
 import weakref
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, overload
+from threading import get_ident
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from .config import BackendSpec, _resolve_spec, current, resolve_backend
 from .errors import Cancelled
@@ -147,7 +149,13 @@ class _Frame:
         self.durability = HIGH
 
 
-_NO_ARG: Any = object()  # no argument given (None is a valid key)
+class _NoArg:
+    """No argument given (None is a valid key). A class, not an ``object()``: on free-threaded
+    builds classes become immortal, so the hit path compares with it without writing a
+    reference count that every thread shares."""
+
+
+_NO_ARG: Any = _NoArg
 
 
 class _Miss(Exception):
@@ -201,9 +209,12 @@ class _Runner:
     this thread's, by bare argument, holding plain values, that counts its hits in C (no key
     tuple, no Python counter). ``calls`` is what the hit path calls: ``caches``, or while a body
     runs ``recording``, which records the dependency edge first. Errors are not cached there.
+    ``bound`` holds this thread's bound queries; :meth:`switch` points each at its entry of
+    ``calls``.
     """
 
     __slots__ = (
+        "bound",
         "caches",
         "calls",
         "greens",
@@ -233,6 +244,7 @@ class _Runner:
         self.caches: list[Any] = []
         self.recording: list[Callable[[Any], Any]] = []
         self.calls: list[Callable[[Any], Any]] = []
+        self.bound: list[_Binding[Any]] = []
         self._new_caches()
         # Memos it found green without a claim: in this revision, and in earlier ones.
         self.greens = 0
@@ -249,6 +261,12 @@ class _Runner:
             _recorder(self.stack, n, c) for n, c in zip(self.names, self.caches, strict=False)
         ]
         self.calls = self.recording if self.stack else self.caches
+
+    def switch(self) -> None:
+        """Point this thread's bound queries at ``calls`` (only this thread calls it)."""
+        calls = self.calls
+        for bound in self.bound:
+            bound._call = calls[bound._index]
 
     def all_hits(self) -> list[int]:
         return [n + c.cache_info().hits for n, c in zip(self.hits, self.caches, strict=False)]
@@ -290,9 +308,6 @@ class _Runtime:
         self.revision = revision  # the newest revision this process knows of
         self.revision_lock = threading.Lock()
         self.threads = threading.local()  # .runner: this thread's runner
-        # .calls: this thread's runner.calls, for the hit path. A new revision replaces the
-        # whole object, so each thread's next call takes the slow path and moves its runner on.
-        self.local = threading.local()
         self.reported: dict[int, list[int]] = {}  # processes: hits sent, per id(runner)
         self.runners: list[_Runner] = []  # kept after their threads end: stats count their hits
         self.runners_lock = threading.Lock()
@@ -310,28 +325,44 @@ class _Runtime:
         return runner
 
     def _install(self, runner: _Runner) -> None:
-        """Make *runner*'s calls this thread's hit path, in the current revision unless a body
-        runs. Checked again after the store: a new revision may have replaced ``self.local``
-        between the check and the store, and the old revision's calls stored in the new one
-        would serve stale values until the next revision."""
+        """Point this thread's bound queries at *runner*'s calls, in the current revision
+        unless a body runs. Checked again after the stores: a new revision may have reset
+        them (see learn_revision) between the check and the stores, and the old revision's
+        calls left in the new one would serve stale values until the next revision."""
         while True:
             if not runner.stack and runner.revision != self.revision:
                 runner.advance(self.revision)
-            self.local.calls = runner.calls
+            runner.switch()
             if runner.stack or runner.revision == self.revision:
                 return
 
+    def bind(self, descriptor: _QueryDescriptor[T]) -> BoundQuery[T]:
+        """A new bound query of this database for the calling thread."""
+        runner = self.runner()
+        binding: _Binding[T] = _Binding(self, descriptor.name, self.index[descriptor.name], runner)
+        runner.bound.append(binding)
+        self._install(runner)
+        return BoundQuery(_hit, binding)
+
     def learn_revision(self, revision: int) -> None:
+        """Move this process to *revision*: every thread's next hit takes the slow path (its
+        bound queries are reset after the revision is published; see _install)."""
         with self.revision_lock:
-            if revision > self.revision:
-                self.revision = revision
-                self.local = threading.local()
+            if revision <= self.revision:
+                return
+            self.revision = revision
+        with self.runners_lock:
+            runners = list(self.runners)
+        for runner in runners:
+            for bound in list(runner.bound):
+                bound._call = None
 
     def enter(self, runner: _Runner, frame: _Frame) -> None:
         """Push a frame; with the first, calls record their dependency edges."""
         runner.stack.append(frame)
         if len(runner.stack) == 1:
-            runner.calls = self.local.calls = runner.recording
+            runner.calls = runner.recording
+            runner.switch()
 
     def leave(self, runner: _Runner) -> None:
         runner.stack.pop()
@@ -348,7 +379,7 @@ class _Runtime:
                 f"an input of {self.db!r} changed (revision {runner.revision} -> {revision}) "
                 "while this query ran; ask again for the value from the new inputs"
             )
-        runner.advance(self.revision)
+        self._install(runner)
 
     # -- the miss path ---------------------------------------------------------------------
 
@@ -632,37 +663,30 @@ def _same_result(old: Memo, new: Memo) -> bool:
     return type(a) is type(b) and getattr(a, "args", None) == getattr(b, "args", None)
 
 
-class BoundQuery(Generic[T]):
-    """A query of one database: call it with a key (``db.parse("a.py")``)."""
+class _Binding(Generic[T]):
+    """What one thread's bound query of one database works with: the thread, its runner, and
+    the entry of the runner's ``calls`` for the query (see :func:`_hit`)."""
 
-    __slots__ = ("_index", "_name", "_rt")
+    __slots__ = ("_call", "_index", "_name", "_rt", "_runner", "_thread")
 
-    def __init__(self, rt: _Runtime, descriptor: _QueryDescriptor[T]) -> None:
+    def __init__(self, rt: _Runtime, name: str, index: int, runner: _Runner) -> None:
         self._rt = rt
-        self._name = descriptor.name
-        self._index = rt.index[descriptor.name]
+        self._name = name
+        self._index = index
+        self._runner = runner
+        self._thread: int | None = get_ident()  # None once that thread has ended
+        # runner.calls[index] (see _Runner.switch), or None after a new revision began.
+        self._call: Callable[[Any], Any] | None = None
 
-    def __call__(self, arg: Any = _NO_ARG, /, *more: Any) -> T:
-        # The hit path of a one-argument call: one thread-local read and one call of this
-        # thread's own C-level cache (see _Runner); no key tuple, no lock, nothing shared written.
-        try:
-            calls = self._rt.local.calls
-        except AttributeError:  # this thread's first call in this revision
-            calls = self._rt.runner().calls
-        if more or arg is _NO_ARG:
-            return self._call(() if arg is _NO_ARG else (arg, *more))
-        try:
-            return calls[self._index](arg)  # type: ignore[no-any-return]
-        except _Miss:
-            return self._miss(arg)
-        except TypeError:
-            try:
-                hash(arg)
-            except TypeError:
-                raise _unhashable(self._name, (arg,)) from None
-            raise
+    def other_call(self, arg: Any, more: tuple[Any, ...]) -> T:
+        """A call from a thread other than the one this was bound in (passed on to that
+        thread's own), or with no argument or several."""
+        if self._thread != get_ident():
+            mine: BoundQuery[T] = getattr(self._rt.db, self._name)
+            return mine() if arg is _NO_ARG else mine(arg, *more)
+        return self._call_key(() if arg is _NO_ARG else (arg, *more))
 
-    def _miss(self, arg: Any) -> T:
+    def miss(self, arg: Any) -> T:
         runner = self._rt.runner()
         memo = self._rt.memo_of(self._name, (arg,), runner)
         if memo.state != OK:
@@ -672,7 +696,7 @@ class BoundQuery(Generic[T]):
         runner.prime = _NO_ARG  # ...unless a nested call of the same key already had
         return memo.value  # type: ignore[no-any-return]
 
-    def _call(self, key: tuple[Any, ...]) -> T:
+    def _call_key(self, key: tuple[Any, ...]) -> T:
         """A call with no argument or several: keyed by their tuple, in the runner's memos."""
         runner = self._rt.runner()
         if runner.stack:
@@ -688,6 +712,88 @@ class BoundQuery(Generic[T]):
             return memo.value  # type: ignore[no-any-return]
         raise memo.value
 
+    def peek(self, key: tuple[Any, ...], default: Any) -> Any:
+        memo = self._rt.peek(self._name, key)
+        if memo is None or memo.state == ERROR_ONCE:
+            return default
+        if memo.state == OK:
+            return memo.value
+        raise memo.value
+
+    def prefetch(self, keys: Iterable[Any]) -> None:
+        # Which keys are missing is for the workers to find: checked here, it would be work
+        # that the caller does alone while they wait.
+        wanted = [k if isinstance(k, tuple) else (k,) for k in keys]
+        if wanted:
+            from .parallel import par_for_each
+
+            backend = self._rt.db.backend
+            chunks = backend.workers * _PREFETCH_CHUNKS_PER_WORKER
+            chunksize = -(-len(wanted) // chunks)
+            one = functools.partial(_prefetch_one, self._rt.db, self._name)
+            par_for_each(one, wanted, chunksize=chunksize, backend=backend)
+
+
+def _prefetch_one(db: Database, name: str, key: tuple[Any, ...]) -> None:
+    rt = db._runtime
+    while True:
+        try:
+            # Straight to the memo (no value: failures stay memoized for whoever asks).
+            rt.memo_of(name, key, rt.runner())
+        except Cancelled:  # an input changed meanwhile: bring it up to date in the new one
+            continue
+        return
+
+
+def _hit(
+    binding: _Binding[T],
+    arg: Any = _NO_ARG,
+    /,
+    *more: Any,
+    _get_ident: Any = get_ident,
+    _no_arg: Any = _NO_ARG,
+) -> T:
+    """A call of a bound query. The hit path of a one-argument call is one call of this
+    thread's own C-level cache (see _Runner): no key tuple, no lock, nothing shared written.
+    (The keyword defaults are locals: a global is a dict lookup on every call on 3.13t, whose
+    interpreter does not specialize.)"""
+    if binding._thread != _get_ident() or more or arg is _no_arg:
+        return binding.other_call(arg, more)
+    try:
+        return binding._call(arg)  # type: ignore[misc,no-any-return]
+    except _Miss:
+        return binding.miss(arg)
+    except TypeError:
+        if binding._call is None:  # a new revision: move this thread on, then ask again
+            binding._rt.runner()
+            return _hit(binding, arg)
+        try:
+            hash(arg)
+        except TypeError:
+            raise _unhashable(binding._name, (arg,)) from None
+        raise
+
+
+class BoundQuery(functools.partial[T]):
+    """A query of one database: call it with a key (``db.parse("a.py")``).
+
+    ``db.parse`` gives each thread a bound query of its own (the same object every time in
+    that thread). On free-threaded builds every call writes the reference count of the object
+    called, and two threads writing one object's count take turns on its cache line; so a
+    thread that keeps ``parse = db.parse`` for a hot loop shares nothing with other threads
+    on a hit. A bound query handed to another thread still works there: it passes the call
+    on to that thread's own, at the cost of an attribute lookup.
+
+    (A ``functools.partial`` of :func:`_hit`, because CPython calls a partial without the
+    generic ``__call__`` lookup that a class of its own would cost on every hit.)
+    """
+
+    __slots__ = ()
+
+    @property
+    def _binding(self) -> _Binding[T]:
+        return self.args[0]  # type: ignore[no-any-return]
+
     async def async_get(self, *key: Any) -> T:
         """``self(*key)`` from async code, under asyncio or trio (through anyio).
 
@@ -696,7 +802,8 @@ class BoundQuery(Generic[T]):
         never blocks on a body or on another caller's execution. Cancelling the await
         abandons the wait, not the computation: the body finishes and is memoized.
         """
-        memo = self._rt.peek(self._name, key)
+        binding = self._binding
+        memo = binding._rt.peek(binding._name, key)
         if memo is not None and memo.state in (OK, ERROR):
             if memo.state == OK:
                 return memo.value  # type: ignore[no-any-return]
@@ -710,42 +817,20 @@ class BoundQuery(Generic[T]):
         """The memoized value without computing anything: *default* if it was never computed,
         or something it read changed since; the memoized exception is raised if the query
         failed."""
-        memo = self._rt.peek(self._name, key)
-        if memo is None or memo.state == ERROR_ONCE:
-            return default
-        if memo.state == OK:
-            return memo.value
-        raise memo.value
+        return self._binding.peek(key, default)
 
     def prefetch(self, keys: Iterable[Any]) -> None:
         """Compute every missing key in parallel on the database's backend (a key that is a
         tuple is passed as several arguments). Failures stay memoized; nothing is raised."""
-        # Which keys are missing is for the workers to find: checked here, it would be work
-        # that the caller does alone while they wait.
-        wanted = [k if isinstance(k, tuple) else (k,) for k in keys]
-        if wanted:
-            from .parallel import par_for_each
-
-            backend = self._rt.db.backend
-            chunks = backend.workers * _PREFETCH_CHUNKS_PER_WORKER
-            chunksize = -(-len(wanted) // chunks)
-            par_for_each(self._prefetch_one, wanted, chunksize=chunksize, backend=backend)
-
-    def _prefetch_one(self, key: tuple[Any, ...]) -> None:
-        rt = self._rt
-        while True:
-            try:
-                # Straight to the memo (no value: failures stay memoized for whoever asks).
-                rt.memo_of(self._name, key, rt.runner())
-            except Cancelled:  # an input changed meanwhile: bring it up to date in the new one
-                continue
-            return
+        self._binding.prefetch(keys)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return getattr, (self._rt.db, self._name)  # the same query of the shipped database
+        binding = self._binding
+        return getattr, (binding._rt.db, binding._name)  # the shipped database's same query
 
     def __repr__(self) -> str:
-        return f"<query {self._name} of {self._rt.db!r}>"
+        binding = self._binding
+        return f"<query {binding._name} of {binding._rt.db!r}>"
 
 
 # Chunks per worker for prefetch: more than par_map's default, because how long a key takes
@@ -766,8 +851,12 @@ def _unhashable(name: str, key: tuple[Any, ...]) -> TypeError:
     return TypeError(f"query {name!r}: its key {key!r} is unhashable")
 
 
-class _QueryDescriptor(Generic[T]):
-    """``@dm.query`` on a Database method: the method, its options, and access as BoundQuery."""
+class _QueryDescriptor(property, Generic[T]):
+    """``@dm.query`` on a Database method: the method, its options, and access as BoundQuery.
+
+    A property whose getter is C code (``operator.attrgetter``): ``db.parse`` reads this
+    thread's bound query from the database's :class:`_ThreadQueries` without running Python.
+    """
 
     def __init__(
         self,
@@ -779,28 +868,72 @@ class _QueryDescriptor(Generic[T]):
         volatile: bool = False,
     ) -> None:
         self.fn = fn
-        self.name = fn.__name__
         self.cycle = cycle
         self.cache_errors = cache_errors
         self.local = local
         self.volatile = volatile
+        self._named(fn.__name__)
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
 
-    def __set_name__(self, owner: type, name: str) -> None:
+    def _named(self, name: str) -> None:
         self.name = name
+        super().__init__(operator.attrgetter(f"{_THREAD_QUERIES}.{name}"), doc=self.fn.__doc__)
 
-    @overload
-    def __get__(self, db: None, owner: type) -> _QueryDescriptor[T]: ...
+    def __set_name__(self, owner: type, name: str) -> None:
+        if name != self.name:
+            self._named(name)
 
-    @overload
-    def __get__(self, db: Database, owner: type) -> BoundQuery[T]: ...
+    if TYPE_CHECKING:
 
-    def __get__(self, db: Database | None, owner: type) -> Any:
-        if db is None:
+        @overload
+        def __get__(self, db: None, owner: type | None = None, /) -> _QueryDescriptor[T]: ...
+
+        @overload
+        def __get__(self, db: Database, owner: type | None = None, /) -> BoundQuery[T]: ...
+
+        def __get__(self, db: Database | None, owner: type | None = None, /) -> Any: ...
+
+
+# The attribute of a Database that holds its _ThreadQueries.
+_THREAD_QUERIES = "_dualmode_thread_queries"
+
+
+class _ThreadQueries(threading.local):
+    """One database's bound queries, one set per thread: made on a thread's first access to
+    each query (by a :class:`_Binder` of the database's class), then found in this thread's
+    own attributes. When the thread ends they are retired (see :class:`_ThreadEnd`), so a
+    later thread that reuses its identifier cannot mistake them for its own."""
+
+    def __init__(self, rt: _Runtime) -> None:
+        self.runtime = rt
+        self.end = _ThreadEnd()
+
+
+class _Binder:
+    """A class attribute of a database class's _ThreadQueries subclass, per query: found
+    only while this thread has no bound query of that name yet; makes and keeps one."""
+
+    def __init__(self, descriptor: _QueryDescriptor[Any]) -> None:
+        self.descriptor = descriptor
+
+    def __get__(self, queries: _ThreadQueries | None, owner: type) -> Any:
+        if queries is None:
             return self
-        bound = BoundQuery(db._runtime, self)
-        db.__dict__[self.name] = bound  # later lookups skip the descriptor
+        bound = queries.runtime.bind(self.descriptor)
+        queries.end.bound.append(bound._binding)
+        setattr(queries, self.descriptor.name, bound)
         return bound
+
+
+class _ThreadEnd:
+    """Dropped with a thread's _ThreadQueries attributes when the thread ends."""
+
+    def __init__(self) -> None:
+        self.bound: list[_Binding[Any]] = []
+
+    def __del__(self) -> None:
+        for bound in self.bound:
+            bound._thread = None  # calls from anywhere now go to the caller's own
 
 
 @overload
@@ -966,6 +1099,7 @@ class Database:
     """
 
     _query_descriptors: list[_QueryDescriptor[Any]]
+    _thread_queries: type[_ThreadQueries]
     _input_names: frozenset[str]
     _runtime: _Runtime
     _token: str
@@ -976,6 +1110,8 @@ class Database:
         attributes = {k: v for klass in reversed(cls.__mro__) for k, v in vars(klass).items()}
         cls._query_descriptors = [v for v in attributes.values() if isinstance(v, _QueryDescriptor)]
         cls._input_names = frozenset(k for k, v in attributes.items() if isinstance(v, input))
+        binders = {q.name: _Binder(q) for q in cls._query_descriptors}
+        cls._thread_queries = type(f"{cls.__name__}ThreadQueries", (_ThreadQueries,), binders)
 
     def __init__(self, *, backend: BackendSpec | None = None, workers: int | None = None) -> None:
         if workers is None:
@@ -993,6 +1129,7 @@ class Database:
         if table.remote:
             _check_shippable(cls, self.backend.name)
         self._runtime = _Runtime(self, descriptors, cls._input_names, table)
+        setattr(self, _THREAD_QUERIES, cls._thread_queries(self._runtime))
         self._token = uuid.uuid4().hex
         self._home = os.getpid()
         with _attached_lock:
@@ -1027,7 +1164,7 @@ class Database:
         return f"<{type(self).__name__} on {self.backend.name}>"
 
 
-_INTERNAL = frozenset({"backend", "_runtime", "_token"})
+_INTERNAL = frozenset({"backend", "_runtime", "_token", _THREAD_QUERIES})
 
 
 def _check_shippable(cls: type, backend: str) -> None:
@@ -1061,6 +1198,7 @@ def _attach(
             db.backend = backend
             db._token = token
             db._runtime = _Runtime(db, cls._query_descriptors, cls._input_names, table, revision)
+            setattr(db, _THREAD_QUERIES, cls._thread_queries(db._runtime))
             _attached[token] = db
     db._runtime.learn_revision(revision)
     return db

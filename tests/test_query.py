@@ -153,6 +153,78 @@ def test_a_bound_query_offers_its_methods_and_belongs_to_one_database(db: Analyz
     assert (db.parse("a.py"), other.parse("a.py")) == ("X", "Y")  # each database its own
 
 
+class Relay(dm.Database):
+    """A query whose body calls a bound query it did not look up itself (``self.handle``)."""
+
+    source = dm.input()
+
+    @dm.query
+    def size(self, key: str) -> int:
+        return len(self.source[key])
+
+    @dm.query
+    def relayed(self, key: str) -> int:
+        return int(self.handle(key)) * 10
+
+
+def in_thread(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` on a new thread (its result, or its exception raised here)."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(("ok", fn(*args)))
+        except BaseException as exc:
+            out.append(("error", exc))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    kind, value = out[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+def test_each_thread_gets_a_bound_query_of_its_own(dualmode_backend: str) -> None:
+    if dualmode_backend == "serial":
+        pytest.skip("a serial database is used only by the thread that made it")
+    db = Relay(backend=dualmode_backend, workers=2)
+    db.source["a"] = "xyz"
+    mine = db.size
+    theirs = in_thread(lambda: (db.size, db.size))
+    assert theirs[0] is theirs[1] and theirs[0] is not mine  # one per thread, kept
+    assert isinstance(theirs[0], dm.BoundQuery)
+    assert in_thread(theirs[0], "a") == mine("a") == 3
+
+
+@pytest.mark.parametrize("repeat", range(3))
+def test_a_bound_query_from_another_thread_records_its_dependencies(repeat: int) -> None:
+    """A body that calls a bound query taken in another thread (here the main one) records
+    the edge in its own frame, so an input change still reaches it."""
+    db = Relay(backend="threads", workers=2)
+    db.handle = db.size  # bound in the main thread
+    db.source["a"] = "xx"
+    assert in_thread(db.relayed, "a") == 20  # the body runs on the other thread
+    db.source["a"] = "xxx"
+    assert in_thread(db.relayed, "a") == 30
+    assert db.relayed("a") == 30
+
+
+@pytest.mark.parametrize("repeat", range(3))
+def test_a_bound_query_outlives_the_thread_it_was_bound_in(repeat: int) -> None:
+    """A thread's bound query, kept after the thread ended, is nobody's own: a later thread
+    (which often gets the same identifier) uses its own, and records its edges."""
+    db = Relay(backend="threads", workers=2)
+    db.handle = in_thread(lambda: db.size)
+    gc.collect()
+    db.source["a"] = "xx"
+    assert in_thread(db.relayed, "a") == 20
+    db.source["a"] = "xxx"
+    assert in_thread(db.relayed, "a") == 30
+    assert db.handle("a") == 3
+
+
 def test_a_dropped_database_is_freed_while_other_threads_live(dualmode_backend: str) -> None:
     """Nothing keeps a database's memos once it is dropped, even with other threads alive
     (on free-threaded 3.13 the collector cannot free some kinds of objects then)."""
