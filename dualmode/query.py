@@ -342,7 +342,7 @@ class _Runtime:
         binding: _Binding[T] = _Binding(self, descriptor.name, self.index[descriptor.name], runner)
         runner.bound.append(binding)
         self._install(runner)
-        return BoundQuery(_hit, binding)
+        return BoundQuery(_hit, binding._thread, binding)
 
     def learn_revision(self, revision: int) -> None:
         """Move this process to *revision*: every thread's next hit takes the slow path (its
@@ -746,6 +746,7 @@ def _prefetch_one(db: Database, name: str, key: tuple[Any, ...]) -> None:
 
 
 def _hit(
+    thread: int,
     binding: _Binding[T],
     arg: Any = _NO_ARG,
     /,
@@ -753,20 +754,23 @@ def _hit(
     _get_ident: Any = get_ident,
     _no_arg: Any = _NO_ARG,
 ) -> T:
-    """A call of a bound query. The hit path of a one-argument call is one call of this
-    thread's own C-level cache (see _Runner): no key tuple, no lock, nothing shared written.
-    (The keyword defaults are locals: a global is a dict lookup on every call on 3.13t, whose
-    interpreter does not specialize.)"""
-    if binding._thread != _get_ident() or more or arg is _no_arg:
+    """A call of a bound query bound in *thread*. The hit path of a one-argument call is one
+    call of this thread's own C-level cache (see _Runner): no key tuple, no lock, nothing
+    shared written. (*thread* is an argument and the keyword defaults are locals because on
+    3.13t, whose interpreter does not specialize, an attribute or a global costs a lookup on
+    every call.)"""
+    if thread != _get_ident() or more or arg is _no_arg:
         return binding.other_call(arg, more)
     try:
         return binding._call(arg)  # type: ignore[misc,no-any-return]
     except _Miss:
         return binding.miss(arg)
     except TypeError:
-        if binding._call is None:  # a new revision: move this thread on, then ask again
-            binding._rt.runner()
-            return _hit(binding, arg)
+        if binding._call is None:  # a new revision, or the thread that bound it has ended
+            if binding._thread != _get_ident():  # ended: this one only shares its identifier
+                return binding.other_call(arg, more)
+            binding._rt.runner()  # move this thread on, then ask again
+            return _hit(thread, binding, arg)
         try:
             hash(arg)
         except TypeError:
@@ -792,7 +796,7 @@ class BoundQuery(functools.partial[T]):
 
     @property
     def _binding(self) -> _Binding[T]:
-        return self.args[0]  # type: ignore[no-any-return]
+        return self.args[1]  # type: ignore[no-any-return]
 
     async def async_get(self, *key: Any) -> T:
         """``self(*key)`` from async code, under asyncio or trio (through anyio).
@@ -933,7 +937,8 @@ class _ThreadEnd:
 
     def __del__(self) -> None:
         for bound in self.bound:
-            bound._thread = None  # calls from anywhere now go to the caller's own
+            bound._thread = None  # calls from anywhere now go to the caller's own...
+            bound._call = None  # ...even from a thread that reuses this one's identifier
 
 
 @overload
