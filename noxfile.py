@@ -36,13 +36,15 @@ GIL_CHECK_MODULES = [
     "dualmode.backends.serial",
     "dualmode.backends.threads",
     "dualmode.backends.processes",
-    "dualmode.testing",
+    "dualmode.pytest_plugin",
+    "dualmode.testing",  # the conformance kit, with every rule family
     "hypothesis",
     "anyio",
     "trio",
     "pytest",
     "cloudpickle",
     "rich",
+    "sybil",  # runs the docs' code blocks
 ]
 
 # CPython warns "The global interpreter lock (GIL) has been enabled to load module ..." when an
@@ -194,10 +196,16 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict over dualmode/ and backends/ (configured in pyproject.toml)."""
+    """mypy --strict over dualmode/ and backends/ (configured in pyproject.toml), then over
+    tests/typing/, the user code that shows the installed package type-checks as documented."""
     # The extras give mypy the stubs it checks against (pytest, hypothesis, anyio, trio, rich).
-    session.install("-e", ".[test,bench]", _requirement("dev", "mypy"))
+    # Not an editable install: mypy cannot follow setuptools' editable import hook, and the
+    # user code must find dualmode where a user's project does, in site-packages (py.typed).
+    session.install(".[test,bench]", _requirement("dev", "mypy"))
     session.run("mypy", *session.posargs)
+    # From outside the checkout (no ./dualmode to find) and with no config file, as a user.
+    session.chdir(session.create_tmp())
+    session.run("mypy", "--strict", "--config-file=", str(ROOT / "tests" / "typing"))
 
 
 @nox.session(python="3.11")

@@ -4,13 +4,14 @@ This is rustc's single-threaded mode. Only one thread uses a serial primitive, s
 flag, a semaphore a counter, an atomic a plain int. An operation that would wait for another
 thread (which cannot exist) raises :class:`~dualmode.BorrowError` at once instead of hanging,
 and timed waits return their timeout result at once. Using a primitive from a thread other than
-the one that created it raises :class:`~dualmode.WrongThreadError`.
+the one that created it raises :class:`~dualmode.WrongThreadError` (docs/primitives.md states
+both rules for users; how ``dm.Lock()`` reaches this module is in
+docs/architecture.md#the-backend-protocol).
 """
 
 from __future__ import annotations
 
 import operator
-import sys
 from _thread import get_ident
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -19,7 +20,7 @@ from queue import Empty, Full
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import dualmode.primitives as p
-from dualmode.backend import Backend, LocalPrimitives, Outcome, capture, run_chunk, run_now
+from dualmode.backend import Backend, Outcome, builds, capture, run_chunk, run_now
 from dualmode.errors import BorrowError, BrokenBarrierError, QueueShutDown, WrongThreadError
 
 if TYPE_CHECKING:
@@ -41,11 +42,13 @@ def _would_block(what: str) -> BorrowError:
 
 
 class _Owned:
-    """Remembers the backend and the creating thread; every operation checks the thread."""
+    """Remembers the backend and the creating thread; every operation checks the thread.
 
-    __slots__ = ("_backend", "_owner")
+    Weak references work as on every backend (``threading``'s objects allow them)."""
 
-    def __init__(self, backend: SerialBackend) -> None:
+    __slots__ = ("__weakref__", "_backend", "_owner")
+
+    def __init__(self, backend: SerialBackend, /) -> None:
         self._backend = backend
         self._owner = get_ident()
 
@@ -67,7 +70,7 @@ class Lock(_Owned, p.Lock):
 
     __slots__ = ("_held",)
 
-    def __init__(self, backend: SerialBackend) -> None:
+    def __init__(self, backend: SerialBackend, /) -> None:
         super().__init__(backend)
         self._held = False
 
@@ -113,7 +116,7 @@ class RLock(_Owned, p.RLock):
 
     __slots__ = ("_count",)
 
-    def __init__(self, backend: SerialBackend) -> None:
+    def __init__(self, backend: SerialBackend, /) -> None:
         super().__init__(backend)
         self._count = 0
 
@@ -135,9 +138,7 @@ class Semaphore(_Owned, p.Semaphore):
 
     __slots__ = ("_value",)
 
-    def __init__(self, backend: SerialBackend, value: int = 1) -> None:
-        if value < 0:
-            raise ValueError("semaphore initial value must be >= 0")
+    def __init__(self, backend: SerialBackend, /, value: int = 1) -> None:
         super().__init__(backend)
         self._value = value
 
@@ -164,7 +165,7 @@ class BoundedSemaphore(Semaphore, p.BoundedSemaphore):
 
     __slots__ = ("_initial",)
 
-    def __init__(self, backend: SerialBackend, value: int = 1) -> None:
+    def __init__(self, backend: SerialBackend, /, value: int = 1) -> None:
         super().__init__(backend, value)
         self._initial = value
 
@@ -182,7 +183,7 @@ class Event(_Owned, p.Event):
 
     __slots__ = ("_flag",)
 
-    def __init__(self, backend: SerialBackend) -> None:
+    def __init__(self, backend: SerialBackend, /) -> None:
         super().__init__(backend)
         self._flag = False
 
@@ -210,15 +211,18 @@ class Condition(_Owned, p.Condition):
 
     __slots__ = ("_lock",)
 
-    def __init__(self, backend: SerialBackend, lock: p.Lock | p.RLock | None = None) -> None:
+    def __init__(self, backend: SerialBackend, /, lock: p.AnyLock | None = None) -> None:
         super().__init__(backend)
         if lock is None:
             lock = RLock(backend)
         elif not isinstance(lock, Lock | RLock):
+            # Its waits never block, so it must read the lock's borrow flag to tell a wait
+            # that no thread could end; a threading lock has none.
             raise TypeError(
-                f"Condition(lock=...) needs a Lock or RLock of the serial backend, got "
-                f"{type(lock).__module__}.{type(lock).__qualname__}; create the lock under "
-                "the same backend as the Condition"
+                f"Condition(lock=...) on the serial backend needs a Lock or RLock of the serial "
+                f"backend, got {type(lock).__module__}.{type(lock).__qualname__}; create the lock "
+                "with dm.Lock() or dm.RLock() under the same backend, omit lock= for a new RLock, "
+                "or choose backend='threads' to wait on a threading lock"
             )
         self._lock: Lock | RLock = lock
 
@@ -262,12 +266,11 @@ class Barrier(_Owned, p.Barrier):
     def __init__(
         self,
         backend: SerialBackend,
+        /,
         parties: int,
         action: Callable[[], object] | None = None,
         timeout: float | None = None,
     ) -> None:
-        if parties < 1:
-            raise ValueError("parties must be >= 1")
         super().__init__(backend)
         self._parties = parties
         self._action = action
@@ -321,7 +324,7 @@ class RwLock(_Owned, p.RwLock):
 
     __slots__ = ("_readers", "_writing")
 
-    def __init__(self, backend: SerialBackend) -> None:
+    def __init__(self, backend: SerialBackend, /) -> None:
         super().__init__(backend)
         self._readers = 0
         self._writing = False
@@ -365,7 +368,7 @@ class Mutex(_Owned, p.Mutex):
 
     __slots__ = ("_held", "_value")
 
-    def __init__(self, backend: SerialBackend, value: Any = None) -> None:
+    def __init__(self, backend: SerialBackend, /, value: Any = None) -> None:
         super().__init__(backend)
         self._held = False
         self._value = value
@@ -399,7 +402,7 @@ class OnceCell(_Owned, p.OnceCell):
 
     __slots__ = ("_state", "_value")
 
-    def __init__(self, backend: SerialBackend) -> None:
+    def __init__(self, backend: SerialBackend, /) -> None:
         super().__init__(backend)
         self._state = _EMPTY
         self._value: Any = None
@@ -439,9 +442,9 @@ class AtomicInt(_Owned, p.AtomicInt):
 
     __slots__ = ("_value",)
 
-    def __init__(self, backend: SerialBackend, value: int = 0) -> None:
+    def __init__(self, backend: SerialBackend, /, value: int = 0) -> None:
         super().__init__(backend)
-        self._value = operator.index(value)
+        self._value = value
 
     def load(self) -> int:
         self._check_thread()
@@ -476,9 +479,7 @@ class WorkerLocal(_Owned, p.WorkerLocal):
 
     __slots__ = ("_factory", "_values")
 
-    def __init__(self, backend: SerialBackend, factory: Callable[[], Any]) -> None:
-        if not callable(factory):
-            raise TypeError(f"WorkerLocal(factory) needs a callable, got {factory!r}")
+    def __init__(self, backend: SerialBackend, /, factory: Callable[[], Any]) -> None:
         super().__init__(backend)
         self._factory = factory
         self._values: list[Any] = []
@@ -499,7 +500,7 @@ class ShardedDict(_Owned, p.ShardedDict):
 
     __slots__ = ("_dict",)
 
-    def __init__(self, backend: SerialBackend) -> None:
+    def __init__(self, backend: SerialBackend, /) -> None:
         super().__init__(backend)
         self._dict: dict[Any, Any] = {}
 
@@ -535,7 +536,7 @@ class FreezeLock(_Owned, p.FreezeLock):
 
     __slots__ = ("_frozen", "_value", "_writing")
 
-    def __init__(self, backend: SerialBackend, value: Any = None) -> None:
+    def __init__(self, backend: SerialBackend, /, value: Any = None) -> None:
         super().__init__(backend)
         self._value = value
         self._frozen = False
@@ -580,7 +581,7 @@ class Queue(_Owned, p.Queue):
 
     __slots__ = ("_items", "_maxsize", "_shutdown", "_unfinished")
 
-    def __init__(self, backend: SerialBackend, maxsize: int = 0) -> None:
+    def __init__(self, backend: SerialBackend, /, maxsize: int = 0) -> None:
         super().__init__(backend)
         self._maxsize = maxsize
         self._items: deque[Any] = deque()
@@ -643,12 +644,28 @@ class Queue(_Owned, p.Queue):
             self._items.clear()
 
 
-class SerialBackend(LocalPrimitives, Backend):
+class SerialBackend(Backend):
     """Runs everything on the calling thread; primitives are borrow-checked flags."""
 
     name = "serial"
-    primitives = sys.modules[__name__]  # LocalPrimitives builds this module's classes
     parallel = False
+
+    # Each factory builds this module's class (docs/architecture.md#the-backend-protocol).
+    create_lock = builds(Lock)
+    create_rlock = builds(RLock)
+    create_semaphore = builds(Semaphore)
+    create_bounded_semaphore = builds(BoundedSemaphore)
+    create_event = builds(Event)
+    create_condition = builds(Condition)
+    create_barrier = builds(Barrier)
+    create_rwlock = builds(RwLock)
+    create_mutex = builds(Mutex)
+    create_once_cell = builds(OnceCell)
+    create_atomic_int = builds(AtomicInt)
+    create_worker_local = builds(WorkerLocal)
+    create_sharded_dict = builds(ShardedDict)
+    create_freeze_lock = builds(FreezeLock)
+    create_queue = builds(Queue)
 
     def __init__(self, workers: int | None = None) -> None:
         # Accepted (and checked) so DUALMODE_WORKERS can be set for a whole matrix; serial

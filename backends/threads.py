@@ -5,7 +5,10 @@ is correct on free-threaded CPython 3.13t, where nothing is atomic by grace of t
 single operations of builtin dicts, lists and deques, which CPython documents as internally
 locked there, are relied on. Where ``threading`` has the primitive (Event, Semaphore, Condition,
 Barrier...) it is subclassed or wrapped, so behaviour, timeouts and exceptions are exactly
-``threading``'s.
+``threading``'s, and CPython's own ``Lib/test/lock_tests.py`` passes against these classes
+(tests/test_lock_tests.py): code written for ``threading`` may use them in its place (weak
+references, ``Condition`` over a ``threading`` lock, the private methods ``threading`` calls on
+its locks). How ``dm.Lock()`` reaches this module is in docs/architecture.md#the-backend-protocol.
 
 The processes backend hosts these classes in its coordinator and calls their public and
 backend-protocol methods from one server thread per client thread, so thread identity here
@@ -17,16 +20,15 @@ from __future__ import annotations
 import _thread
 import operator
 import os
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, wait
 from queue import Empty, Full
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import dualmode.primitives as p
-from dualmode.backend import Backend, LocalPrimitives, Outcome, capture, run_chunk
+from dualmode.backend import Backend, Outcome, builds, capture, run_chunk
 from dualmode.errors import BorrowError, QueueShutDown
 
 if TYPE_CHECKING:
@@ -61,27 +63,77 @@ def _wait_timeout(timeout: float) -> float | None:
 
 
 class _Bound:
-    """Gives a primitive its ``backend`` property; the concrete class stores ``_backend``."""
+    """Gives a primitive its ``backend`` property (the concrete class stores ``_backend``), weak
+    references as ``threading``'s objects have, and a repr naming dualmode's class."""
 
-    __slots__ = ()
+    __slots__ = ("__weakref__",)
     _backend: ThreadsBackend
 
     @property
     def backend(self) -> ThreadsBackend:
         return self._backend
 
+    def __repr__(self) -> str:
+        # threading's repr ("<threading.Event at 0x..: set>", as lock_tests expect) or object's,
+        # naming dualmode's class and this backend.
+        cls, at = type(self), f" at {id(self):#x}"
+        text = (
+            super()
+            .__repr__()
+            .replace(f"{cls.__module__}.{cls.__qualname__}", f"dualmode.{cls.__name__}", 1)
+        )
+        return text.replace(at, f"{at} on threads", 1)
+
+
+class _RawLock(Protocol):
+    """A ``_thread`` lock with the method typeshed leaves out: threading reinitialises its locks
+    with it in a forked child, and so do libraries (logging) through ``os.register_at_fork``."""
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool: ...
+
+    def release(self) -> None: ...
+
+    def _at_fork_reinit(self) -> None: ...
+
+
+class _RawMutex(_RawLock, Protocol):
+    def locked(self) -> bool: ...
+
+
+class _RawRLock(_RawLock, Protocol):
+    """``_thread.RLock``'s private methods: ``threading.Condition`` waits on an RLock with them
+    (so a wait releases every level of a nested hold), and ``threading`` tests use them."""
+
+    def _is_owned(self) -> bool: ...
+
+    def _release_save(self) -> tuple[int, int]: ...
+
+    def _acquire_restore(self, state: tuple[int, int], /) -> None: ...
+
+    def _recursion_count(self) -> int: ...
+
 
 class _RawLockWrapper(_Bound):
     """Lock and RLock delegate to a raw ``_thread`` lock, which a Condition can use directly."""
 
     __slots__ = ("_backend", "_raw")
-    _raw: _thread.LockType | _thread.RLock
+    _raw: _RawLock
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         return self._raw.acquire(blocking, timeout)
 
     def release(self) -> None:
         self._raw.release()
+
+    def _at_fork_reinit(self) -> None:
+        self._raw._at_fork_reinit()
+
+    def __repr__(self) -> str:
+        # The raw lock's form, "<unlocked _thread.RLock object owner=0 count=0 at 0x..>".
+        state, _, rest = repr(self._raw)[1:].partition(" ")
+        details = rest.partition(" object")[2].rpartition(" at ")[0]
+        name = type(self).__name__
+        return f"<{state} dualmode.{name} object{details} at {id(self):#x} on threads>"
 
     def __enter__(self) -> bool:
         return self._raw.acquire()
@@ -99,11 +151,11 @@ class Lock(_RawLockWrapper, p.Lock):
     """``threading.Lock`` itself: acquiring a held lock waits; any thread may release it."""
 
     __slots__ = ()
-    _raw: _thread.LockType
+    _raw: _RawMutex
 
-    def __init__(self, backend: ThreadsBackend) -> None:
+    def __init__(self, backend: ThreadsBackend, /) -> None:
         self._backend = backend
-        self._raw = _thread.allocate_lock()
+        self._raw = cast("_RawMutex", _thread.allocate_lock())
 
     def locked(self) -> bool:
         return self._raw.locked()
@@ -113,16 +165,29 @@ class RLock(_RawLockWrapper, p.RLock):
     """``threading.RLock`` itself: reentrant, owned by the acquiring thread."""
 
     __slots__ = ()
+    _raw: _RawRLock
 
-    def __init__(self, backend: ThreadsBackend) -> None:
+    def __init__(self, backend: ThreadsBackend, /) -> None:
         self._backend = backend
-        self._raw = _thread.RLock()
+        self._raw = cast("_RawRLock", _thread.RLock())
+
+    def _is_owned(self) -> bool:
+        return self._raw._is_owned()
+
+    def _release_save(self) -> tuple[int, int]:
+        return self._raw._release_save()
+
+    def _acquire_restore(self, state: tuple[int, int], /) -> None:
+        self._raw._acquire_restore(state)
+
+    def _recursion_count(self) -> int:
+        return self._raw._recursion_count()
 
 
 class Semaphore(_Bound, threading.Semaphore, p.Semaphore):
     """``threading.Semaphore``: acquiring at zero waits for a ``release``."""
 
-    def __init__(self, backend: ThreadsBackend, value: int = 1) -> None:
+    def __init__(self, backend: ThreadsBackend, /, value: int = 1) -> None:
         # super() reaches threading.BoundedSemaphore first when building the subclass below.
         super().__init__(value)
         self._backend = backend
@@ -135,31 +200,36 @@ class BoundedSemaphore(Semaphore, threading.BoundedSemaphore, p.BoundedSemaphore
 class Event(_Bound, threading.Event, p.Event):
     """``threading.Event``: ``set`` wakes every waiter."""
 
-    def __init__(self, backend: ThreadsBackend) -> None:
+    def __init__(self, backend: ThreadsBackend, /) -> None:
         super().__init__()
         self._backend = backend
 
 
-def _raw_lock_of(lock: p.Lock | p.RLock | None) -> _thread.LockType | _thread.RLock:
+def _condition_lock(lock: p.AnyLock | None) -> p.AnyLock:
+    """The lock a Condition waits on: a threads Lock's or RLock's raw lock (whose C methods
+    threading.Condition then calls directly), any other lock as it is, as threading does."""
     if lock is None:
         return _thread.RLock()
     if isinstance(lock, _RawLockWrapper):
         return lock._raw
-    backend = getattr(getattr(lock, "backend", None), "name", None)
-    made_by = f" of the {backend!r} backend" if backend else ""
-    raise TypeError(
-        f"Condition(lock=...) needs a Lock or RLock of the threads backend, got "
-        f"{type(lock).__qualname__}{made_by}; create the lock with backend='threads' "
-        "(or under dm.use('threads')), or omit lock= for a new RLock"
-    )
+    if isinstance(lock, p.Primitive) and not isinstance(lock, _Bound):
+        backend = getattr(getattr(lock, "backend", None), "name", None)
+        raise TypeError(
+            f"Condition(lock=...) on the threads backend cannot wait on a {type(lock).__qualname__}"
+            f" of the {backend!r} backend: its waits and wake-ups follow that backend's rules; "
+            "create the lock with backend='threads', pass a threading.Lock or threading.RLock, "
+            "or omit lock= for a new RLock"
+        )
+    return lock
 
 
 class Condition(_Bound, threading.Condition, p.Condition):
-    """``threading.Condition`` over a threads-backend Lock or RLock (a new RLock by default)."""
+    """``threading.Condition`` over a threads-backend Lock or RLock, a ``threading`` lock or
+    any lock ``threading.Condition`` accepts (a new RLock by default)."""
 
-    def __init__(self, backend: ThreadsBackend, lock: p.Lock | p.RLock | None = None) -> None:
-        self._raw = _raw_lock_of(lock)
-        super().__init__(self._raw)
+    def __init__(self, backend: ThreadsBackend, /, lock: p.AnyLock | None = None) -> None:
+        self._raw = _condition_lock(lock)
+        super().__init__(cast("threading.Lock", self._raw))
         self._backend = backend
 
     # threading.Condition binds acquire/release per instance, which shadows these; they exist
@@ -177,13 +247,11 @@ class Barrier(_Bound, threading.Barrier, p.Barrier):
     def __init__(
         self,
         backend: ThreadsBackend,
+        /,
         parties: int,
         action: Callable[[], object] | None = None,
         timeout: float | None = None,
     ) -> None:
-        parties = operator.index(parties)
-        if parties < 1:  # threading checks this only from 3.13; a 0-party barrier never opens
-            raise ValueError("parties must be >= 1")
         # threading ignores the action's result; its stub just says None.
         super().__init__(parties, cast("Callable[[], None] | None", action), timeout)
         self._backend = backend
@@ -205,7 +273,7 @@ class RwLock(_Bound, p.RwLock):
         "_writing",
     )
 
-    def __init__(self, backend: ThreadsBackend) -> None:
+    def __init__(self, backend: ThreadsBackend, /) -> None:
         self._backend = backend
         self._mutex = threading.Lock()
         self._can_read = threading.Condition(self._mutex)
@@ -284,7 +352,7 @@ class Mutex(_Bound, p.Mutex):
 
     __slots__ = ("_backend", "_lock", "_value")
 
-    def __init__(self, backend: ThreadsBackend, value: Any = None) -> None:
+    def __init__(self, backend: ThreadsBackend, /, value: Any = None) -> None:
         self._backend = backend
         self._lock = _thread.allocate_lock()
         self._value = value
@@ -307,7 +375,7 @@ class OnceCell(_Bound, p.OnceCell):
 
     __slots__ = ("_backend", "_cond", "_owner", "_value")
 
-    def __init__(self, backend: ThreadsBackend) -> None:
+    def __init__(self, backend: ThreadsBackend, /) -> None:
         self._backend = backend
         self._cond = threading.Condition(threading.Lock())
         self._value: Any = p.MISSING
@@ -366,10 +434,10 @@ class AtomicInt(_Bound, p.AtomicInt):
 
     __slots__ = ("_backend", "_lock", "_value")
 
-    def __init__(self, backend: ThreadsBackend, value: int = 0) -> None:
+    def __init__(self, backend: ThreadsBackend, /, value: int = 0) -> None:
         self._backend = backend
         self._lock = _thread.allocate_lock()
-        self._value = operator.index(value)
+        self._value = value
 
     def load(self) -> int:
         return self._value  # one read of an immutable int: atomic without the lock
@@ -409,9 +477,7 @@ class WorkerLocal(_Bound, p.WorkerLocal):
 
     __slots__ = ("_backend", "_local", "_make", "_values")
 
-    def __init__(self, backend: ThreadsBackend, factory: Callable[[], Any]) -> None:
-        if not callable(factory):
-            raise TypeError(f"WorkerLocal(factory) needs a callable, got {factory!r}")
+    def __init__(self, backend: ThreadsBackend, /, factory: Callable[[], Any]) -> None:
         self._backend = backend
         self._make = factory
         self._local = threading.local()
@@ -441,7 +507,7 @@ class ShardedDict(_Bound, p.ShardedDict):
 
     __slots__ = ("_backend", "_mask", "_shards")
 
-    def __init__(self, backend: ThreadsBackend) -> None:
+    def __init__(self, backend: ThreadsBackend, /) -> None:
         self._backend = backend
         self._shards: list[dict[Any, Any]] = [{} for _ in range(SHARDS)]
         self._mask = SHARDS - 1
@@ -481,7 +547,7 @@ class FreezeLock(_Bound, p.FreezeLock):
 
     __slots__ = ("_backend", "_frozen", "_rw", "_value")
 
-    def __init__(self, backend: ThreadsBackend, value: Any = None) -> None:
+    def __init__(self, backend: ThreadsBackend, /, value: Any = None) -> None:
         self._backend = backend
         self._rw = RwLock(backend)
         self._value = value
@@ -547,7 +613,7 @@ class Queue(_Bound, p.Queue):
         "maxsize",
     )
 
-    def __init__(self, backend: ThreadsBackend, maxsize: int = 0) -> None:
+    def __init__(self, backend: ThreadsBackend, /, maxsize: int = 0) -> None:
         self._backend = backend
         self.maxsize = maxsize
         self._items: deque[Any] = deque()
@@ -770,12 +836,28 @@ class _Pool:
                 thread.join()
 
 
-class ThreadsBackend(LocalPrimitives, Backend):
+class ThreadsBackend(Backend):
     """Work on threads, primitives from :mod:`threading`: truly parallel on 3.13t."""
 
     name = "threads"
-    primitives = sys.modules[__name__]  # LocalPrimitives builds this module's classes
     parallel = True
+
+    # Each factory builds this module's class (docs/architecture.md#the-backend-protocol).
+    create_lock = builds(Lock)
+    create_rlock = builds(RLock)
+    create_semaphore = builds(Semaphore)
+    create_bounded_semaphore = builds(BoundedSemaphore)
+    create_event = builds(Event)
+    create_condition = builds(Condition)
+    create_barrier = builds(Barrier)
+    create_rwlock = builds(RwLock)
+    create_mutex = builds(Mutex)
+    create_once_cell = builds(OnceCell)
+    create_atomic_int = builds(AtomicInt)
+    create_worker_local = builds(WorkerLocal)
+    create_sharded_dict = builds(ShardedDict)
+    create_freeze_lock = builds(FreezeLock)
+    create_queue = builds(Queue)
 
     def __init__(self, workers: int | None = None) -> None:
         super().__init__(workers)

@@ -5,12 +5,17 @@ AtomicInt, a ShardedDict, a Mutex and a OnceCell under ``dm.use(name)``, updates
 4 tasks (in order on serial, on 4 threads on threads, on 2 spawned processes on processes) and
 prints what each backend computed, which is the same everywhere. ``dualmode backends`` lists
 the registered backends and why any of them cannot run here.
+
+Exit status: 0 when all went well; 1 when a backend failed or the checkout shadows the
+install; 2 for a usage error or an invalid configuration (``DUALMODE_BACKEND``,
+``DUALMODE_WORKERS``), with the message on stderr. ``dualmode backends`` still lists the
+backends when the configuration is invalid, then says which setting is wrong.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import multiprocessing
 import os
 import sys
@@ -18,15 +23,19 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import dualmode as dm
-from dualmode.config import BACKEND_ENV, WORKERS_ENV, _auto_name, _free_threaded
+from dualmode.config import (
+    BACKEND_ENV,
+    WORKERS_ENV,
+    _auto_name,
+    _free_threaded,
+    _shadowed_by_checkout,
+)
 
 __all__ = ["main"]
 
-T = TypeVar("T")
 ITERATIONS = 200
 TASKS = 4  # on every backend, so that every backend must compute the same totals
 PROCESSES = 2  # the processes backend runs TASKS // PROCESSES tasks in each process
@@ -39,14 +48,6 @@ def _gil_state() -> str:
     if is_enabled is not None and is_enabled():
         return "free-threaded build, GIL re-enabled"
     return "free-threaded build, GIL disabled"
-
-
-def _new(cls: Callable[..., T], *args: Any) -> T:
-    """``cls(*args)``: a public primitive class builds the backend in force's implementation.
-
-    (Spelled as a call through ``Callable`` because mypy sees the public classes as abstract.)
-    """
-    return cls(*args)
 
 
 def _importable(fn: Callable[..., None]) -> Callable[..., None]:
@@ -87,7 +88,9 @@ def _work(
 
 
 @dataclass
-class _Outcome:
+class _DemoRun:
+    """What the demo computed on one backend, and whether that is what every backend must."""
+
     backend: str
     parallel: bool
     ran_on: str
@@ -114,14 +117,14 @@ class _Outcome:
         )
 
 
-def _run_backend(name: str, iterations: int) -> _Outcome:
+def _run_backend(name: str, iterations: int) -> _DemoRun:
     start = time.perf_counter()
     with dm.use(name) as backend:
-        counter = _new(dm.AtomicInt, 0)
-        table = _new(dm.ShardedDict)
-        total = _new(dm.Mutex, 0)
-        cell = _new(dm.OnceCell)
-        init_runs = _new(dm.AtomicInt, 0)
+        counter = dm.AtomicInt(0)
+        table = dm.ShardedDict()
+        total = dm.Mutex(0)
+        cell = dm.OnceCell()
+        init_runs = dm.AtomicInt(0)
         shared = (counter, table, total, cell, init_runs)
         error: str | None = None
         if not backend.parallel:
@@ -170,7 +173,7 @@ def _run_backend(name: str, iterations: int) -> _Outcome:
         values = sorted(set(dict(table.items()).values()))
         with total.lock() as guard:
             mutex_value = guard.value
-        return _Outcome(
+        return _DemoRun(
             backend=name,
             parallel=backend.parallel,
             ran_on=ran_on,
@@ -186,13 +189,26 @@ def _run_backend(name: str, iterations: int) -> _Outcome:
         )
 
 
+def _configuration_problem() -> str | None:
+    """Why the configuration in force (for this command, the environment) is invalid, if it is."""
+    try:
+        dm.current()
+    except dm.ConfigError as exc:
+        return str(exc)
+    return None
+
+
 def _selection_lines() -> list[tuple[str, str]]:
     env_backend = os.environ.get(BACKEND_ENV) or "(unset)"
     env_workers = os.environ.get(WORKERS_ENV) or "(unset)"
     try:
-        in_force = repr(dm.current())
+        backend = dm.current()
     except dm.ConfigError as exc:
         in_force = f"error: {exc}"
+    else:
+        in_force = repr(backend)
+        if os.environ.get(WORKERS_ENV, "").strip() and not backend.parallel:
+            env_workers += f" (unused: {backend.name} is not parallel, it has 1 worker)"
     return [
         ("python", f"{sys.version.split()[0]} ({_gil_state()}), {os.cpu_count()} CPUs"),
         (BACKEND_ENV, env_backend),
@@ -227,10 +243,21 @@ def _cmd_backends(args: argparse.Namespace) -> int:
     rows = [(name, "yes" if why is None else "no", why or "") for name, why in found.items()]
     _print_table("dualmode.available_backends()", ["backend", "usable", "reason"], rows)
     _print_table("backend selection", ["setting", "value"], _selection_lines())
+    problem = _configuration_problem()
+    if problem is not None:
+        print(f"dualmode backends: the configuration is invalid: {problem}", file=sys.stderr)
+        return 2
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    problem = _configuration_problem()
+    if problem is not None:
+        print(
+            f"dualmode demo: the configuration is invalid, so nothing ran: {problem}",
+            file=sys.stderr,
+        )
+        return 2
     found = dm.available_backends()
     builtin = {"serial": 0, "threads": 1, "processes": 2}
     usable = sorted((n for n, why in found.items() if why is None), key=lambda n: builtin.get(n, 3))
@@ -265,22 +292,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             failed = True
             continue
         try:
-            outcome = _run_backend(name, args.iterations)
+            run = _run_backend(name, args.iterations)
         except Exception as exc:
             columns.append([""] * 7 + [f"failed: {type(exc).__name__}: {exc}"])
             failed = True
             continue
-        failed |= not outcome.ok
+        failed |= not run.ok
         columns.append(
             [
-                "yes" if outcome.parallel else "no",
-                outcome.ran_on,
-                str(outcome.counter),
-                str(outcome.mutex),
-                f"{outcome.keys} keys, each {outcome.per_key}",
-                str(outcome.init_runs),
-                f"{outcome.seconds:.2f}",
-                "ok" if outcome.ok else f"WRONG: {outcome.error or 'unexpected totals'}",
+                "yes" if run.parallel else "no",
+                run.ran_on,
+                str(run.counter),
+                str(run.mutex),
+                f"{run.keys} keys, each {run.per_key}",
+                str(run.init_runs),
+                f"{run.seconds:.2f}",
+                "ok" if run.ok else f"WRONG: {run.error or 'unexpected totals'}",
             ]
         )
     _print_table(
@@ -331,26 +358,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     backends.set_defaults(handler=_cmd_backends)
     return parser
-
-
-def _shadowed_by_checkout() -> str | None:
-    """Why the built-in backends cannot be imported from here, if it is a source checkout.
-
-    In the repository, ``backends/`` sits next to ``dualmode/`` and only an install maps it to
-    ``dualmode.backends``. ``python -m dualmode`` run from the repository root imports the
-    ``dualmode/`` directory in front of an installed (non-editable) copy, without the mapping.
-    """
-    package_dir = Path(dm.__file__).resolve().parent
-    if importlib.util.find_spec("dualmode.backends") is not None:
-        return None
-    if not (package_dir.parent / "backends" / "__init__.py").exists():
-        return None
-    return (
-        f"dualmode was imported from the source checkout {package_dir}, where backends/ is not "
-        "yet mapped to dualmode.backends (the current directory comes first on sys.path under "
-        "`python -m`). Use the installed command `dualmode`, run from another directory, or "
-        "install the checkout in editable mode: python3 -m pip install -e ."
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,7 +4,8 @@ The public API in :mod:`dualmode` never does work itself: it asks for the backen
 (``dm.current()`` or a ``backend=`` argument) and calls one of the methods below. A backend
 module (``dualmode.backends.serial``, ``.threads``, ``.processes``, or a third party's) subclasses
 :class:`Backend`, implements every abstract method, and registers the class under the
-entry-point group ``dualmode.backends``.
+entry-point group ``dualmode.backends``. docs/architecture.md#the-backend-protocol describes the
+protocol for maintainers, docs/backends.md for backend authors.
 """
 
 from __future__ import annotations
@@ -14,22 +15,23 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ALL_COMPLETED, Future
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from types import ModuleType, TracebackType
+    from types import TracebackType
 
     from . import primitives as p
-    from .job_table import JobTable
+    from .query.job_table import JobTable
 
 T = TypeVar("T")
+Args = ParamSpec("Args")
 
 __all__ = [
     "Backend",
-    "LocalPrimitives",
     "Outcome",
+    "builds",
     "capture",
     "check_workers",
     "run_chunk",
@@ -64,25 +66,24 @@ def run_now(fn: Callable[..., T], *args: Any) -> Future[T]:
     return future
 
 
-def check_workers(workers: object, *, source: str = "workers") -> int | None:
-    """Return *workers* as a positive int (or None for the default); raise ConfigError otherwise."""
-    if workers is None:
-        return None
+def check_workers(workers: object) -> int | None:
+    """Return *workers* (a positive int, or None for the backend's default); ConfigError otherwise.
+
+    Text is refused, ``"2"`` included: only the environment variable ``DUALMODE_WORKERS`` is
+    read from text, by :mod:`dualmode.config`. Any positive count is accepted whatever the
+    backend; a backend that is not parallel (serial) still has one worker.
+    """
+    if workers is None or (
+        isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1
+    ):
+        return workers
+    hint = ""
     if isinstance(workers, str):
-        try:
-            workers = int(workers.strip())
-        except ValueError:
-            raise ConfigError(
-                f"{source}={workers!r} is not a worker count: give a positive integer such as 2, "
-                "or leave it unset for the backend's default"
-            ) from None
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        default = "leave it unset" if source != "workers" else "None"
-        raise ConfigError(
-            f"{source}={workers!r} is not a worker count: give a positive integer such as 2, "
-            f"or {default} for the backend's default"
-        )
-    return workers
+        hint = " (an int, not text: only the DUALMODE_WORKERS variable is parsed)"
+    raise ConfigError(
+        f"workers={workers!r} is not a worker count: give a positive integer such as 2{hint}, "
+        "or None for the backend's default"
+    )
 
 
 class Backend(abc.ABC):
@@ -154,7 +155,8 @@ class Backend(abc.ABC):
 
     # -- running work: the protocol behind dualmode.parallel -----------------------------------
     # A backend runs calls and reports Outcomes; dualmode.parallel does the rest (chunking,
-    # ordering, ParallelError, progress) once, for every backend.
+    # ordering, ParallelError, progress) once, for every backend
+    # (docs/architecture.md#running-work-the-protocol-behind-dualmodeparallel).
 
     @abc.abstractmethod
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Outcome]:
@@ -191,19 +193,23 @@ class Backend(abc.ABC):
     def create_job_table(
         self, fallbacks: dict[str, bool], volatile: frozenset[str] = frozenset()
     ) -> JobTable:
-        """The job table of a new :class:`~dualmode.Database` (design section 5): claims,
-        latches, wait-for graph, memos, inputs and revisions. *fallbacks* maps each query name
-        to whether it has a ``cycle=`` fallback; *volatile* names the ``volatile=True`` ones.
+        """The job table of a new :class:`~dualmode.Database`: claims, latches, wait-for
+        graph, memos, inputs and revisions (``docs/architecture.md#the-query-protocol``).
+        *fallbacks* maps each query name to whether it has a ``cycle=`` fallback; *volatile*
+        names the ``volatile=True`` ones.
 
         The default keeps it in this process (serial, threads). A backend whose workers are
-        other processes returns a client of a table they all reach, with ``remote = True`` and
-        ``pack``/``unpack`` methods that turn values into bytes and back.
+        other processes returns a client of one table that they all reach, with ``shared``
+        true; the client converts values to and from what travels.
         """
-        from .job_table import JobTable
+        from .query.job_table import InProcessJobTable
 
-        return JobTable(fallbacks, volatile)
+        return InProcessJobTable(fallbacks, volatile)
 
     # -- primitives: one factory per public class of dualmode.primitives ----------------------
+    # ``dm.Lock()`` runs ``Lock.__new__``, which checks the arguments and calls the factory
+    # below; each backend's factory returns its own subclass of the public class
+    # (docs/architecture.md#the-backend-protocol). Factories are called with checked arguments.
 
     @abc.abstractmethod
     def create_lock(self) -> p.Lock: ...
@@ -221,7 +227,10 @@ class Backend(abc.ABC):
     def create_event(self) -> p.Event: ...
 
     @abc.abstractmethod
-    def create_condition(self, lock: p.Lock | p.RLock | None = None) -> p.Condition: ...
+    def create_condition(self, lock: p.AnyLock | None = None) -> p.Condition:
+        """A Condition over *lock*, or over a new RLock when None. A backend that cannot wait
+        on *lock* (a lock of another backend, or one its workers cannot reach) raises
+        TypeError saying which lock to use instead."""
 
     @abc.abstractmethod
     def create_barrier(
@@ -253,59 +262,20 @@ class Backend(abc.ABC):
     def create_queue(self, maxsize: int = 0) -> p.Queue: ...
 
 
-class LocalPrimitives:
-    """The ``create_*`` factories of a backend whose primitives live in this process, as classes
-    of one module named like the public ones and built as ``Class(backend, *args)``.
+def builds(
+    cls: Callable[Concatenate[Any, Args], T],
+) -> Callable[Concatenate[Any, Args], T]:
+    """A ``create_*`` factory that returns ``cls(backend, *args)``, typed as ``cls`` is.
 
-    serial and threads mix this in before :class:`Backend` and set ``primitives`` to their own
-    module, so ``dm.Lock()`` under the threads backend is ``threads.Lock(backend)``.
+    For a backend whose primitive classes live in this process and take the backend first
+    (serial, threads): ``create_lock = builds(Lock)`` in its class body names the class the
+    factory builds, and mypy checks ``Lock.__init__`` against the abstract factory's signature.
     """
 
-    primitives: ClassVar[ModuleType]
+    def create(backend: Any, /, *args: Args.args, **kwargs: Args.kwargs) -> T:
+        return cls(backend, *args, **kwargs)
 
-    def create_lock(self) -> p.Lock:
-        return self.primitives.Lock(self)  # type: ignore[no-any-return]
-
-    def create_rlock(self) -> p.RLock:
-        return self.primitives.RLock(self)  # type: ignore[no-any-return]
-
-    def create_semaphore(self, value: int = 1) -> p.Semaphore:
-        return self.primitives.Semaphore(self, value)  # type: ignore[no-any-return]
-
-    def create_bounded_semaphore(self, value: int = 1) -> p.BoundedSemaphore:
-        return self.primitives.BoundedSemaphore(self, value)  # type: ignore[no-any-return]
-
-    def create_event(self) -> p.Event:
-        return self.primitives.Event(self)  # type: ignore[no-any-return]
-
-    def create_condition(self, lock: p.Lock | p.RLock | None = None) -> p.Condition:
-        return self.primitives.Condition(self, lock)  # type: ignore[no-any-return]
-
-    def create_barrier(
-        self, parties: int, action: Callable[[], object] | None = None, timeout: float | None = None
-    ) -> p.Barrier:
-        return self.primitives.Barrier(self, parties, action, timeout)  # type: ignore[no-any-return]
-
-    def create_rwlock(self) -> p.RwLock:
-        return self.primitives.RwLock(self)  # type: ignore[no-any-return]
-
-    def create_mutex(self, value: Any = None) -> p.Mutex:
-        return self.primitives.Mutex(self, value)  # type: ignore[no-any-return]
-
-    def create_once_cell(self) -> p.OnceCell:
-        return self.primitives.OnceCell(self)  # type: ignore[no-any-return]
-
-    def create_atomic_int(self, value: int = 0) -> p.AtomicInt:
-        return self.primitives.AtomicInt(self, value)  # type: ignore[no-any-return]
-
-    def create_worker_local(self, factory: Callable[[], Any]) -> p.WorkerLocal:
-        return self.primitives.WorkerLocal(self, factory)  # type: ignore[no-any-return]
-
-    def create_sharded_dict(self) -> p.ShardedDict:
-        return self.primitives.ShardedDict(self)  # type: ignore[no-any-return]
-
-    def create_freeze_lock(self, value: Any = None) -> p.FreezeLock:
-        return self.primitives.FreezeLock(self, value)  # type: ignore[no-any-return]
-
-    def create_queue(self, maxsize: int = 0) -> p.Queue:
-        return self.primitives.Queue(self, maxsize)  # type: ignore[no-any-return]
+    built = getattr(cls, "__qualname__", repr(cls))
+    create.__qualname__ = f"builds({built})"
+    create.__doc__ = f"A new {built} of this backend."
+    return create

@@ -11,12 +11,14 @@ from __future__ import annotations
 import atexit
 import contextvars
 import importlib.metadata
+import importlib.util
 import os
 import sys
 import sysconfig
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from .backend import Backend, check_workers
 from .errors import ConfigError
@@ -67,6 +69,29 @@ def _auto_name() -> str:
     return "serial"
 
 
+def _shadowed_by_checkout() -> str | None:
+    """Why the built-in backends cannot be imported, if dualmode comes from a source checkout.
+
+    In the repository, ``backends/`` sits next to ``dualmode/`` and only an install maps it to
+    ``dualmode.backends``. Run from the repository root (``python -m``, ``python -c``, a
+    script there), Python imports the checkout's ``dualmode/`` in front of any installed
+    (non-editable) copy, without that mapping. Shared by :func:`load_backend` and the
+    ``dualmode`` command, so both say the same.
+    """
+    package_dir = Path(__file__).resolve().parent
+    if importlib.util.find_spec("dualmode.backends") is not None:
+        return None
+    if not (package_dir.parent / "backends" / "__init__.py").exists():
+        return None
+    return (
+        f"dualmode was imported from the source checkout {package_dir}, which shadows any "
+        "installed copy: there backends/ is not mapped to dualmode.backends (a script's "
+        "directory, and the current one under `python -m` or `-c`, comes first on sys.path). "
+        f"Run from another directory, or install the checkout in editable mode: "
+        f"python3 -m pip install -e {package_dir.parent}"
+    )
+
+
 def load_backend(name: str) -> type[Backend]:
     """The Backend class registered as *name* ("auto" resolved); ConfigError saying why if
     it is unknown or cannot run here (a missing dependency names the package)."""
@@ -76,14 +101,20 @@ def load_backend(name: str) -> type[Backend]:
     ep = entry_points.get(name)
     if ep is None:
         choices = ", ".join(sorted([*entry_points, "auto"]))
+        # No backend registered at all, not even the built-ins: dualmode is not installed.
+        shadowed = None if entry_points else _shadowed_by_checkout()
         raise ConfigError(
             f"unknown dualmode backend {name!r}; choose one of: {choices} (backends are "
             f"registered under the entry-point group {ENTRY_POINT_GROUP!r})"
+            + ("" if shadowed is None else f". No backend is registered: {shadowed}")
         )
     try:
         cls = ep.load()
     except ImportError as exc:
         missing = getattr(exc, "name", None) or str(exc)
+        shadowed = _shadowed_by_checkout() if missing.startswith("dualmode.") else None
+        if shadowed is not None:
+            raise ConfigError(f"backend {name!r} is unavailable: {shadowed}") from exc
         if missing == ep.module or ep.module.startswith(f"{missing}."):
             raise ConfigError(
                 f"backend {name!r} is unavailable: its module {ep.module!r} cannot be imported "
@@ -156,9 +187,22 @@ def _resolve_spec(spec: BackendSpec, workers: int | None) -> Backend:
     return _shared_instance(spec, workers)
 
 
+def _workers_from_environment() -> int | None:
+    text = os.environ.get(WORKERS_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        return check_workers(int(text))
+    except ValueError:  # from int("x"), or check_workers's ConfigError (a ValueError)
+        raise ConfigError(
+            f"{WORKERS_ENV}={text!r} is not a worker count: give a positive integer such as 2, "
+            "or leave it unset for the backend's default"
+        ) from None
+
+
 def _from_environment() -> Backend:
     name = os.environ.get(BACKEND_ENV, "").strip() or "serial"
-    workers = check_workers(os.environ.get(WORKERS_ENV) or None, source=WORKERS_ENV)
+    workers = _workers_from_environment()
     try:
         return _resolve_spec(name, workers)
     except ConfigError as exc:
@@ -171,6 +215,12 @@ def configure(backend: BackendSpec | None = None, workers: int | None = None) ->
     ``configure()`` with no arguments forgets the default, so the environment rules again.
     The choice is checked now: an unknown name, a bad worker count or a backend whose
     dependency is missing raises :class:`ConfigError` here, not at first use.
+
+    *workers* is an int (``"2"`` is refused: only ``DUALMODE_WORKERS`` is read from text) or
+    None for the backend's default, the CPUs this process may use. Any positive count is
+    accepted with any backend, so that one program runs unchanged on each; a backend that is
+    not parallel (``serial``) runs everything on the calling thread and reports
+    ``workers == 1``.
     """
     global _configured
     if backend is None:
@@ -192,6 +242,10 @@ def use(backend: BackendSpec, workers: int | None = None) -> Iterator[Backend]:
 
     Nests and restores the previous choice on exit, also on error. Uses contextvars, so each
     thread and each asyncio/trio task sees its own choice. Yields the Backend in force.
+    *workers* is checked as by :func:`configure`: an int or None, and ``serial`` keeps one
+    worker whatever the count (``dm.use("serial", workers=4)`` yields a backend with
+    ``workers == 1``). Raises :class:`ConfigError` for an unknown or unusable backend or a bad
+    worker count.
     """
     resolved = _resolve_spec(backend, check_workers(workers))
     token = _scoped.set(resolved)

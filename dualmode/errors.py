@@ -85,7 +85,13 @@ class ParallelError(ExceptionGroup[Exception]):
 
     A parallel call runs every item, then raises this once, on every backend (serial too):
     ``.exceptions`` holds the failures in item (or spawn) order and ``.indices`` the position
-    of each failed item. Catch it with ``except ParallelError`` or ``except*`` by type.
+    of each failed item: its index in the items of ``par_map``, 0 (``fa``) or 1 (``fb``) for
+    ``join``, the worker for ``broadcast``, the spawn order for ``scope`` (where the block's
+    own exception, if it raised one, comes first with index -1).
+
+    Catch it with ``except ParallelError`` or by type with ``except*``: the part that
+    ``except* ValueError`` (or :meth:`split`, :meth:`subgroup`) hands out is a ParallelError
+    too, and keeps the index of each exception it holds, through nested groups and pickling.
     """
 
     indices: list[int]
@@ -95,6 +101,11 @@ class ParallelError(ExceptionGroup[Exception]):
     ) -> ParallelError:
         self = super().__new__(cls, message, exceptions)
         self.indices = list(range(len(exceptions)) if indices is None else indices)
+        if len(self.indices) != len(self.exceptions):
+            raise ValueError(
+                f"ParallelError needs one index per exception: got {len(self.indices)} indices "
+                f"for {len(self.exceptions)} exceptions"
+            )
         return self
 
     def __init__(
@@ -103,10 +114,45 @@ class ParallelError(ExceptionGroup[Exception]):
         super().__init__(message, exceptions)
 
     def derive(self, excs: Sequence[Exception]) -> ParallelError:  # type: ignore[override]
-        return ParallelError(self.message, excs)
+        """This group's message and indices, over *excs*: a part of ``self.exceptions``.
+
+        ``split`` and ``subgroup`` (so ``except*``) call it with the exceptions they keep, in
+        their order here; each is one of ``self.exceptions`` or, for a nested group that
+        matched in part, a group derived from one of them, recognised by a leaf exception
+        it shares with that one (leaves are never copied, only groups are re-derived).
+        """
+        indices: list[int] = []
+        originals = zip(self.exceptions, self.indices, strict=True)
+        for exc in excs:
+            leaf = _first_leaf(exc)
+            for original, index in originals:
+                if original is exc or (leaf is not exc and _holds(original, leaf)):
+                    indices.append(index)
+                    break
+            else:
+                raise ValueError(
+                    f"ParallelError.derive() takes exceptions of this group, in its order; "
+                    f"{exc!r} is not one of them (or is out of order): to group other "
+                    "exceptions, build ParallelError(message, exceptions, indices)"
+                )
+        return ParallelError(self.message, excs, indices)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return type(self), (self.message, list(self.exceptions), self.indices)
+        # The instance dict carries __notes__ (a worker's traceback, for one) along.
+        return type(self), (self.message, list(self.exceptions), self.indices), self.__dict__
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _holds(group: BaseException, leaf: BaseException) -> bool:
+    """Whether *leaf* is one of the exceptions at the bottom of *group* (by identity)."""
+    if not isinstance(group, BaseExceptionGroup):
+        return group is leaf
+    return any(_holds(exc, leaf) for exc in group.exceptions)
 
 
 BrokenBarrierError = threading.BrokenBarrierError

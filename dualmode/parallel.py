@@ -13,6 +13,7 @@ deadlocks.
 from __future__ import annotations
 
 import math
+import reprlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future
@@ -22,6 +23,7 @@ from typing import Any, Generic, TypeVar
 from .backend import Backend, Outcome, capture
 from .config import BackendSpec, resolve_backend
 from .errors import ParallelError
+from .progress import Progress, Reporter
 
 __all__ = [
     "Scope",
@@ -37,8 +39,6 @@ __all__ = [
 T = TypeVar("T")
 A = TypeVar("A")
 B = TypeVar("B")
-
-Progress = bool | Callable[[int, int], object]
 
 # Chunks per worker when chunksize=None: enough to balance uneven items (a worker that draws
 # slow items hands the rest to others), few enough that per-chunk dispatch (and, on processes,
@@ -59,39 +59,30 @@ def _check_chunksize(chunksize: object) -> None:
         )
 
 
-class _Reporter:
-    """Reports ``(done, total)`` items to a callable, or draws a rich progress bar on stderr."""
+def _check_callable(call: str, argument: str, fn: object, items: object = None) -> None:
+    """TypeError now, naming the argument, rather than one per item from the workers."""
+    if callable(fn):
+        return
+    swapped = " (the function comes first)" if callable(items) else ""
+    raise TypeError(
+        f"{call}() argument {argument!r} must be callable{swapped}, "
+        f"got {type(fn).__name__}: {reprlib.repr(fn)}"
+    )
 
-    def __init__(self, progress: Progress, total: int, description: str) -> None:
-        self._callback: Callable[[int, int], object] | None = None
-        self._bar: Any = None
-        self._done = 0
-        self._total = total
-        if callable(progress):
-            self._callback = progress
-        elif progress:
-            from rich.console import Console
-            from rich.progress import Progress as RichProgress
 
-            self._bar = RichProgress(console=Console(stderr=True), transient=False)
-            self._bar.start()
-            self._task = self._bar.add_task(description, total=total)
-        self.advance(0)
-
-    def advance(self, items: int) -> None:
-        self._done += items
-        if self._callback is not None:
-            self._callback(self._done, self._total)
-        elif self._bar is not None:
-            self._bar.update(self._task, completed=self._done)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
+def _listed(call: str, items: object) -> list[Any]:
+    try:
+        iterator = iter(items)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(
+            f"{call}() argument 'items' must be an iterable, "
+            f"got {type(items).__name__}: {reprlib.repr(items)}"
+        ) from None
+    return list(iterator)
 
 
 def _wait_all(
-    backend: Backend, futures: Sequence[Future[Any]], sizes: Sequence[int], reporter: _Reporter
+    backend: Backend, futures: Sequence[Future[Any]], sizes: Sequence[int], reporter: Reporter
 ) -> None:
     """Wait for every future, reporting progress by items as chunks finish."""
     size_of = dict(zip(map(id, futures), sizes, strict=True))
@@ -139,22 +130,38 @@ def par_map(
     Results keep the order of *items*, whatever the chunking. Every item runs, even after a
     failure; then all failures are raised together as :class:`ParallelError` in item order
     (``.indices`` gives their positions). ``chunksize=None`` picks about
-    ``CHUNKS_PER_WORKER`` chunks per worker. ``progress=True`` draws a rich progress bar on
-    stderr; a callable instead receives ``(done, total)`` as chunks finish, ending with
+    ``CHUNKS_PER_WORKER`` chunks per worker. ``progress=True`` draws a progress bar on
+    stderr: rich's when rich is installed (``pip install rich``), else a plain text line; a
+    callable instead receives ``(done, total)`` as chunks finish, ending with
     ``(total, total)``. On the processes backend *fn* and the items travel with cloudpickle:
     an item that cannot be pickled raises TypeError naming its index before any work starts.
+
+    Raises TypeError before any work starts when *fn* is not callable or *items* is not
+    iterable, and ValueError for a bad *chunksize*.
     """
-    runner = resolve_backend(backend)
-    items = list(items)
+    return _par_map("par_map", fn, items, chunksize, progress, backend)
+
+
+def _par_map(
+    call: str,
+    fn: Callable[[Any], T],
+    items: Iterable[Any],
+    chunksize: int | None,
+    progress: Progress,
+    backend: BackendSpec | None,
+) -> list[T]:
+    _check_callable(call, "fn", fn, items)
+    listed = _listed(call, items)
+    resolved = resolve_backend(backend)
     if chunksize is None:
-        chunksize = auto_chunksize(len(items), runner.workers)
+        chunksize = auto_chunksize(len(listed), resolved.workers)
     _check_chunksize(chunksize)
-    starts = range(0, len(items), chunksize)
-    chunks = [items[start : start + chunksize] for start in starts]
-    futures = runner.map_chunks(fn, chunks)
-    reporter = _Reporter(progress, len(items), getattr(fn, "__name__", "par_map"))
+    starts = range(0, len(listed), chunksize)
+    chunks = [listed[start : start + chunksize] for start in starts]
+    futures = resolved.map_chunks(fn, chunks)
+    reporter = Reporter(progress, len(listed), getattr(fn, "__name__", call))
     try:
-        _wait_all(runner, futures, [len(c) for c in chunks], reporter)
+        _wait_all(resolved, futures, [len(c) for c in chunks], reporter)
     finally:
         reporter.close()
     # A chunk lost as a whole (its worker died) counts as one failure, at its first item.
@@ -162,7 +169,7 @@ def par_map(
         (start, _settled(future, lambda exc: [(False, exc)]))
         for start, future in zip(starts, futures, strict=True)
     )
-    return _gather(chunks_done, "par_map", len(items))
+    return _gather(chunks_done, call, len(listed))
 
 
 def par_for_each(
@@ -174,7 +181,7 @@ def par_for_each(
     backend: BackendSpec | None = None,
 ) -> None:
     """Run ``fn(x)`` for every item in parallel; errors as in :func:`par_map`."""
-    par_map(fn, items, chunksize=chunksize, progress=progress, backend=backend)
+    _par_map("par_for_each", fn, items, chunksize, progress, backend)
 
 
 def _lost(exc: Exception) -> Outcome:
@@ -188,12 +195,15 @@ def join(
 
     As in rayon, ``fb`` is handed to a worker and the caller runs ``fa`` itself, then waits
     for ``fb`` (a worker that waits runs queued work, so nested joins never deadlock). Both
-    always run; if either raises, a :class:`ParallelError` holds the failures, ``fa``'s first.
+    always run; if either raises, a :class:`ParallelError` holds the failures, ``fa``'s first
+    (index 0, ``fb``'s index 1). TypeError, before either runs, if one is not callable.
     """
-    runner = resolve_backend(backend)
-    future_b = runner.submit(fb)
+    _check_callable("join", "fa", fa)
+    _check_callable("join", "fb", fb)
+    resolved = resolve_backend(backend)
+    future_b = resolved.submit(fb)
     a = capture(fa)
-    runner.wait([future_b])
+    resolved.wait([future_b])
     a_value, b_value = _gather([(0, [a, _settled(future_b, _lost)])], "join", 2)
     return a_value, b_value
 
@@ -232,7 +242,11 @@ class Scope:
         self._open = True
 
     def spawn(self, fn: Callable[..., T], *args: Any) -> TaskHandle[T]:
-        """Start ``fn(*args)`` on a worker and return its handle."""
+        """Start ``fn(*args)`` on a worker and return its handle.
+
+        Raises TypeError if *fn* is not callable, RuntimeError once the scope has exited.
+        """
+        _check_callable("Scope.spawn", "fn", fn)
         if not self._open:
             raise RuntimeError("this scope has exited; spawn inside the `with scope()` block")
         handle: TaskHandle[T] = TaskHandle(self._backend, self._backend.submit(fn, *args))
@@ -255,8 +269,9 @@ def scope(*, backend: BackendSpec | None = None) -> Iterator[Scope]:
     """``with dm.scope() as s: h = s.spawn(fn, *args)``; every task is joined at block exit.
 
     A failing task never loses another's result: each handle keeps its own. At exit, if any
-    task failed, one :class:`ParallelError` holds the failures in spawn order; if the block
-    itself raised, its exception comes first.
+    task failed, one :class:`ParallelError` holds the failures in spawn order, ``.indices``
+    giving each one's spawn position; if the block itself raised, its exception comes first,
+    with index -1.
     """
     spawned = Scope(resolve_backend(backend))
     body_error: Exception | None = None
@@ -267,11 +282,15 @@ def scope(*, backend: BackendSpec | None = None) -> Iterator[Scope]:
     finally:
         outcomes = spawned._join_all()
         spawned._open = False
-    failures = [value for ok, value in outcomes if not ok]
-    if failures:
-        errors = [body_error, *failures] if body_error is not None else failures
+    failed = [(index, value) for index, (ok, value) in enumerate(outcomes) if not ok]
+    if failed:
+        errors = [exc for _, exc in failed]
+        indices = [index for index, _ in failed]
+        if body_error is not None:
+            errors.insert(0, body_error)
+            indices.insert(0, -1)
         raise ParallelError(
-            f"{len(failures)} of {len(outcomes)} tasks of scope failed", errors
+            f"{len(failed)} of {len(outcomes)} tasks of scope failed", errors, indices
         ) from body_error
     if body_error is not None:
         raise body_error
@@ -280,10 +299,12 @@ def scope(*, backend: BackendSpec | None = None) -> Iterator[Scope]:
 def broadcast(fn: Callable[[], T], *, backend: BackendSpec | None = None) -> list[T]:
     """Run ``fn()`` once on every worker; results in worker order (serial: one result).
 
-    Every worker runs it even if some fail; failures come as one :class:`ParallelError`.
+    Every worker runs it even if some fail; failures come as one :class:`ParallelError`
+    (``.indices``: the workers). TypeError, before any worker runs, if *fn* is not callable.
     """
-    runner = resolve_backend(backend)
-    futures = runner.broadcast(fn)
-    runner.wait(futures)
+    _check_callable("broadcast", "fn", fn)
+    resolved = resolve_backend(backend)
+    futures = resolved.broadcast(fn)
+    resolved.wait(futures)
     outcomes = [_settled(future, _lost) for future in futures]
     return _gather([(0, outcomes)], "broadcast", len(outcomes))

@@ -28,26 +28,31 @@ A serial primitive used from a thread other than its creator raises
 wait that no other thread could end returns its timeout result at once instead of sleeping.
 
 Backend authors: the methods marked *backend protocol* are the small operations a backend
-implements; the public methods built from them (guards, ``get_or_init``...) are shared.
+implements; the public methods built from them (guards, ``get_or_init``...) are shared. How
+``dm.Lock()`` reaches a backend's class is in docs/architecture.md#the-backend-protocol.
 """
 
 from __future__ import annotations
 
 import abc
+import inspect
+import numbers
+import operator
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol, SupportsIndex, TypeVar, cast
 
+from .backend import Backend
 from .config import resolve_backend
 from .errors import BorrowError
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from .backend import Backend
     from .config import BackendSpec
 
 __all__ = [
+    "AnyLock",
     "AtomicInt",
     "Barrier",
     "BoundedSemaphore",
@@ -70,23 +75,143 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_P = TypeVar("_P")
+_F = TypeVar("_F", bound=Callable[..., Any])
 MISSING: Any = type("MISSING", (), {"__repr__": lambda self: "MISSING"})()
+
+
+def _abstract(method: _F) -> _F:
+    """Mark *method* as one that every backend's class defines: ``abc.abstractmethod`` at run
+    time, so building a backend's class that lacks one raises TypeError naming each missing
+    method, the first time its factory builds it.
+
+    Spelled out rather than written ``@abc.abstractmethod`` because type checkers would then
+    call the public class abstract and refuse ``dm.Lock()``; they do not know this marker, so
+    they see what users get, a concrete class (as typeshed declares ``threading.Lock``). The
+    body of a marked method only raises NotImplementedError: it never runs.
+    """
+    return abc.abstractmethod(method)
 
 
 class _BackendDispatch(abc.ABCMeta):
     """Calling a public primitive class asks the chosen backend to build its implementation.
 
-    A public class names its backend factory in ``_backend_method``; a backend's concrete subclass
-    does not, so calling it constructs normally (and ``__init__`` runs exactly once).
+    A public class's ``__new__`` is its constructor, as in anyio: the signature that users,
+    ``help()`` and type checkers see, ``backend=`` keyword-only. It checks the arguments and
+    returns what the backend's factory built (``backend.create_lock()``): an instance of the
+    backend's own subclass, already initialised. Left in place, that ``__new__`` would be
+    inherited by the backend's subclass, and Python would call ``__init__`` again on what it
+    returns, with the public arguments. So the metaclass takes it off each public class as the
+    class is created, keeps it as ``_create``, and ``__call__`` runs it and nothing more. A
+    backend's subclass has no ``_create``: calling it (as its factory does) builds it as any
+    class is built, ``object.__new__`` and its own ``__init__`` once.
     """
 
-    def __call__(cls, *args: Any, backend: BackendSpec | None = None, **kwargs: Any) -> Any:
-        factory = cls.__dict__.get("_backend_method")
-        if factory is None:
+    def __new__(
+        mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], /, **kwargs: Any
+    ) -> _BackendDispatch:
+        if namespace.get("__module__") == __name__ and "__new__" in namespace:
+            namespace["_create"] = namespace.pop("__new__")
+        return super().__new__(mcls, name, bases, namespace, **kwargs)
+
+    def __call__(
+        cls: type[_P], *args: Any, backend: BackendSpec | None = None, **kwargs: Any
+    ) -> _P:
+        create: Callable[..., _P] | None = cls.__dict__.get("_create")
+        if create is None:  # a backend's class, built by its factory
             if backend is not None:
-                raise TypeError(f"{cls.__qualname__}() takes no backend= argument")
-            return super().__call__(*args, **kwargs)
-        return getattr(resolve_backend(backend), factory)(*args, **kwargs)
+                raise TypeError(
+                    f"{cls.__module__}.{cls.__qualname__}() is a backend's class and takes no "
+                    f"backend= argument; call dm.{cls.__name__}(backend=...) to choose one"
+                )
+            built: _P = type.__call__(cls, *args, **kwargs)
+            return built
+        try:
+            return create(cls, *args, backend=backend, **kwargs)
+        except TypeError:
+            misuse = _misuse(cls.__name__, create, args, kwargs)
+            if misuse is None:  # the arguments fit: the TypeError came from further in
+                raise
+            raise misuse from None
+
+    @property
+    def __signature__(cls) -> inspect.Signature | None:
+        """A public class's constructor signature, for ``inspect.signature`` and ``help()``;
+        None (inspect's usual search) for a backend's class."""
+        create = cls.__dict__.get("_create")
+        return None if create is None else _constructor_signature(create)
+
+
+def _constructor_signature(create: Callable[..., Any]) -> inspect.Signature:
+    """``dm.<name>``'s signature: its ``__new__``'s (kept as ``_create``) without ``cls``."""
+    signature = inspect.signature(create)
+    params = list(signature.parameters.values())[1:]
+    return signature.replace(parameters=params, return_annotation=inspect.Signature.empty)
+
+
+def _backend_hint(name: str, value: object, rest: str = "..., ") -> str:
+    """What to say when a positional argument may be a backend meant as ``backend=``."""
+    if isinstance(value, str | Backend):
+        return f"; the backend is keyword-only: dm.{name}({rest}backend={value!r})"
+    return ""
+
+
+def _misuse(
+    name: str, create: Callable[..., Any], args: tuple[Any, ...], kwargs: Any
+) -> TypeError | None:
+    """The TypeError for arguments that do not fit dm.<name>'s signature; None if they fit."""
+    signature = _constructor_signature(create)
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        reason = str(exc)
+    else:
+        return None
+    params = [
+        param.replace(annotation=inspect.Parameter.empty) for param in signature.parameters.values()
+    ]
+    shown = signature.replace(parameters=params)
+    keywords = [f"{key}={value!r}" for key, value in kwargs.items()]
+    call = ", ".join([*map(repr, args), *keywords])
+    message = f"dm.{name}({call}): {reason}; the signature is dm.{name}{shown}"
+    # A surplus positional argument that names a backend, or is one, was meant as backend=.
+    accepted = sum(param.kind is param.POSITIONAL_OR_KEYWORD for param in params)
+    for value in args[accepted:]:
+        if isinstance(value, str | Backend):
+            kept = "".join(f"{arg}, " for arg in [*map(repr, args[:accepted]), *keywords])
+            return TypeError(message + _backend_hint(name, value, kept))
+    return TypeError(message)
+
+
+def _int_argument(name: str, param: str, value: object) -> int:
+    """*value* as an int (``operator.index``), or a TypeError naming dm.<name>'s *param*."""
+    if type(value) is int:  # the common case, without a protocol check
+        return value
+    try:
+        return operator.index(cast("SupportsIndex", value))
+    except TypeError:
+        raise TypeError(
+            f"dm.{name}(): {param} must be an int, got {value!r} ({type(value).__name__})"
+            + _backend_hint(name, value)
+        ) from None
+
+
+def _callable_argument(name: str, param: str, value: object, *, optional: bool = False) -> None:
+    if not (callable(value) or (optional and value is None)):
+        allowed = "a callable or None" if optional else "a callable"
+        raise TypeError(
+            f"dm.{name}(): {param} must be {allowed}, got {value!r} ({type(value).__name__})"
+            + _backend_hint(name, value)
+        )
+
+
+class AnyLock(Protocol):
+    """What ``Condition(lock)`` needs of its lock: ``threading.Lock``, ``threading.RLock``, a
+    dualmode Lock or RLock (each backend says which it accepts)."""
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool: ...
+
+    def release(self) -> None: ...
 
 
 class Primitive(metaclass=_BackendDispatch):
@@ -95,9 +220,17 @@ class Primitive(metaclass=_BackendDispatch):
     __slots__ = ()
 
     @property
-    @abc.abstractmethod
+    @_abstract
     def backend(self) -> Backend:
         """The backend this object was built by (fixed for its life)."""
+        raise NotImplementedError
+
+
+def _semaphore_value(name: str, value: object) -> int:
+    checked = _int_argument(name, "value", value)
+    if checked < 0:
+        raise ValueError(f"dm.{name}(): the initial value must be >= 0, got {checked}")
+    return checked
 
 
 def check_timeout(blocking: bool, timeout: float | None) -> None:
@@ -115,13 +248,15 @@ def check_timeout(blocking: bool, timeout: float | None) -> None:
 class _LockLike(Primitive):
     __slots__ = ()
 
-    @abc.abstractmethod
+    @_abstract
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Acquire; True on success. ``blocking=False`` or a timeout gives False on failure."""
+        raise NotImplementedError
 
-    @abc.abstractmethod
+    @_abstract
     def release(self) -> None:
         """Release. Raises RuntimeError when not held (by this thread, for RLock)."""
+        raise NotImplementedError
 
     def __enter__(self) -> bool:
         return self.acquire()
@@ -145,11 +280,14 @@ class Lock(_LockLike):
     """
 
     __slots__ = ()
-    _backend_method = "create_lock"
 
-    @abc.abstractmethod
+    def __new__(cls, *, backend: BackendSpec | None = None) -> Lock:
+        return resolve_backend(backend).create_lock()
+
+    @_abstract
     def locked(self) -> bool:
         """True if some thread holds the lock."""
+        raise NotImplementedError
 
 
 class RLock(_LockLike):
@@ -160,7 +298,9 @@ class RLock(_LockLike):
     """
 
     __slots__ = ()
-    _backend_method = "create_rlock"
+
+    def __new__(cls, *, backend: BackendSpec | None = None) -> RLock:
+        return resolve_backend(backend).create_rlock()
 
 
 class Semaphore(Primitive):
@@ -172,15 +312,19 @@ class Semaphore(Primitive):
     """
 
     __slots__ = ()
-    _backend_method = "create_semaphore"
 
-    @abc.abstractmethod
+    def __new__(cls, value: int = 1, *, backend: BackendSpec | None = None) -> Semaphore:
+        return resolve_backend(backend).create_semaphore(_semaphore_value("Semaphore", value))
+
+    @_abstract
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """Take one unit; True on success, False on non-blocking or timed-out failure."""
+        raise NotImplementedError
 
-    @abc.abstractmethod
+    @_abstract
     def release(self, n: int = 1) -> None:
         """Give back *n* units. BoundedSemaphore raises ValueError past its initial value."""
+        raise NotImplementedError
 
     def __enter__(self) -> bool:
         return self.acquire()
@@ -198,7 +342,11 @@ class BoundedSemaphore(Semaphore):
     """A Semaphore whose ``release`` raises ValueError if it would exceed the initial value."""
 
     __slots__ = ()
-    _backend_method = "create_bounded_semaphore"
+
+    def __new__(cls, value: int = 1, *, backend: BackendSpec | None = None) -> BoundedSemaphore:
+        return resolve_backend(backend).create_bounded_semaphore(
+            _semaphore_value("BoundedSemaphore", value)
+        )
 
 
 class Event(Primitive):
@@ -210,24 +358,32 @@ class Event(Primitive):
     """
 
     __slots__ = ()
-    _backend_method = "create_event"
 
-    @abc.abstractmethod
-    def is_set(self) -> bool: ...
+    def __new__(cls, *, backend: BackendSpec | None = None) -> Event:
+        return resolve_backend(backend).create_event()
 
-    @abc.abstractmethod
-    def set(self) -> None: ...
+    @_abstract
+    def is_set(self) -> bool:
+        raise NotImplementedError
 
-    @abc.abstractmethod
-    def clear(self) -> None: ...
+    @_abstract
+    def set(self) -> None:
+        raise NotImplementedError
 
-    @abc.abstractmethod
+    @_abstract
+    def clear(self) -> None:
+        raise NotImplementedError
+
+    @_abstract
     def wait(self, timeout: float | None = None) -> bool:
         """True once the flag is set; False if the timeout passed first."""
+        raise NotImplementedError
 
 
 class Condition(_LockLike):
-    """A condition variable over a Lock or RLock of the same backend (a new RLock by default).
+    """A condition variable over a Lock or RLock of the same backend (a new RLock by default);
+    threads also accepts a ``threading`` lock, as ``threading.Condition`` does. Which locks each
+    backend accepts, and the TypeError for others: docs/primitives.md#waiting.
 
     ``threading.Condition``-compatible: ``wait`` and ``notify`` need the lock held
     (RuntimeError otherwise); ``wait_for`` whose predicate is already true returns it
@@ -239,19 +395,36 @@ class Condition(_LockLike):
     """
 
     __slots__ = ()
-    _backend_method = "create_condition"
 
-    @abc.abstractmethod
-    def wait(self, timeout: float | None = None) -> bool: ...
+    def __new__(
+        cls, lock: AnyLock | None = None, *, backend: BackendSpec | None = None
+    ) -> Condition:
+        chosen = resolve_backend(backend)
+        if lock is not None and not (
+            callable(getattr(lock, "acquire", None)) and callable(getattr(lock, "release", None))
+        ):
+            raise TypeError(
+                f"dm.Condition(lock): lock must be a lock (with acquire() and release()) or None "
+                f"for a new RLock, got {lock!r} ({type(lock).__name__})"
+                + _backend_hint("Condition", lock, "")
+            )
+        return chosen.create_condition(lock)
 
-    @abc.abstractmethod
-    def wait_for(self, predicate: Callable[[], T], timeout: float | None = None) -> T: ...
+    @_abstract
+    def wait(self, timeout: float | None = None) -> bool:
+        raise NotImplementedError
 
-    @abc.abstractmethod
-    def notify(self, n: int = 1) -> None: ...
+    @_abstract
+    def wait_for(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
+        raise NotImplementedError
 
-    @abc.abstractmethod
-    def notify_all(self) -> None: ...
+    @_abstract
+    def notify(self, n: int = 1) -> None:
+        raise NotImplementedError
+
+    @_abstract
+    def notify_all(self) -> None:
+        raise NotImplementedError
 
 
 class Barrier(Primitive):
@@ -264,29 +437,54 @@ class Barrier(Primitive):
     """
 
     __slots__ = ()
-    _backend_method = "create_barrier"
 
-    @abc.abstractmethod
+    def __new__(
+        cls,
+        parties: int,
+        action: Callable[[], object] | None = None,
+        timeout: float | None = None,
+        *,
+        backend: BackendSpec | None = None,
+    ) -> Barrier:
+        chosen = resolve_backend(backend)
+        parties = _int_argument("Barrier", "parties", parties)
+        if parties < 1:
+            raise ValueError(f"dm.Barrier(): parties must be >= 1, got {parties}")
+        _callable_argument("Barrier", "action", action, optional=True)
+        if timeout is not None and not isinstance(timeout, numbers.Real):
+            raise TypeError(
+                f"dm.Barrier(): timeout must be a number of seconds or None, got {timeout!r} "
+                f"({type(timeout).__name__})" + _backend_hint("Barrier", timeout)
+            )
+        return chosen.create_barrier(parties, action, timeout)
+
+    @_abstract
     def wait(self, timeout: float | None = None) -> int:
         """Wait for every party; returns a distinct index in ``range(parties)``."""
+        raise NotImplementedError
 
-    @abc.abstractmethod
-    def reset(self) -> None: ...
+    @_abstract
+    def reset(self) -> None:
+        raise NotImplementedError
 
-    @abc.abstractmethod
-    def abort(self) -> None: ...
-
-    @property
-    @abc.abstractmethod
-    def parties(self) -> int: ...
-
-    @property
-    @abc.abstractmethod
-    def n_waiting(self) -> int: ...
+    @_abstract
+    def abort(self) -> None:
+        raise NotImplementedError
 
     @property
-    @abc.abstractmethod
-    def broken(self) -> bool: ...
+    @_abstract
+    def parties(self) -> int:
+        raise NotImplementedError
+
+    @property
+    @_abstract
+    def n_waiting(self) -> int:
+        raise NotImplementedError
+
+    @property
+    @_abstract
+    def broken(self) -> bool:
+        raise NotImplementedError
 
 
 class RwLock(Primitive):
@@ -301,21 +499,27 @@ class RwLock(Primitive):
     """
 
     __slots__ = ()
-    _backend_method = "create_rwlock"
 
-    @abc.abstractmethod
-    def acquire_read(self, blocking: bool = True, timeout: float = -1) -> bool: ...
+    def __new__(cls, *, backend: BackendSpec | None = None) -> RwLock:
+        return resolve_backend(backend).create_rwlock()
 
-    @abc.abstractmethod
+    @_abstract
+    def acquire_read(self, blocking: bool = True, timeout: float = -1) -> bool:
+        raise NotImplementedError
+
+    @_abstract
     def release_read(self) -> None:
         """Release one read hold; RuntimeError if no read hold exists."""
+        raise NotImplementedError
 
-    @abc.abstractmethod
-    def acquire_write(self, blocking: bool = True, timeout: float = -1) -> bool: ...
+    @_abstract
+    def acquire_write(self, blocking: bool = True, timeout: float = -1) -> bool:
+        raise NotImplementedError
 
-    @abc.abstractmethod
+    @_abstract
     def release_write(self) -> None:
         """Release the write hold; RuntimeError if it is not held."""
+        raise NotImplementedError
 
     @contextmanager
     def read(self) -> Iterator[None]:
@@ -389,7 +593,9 @@ class Mutex(Primitive):
     """
 
     __slots__ = ()
-    _backend_method = "create_mutex"
+
+    def __new__(cls, value: Any = None, *, backend: BackendSpec | None = None) -> Mutex:
+        return resolve_backend(backend).create_mutex(value)
 
     def lock(self) -> MutexGuard[Any]:
         """Lock and return the guard; use it as ``with m.lock() as g:``."""
@@ -401,17 +607,21 @@ class Mutex(Primitive):
         return MutexGuard(self) if self._acquire(False) else None
 
     # backend protocol
-    @abc.abstractmethod
-    def _acquire(self, blocking: bool) -> bool: ...
+    @_abstract
+    def _acquire(self, blocking: bool) -> bool:
+        raise NotImplementedError
 
-    @abc.abstractmethod
-    def _release(self) -> None: ...
+    @_abstract
+    def _release(self) -> None:
+        raise NotImplementedError
 
-    @abc.abstractmethod
-    def _load(self) -> Any: ...
+    @_abstract
+    def _load(self) -> Any:
+        raise NotImplementedError
 
-    @abc.abstractmethod
-    def _store(self, value: Any) -> None: ...
+    @_abstract
+    def _store(self, value: Any) -> None:
+        raise NotImplementedError
 
 
 class OnceCell(Primitive):
@@ -427,15 +637,19 @@ class OnceCell(Primitive):
     """
 
     __slots__ = ()
-    _backend_method = "create_once_cell"
 
-    @abc.abstractmethod
+    def __new__(cls, *, backend: BackendSpec | None = None) -> OnceCell:
+        return resolve_backend(backend).create_once_cell()
+
+    @_abstract
     def get(self, default: Any = None) -> Any:
         """The value if set, else *default*; never waits."""
+        raise NotImplementedError
 
-    @abc.abstractmethod
+    @_abstract
     def set(self, value: Any) -> bool:
         """Store *value* if the cell is empty and not being initialised; True if it stored."""
+        raise NotImplementedError
 
     def is_set(self) -> bool:
         return self.get(MISSING) is not MISSING
@@ -455,17 +669,20 @@ class OnceCell(Primitive):
             return value
 
     # backend protocol
-    @abc.abstractmethod
+    @_abstract
     def _claim(self) -> tuple[bool, Any]:
         """``(True, value)`` if set; else wait while another caller initialises, then either
         return its value or ``(False, None)``: the caller must now run fn and publish/abandon.
         Raises BorrowError if the calling thread already holds the claim."""
+        raise NotImplementedError
 
-    @abc.abstractmethod
-    def _publish(self, value: Any) -> None: ...
+    @_abstract
+    def _publish(self, value: Any) -> None:
+        raise NotImplementedError
 
-    @abc.abstractmethod
-    def _abandon(self) -> None: ...
+    @_abstract
+    def _abandon(self) -> None:
+        raise NotImplementedError
 
 
 class AtomicInt(Primitive):
@@ -477,30 +694,39 @@ class AtomicInt(Primitive):
     """
 
     __slots__ = ()
-    _backend_method = "create_atomic_int"
 
-    @abc.abstractmethod
-    def load(self) -> int: ...
+    def __new__(cls, value: int = 0, *, backend: BackendSpec | None = None) -> AtomicInt:
+        return resolve_backend(backend).create_atomic_int(
+            _int_argument("AtomicInt", "value", value)
+        )
 
-    @abc.abstractmethod
-    def store(self, value: int) -> None: ...
+    @_abstract
+    def load(self) -> int:
+        raise NotImplementedError
 
-    @abc.abstractmethod
+    @_abstract
+    def store(self, value: int) -> None:
+        raise NotImplementedError
+
+    @_abstract
     def swap(self, value: int) -> int:
         """Store *value*; return the previous value."""
+        raise NotImplementedError
 
-    @abc.abstractmethod
+    @_abstract
     def fetch_add(self, delta: int) -> int:
         """Add *delta*; return the previous value."""
+        raise NotImplementedError
 
     def fetch_sub(self, delta: int) -> int:
         """Subtract *delta*; return the previous value."""
         return self.fetch_add(-delta)
 
-    @abc.abstractmethod
+    @_abstract
     def compare_exchange(self, expected: int, new: int) -> int:
         """Store *new* if the value equals *expected*. Returns the value found before the call,
         so the exchange happened exactly when the result equals *expected*."""
+        raise NotImplementedError
 
 
 class WorkerLocal(Primitive):
@@ -514,15 +740,23 @@ class WorkerLocal(Primitive):
     """
 
     __slots__ = ()
-    _backend_method = "create_worker_local"
 
-    @abc.abstractmethod
+    def __new__(
+        cls, factory: Callable[[], Any], *, backend: BackendSpec | None = None
+    ) -> WorkerLocal:
+        chosen = resolve_backend(backend)
+        _callable_argument("WorkerLocal", "factory", factory)
+        return chosen.create_worker_local(factory)
+
+    @_abstract
     def get(self) -> Any:
         """This worker's value, created by ``factory()`` on first use."""
+        raise NotImplementedError
 
-    @abc.abstractmethod
+    @_abstract
     def collect(self) -> list[Any]:
         """Every worker's value, one per worker that called ``get()``, in first-use order."""
+        raise NotImplementedError
 
 
 class ShardedDict(Primitive):
@@ -538,28 +772,36 @@ class ShardedDict(Primitive):
     """
 
     __slots__ = ()
-    _backend_method = "create_sharded_dict"
 
-    @abc.abstractmethod
-    def get(self, key: Any, default: Any = None) -> Any: ...
+    def __new__(cls, *, backend: BackendSpec | None = None) -> ShardedDict:
+        return resolve_backend(backend).create_sharded_dict()
 
-    @abc.abstractmethod
-    def set(self, key: Any, value: Any) -> None: ...
+    @_abstract
+    def get(self, key: Any, default: Any = None) -> Any:
+        raise NotImplementedError
 
-    @abc.abstractmethod
+    @_abstract
+    def set(self, key: Any, value: Any) -> None:
+        raise NotImplementedError
+
+    @_abstract
     def setdefault(self, key: Any, default: Any = None) -> Any:
         """The value for *key*, inserting *default* first if absent (atomically)."""
+        raise NotImplementedError
 
-    @abc.abstractmethod
+    @_abstract
     def pop(self, key: Any, default: Any = MISSING) -> Any:
         """Remove *key* and return its value; *default* (or KeyError) when absent."""
+        raise NotImplementedError
 
-    @abc.abstractmethod
-    def __len__(self) -> int: ...
+    @_abstract
+    def __len__(self) -> int:
+        raise NotImplementedError
 
-    @abc.abstractmethod
+    @_abstract
     def items(self) -> list[tuple[Any, Any]]:
         """A snapshot of the entries, in no particular order."""
+        raise NotImplementedError
 
     def get_or_insert_with(self, key: Any, fn: Callable[[], T]) -> T:
         """The value for *key*; if absent, insert ``fn()`` unless a racing caller won first."""
@@ -635,17 +877,22 @@ class FreezeLock(Primitive):
     """
 
     __slots__ = ()
-    _backend_method = "create_freeze_lock"
 
-    @abc.abstractmethod
-    def read(self) -> Any: ...
+    def __new__(cls, value: Any = None, *, backend: BackendSpec | None = None) -> FreezeLock:
+        return resolve_backend(backend).create_freeze_lock(value)
 
-    @abc.abstractmethod
-    def freeze(self) -> Any: ...
+    @_abstract
+    def read(self) -> Any:
+        raise NotImplementedError
+
+    @_abstract
+    def freeze(self) -> Any:
+        raise NotImplementedError
 
     @property
-    @abc.abstractmethod
-    def frozen(self) -> bool: ...
+    @_abstract
+    def frozen(self) -> bool:
+        raise NotImplementedError
 
     def write(self) -> WriteGuard[Any]:
         """Take the write lock and return its guard; BorrowError if frozen."""
@@ -653,17 +900,21 @@ class FreezeLock(Primitive):
         return WriteGuard(self)
 
     # backend protocol
-    @abc.abstractmethod
-    def _acquire_write(self) -> None: ...
+    @_abstract
+    def _acquire_write(self) -> None:
+        raise NotImplementedError
 
-    @abc.abstractmethod
-    def _release_write(self) -> None: ...
+    @_abstract
+    def _release_write(self) -> None:
+        raise NotImplementedError
 
-    @abc.abstractmethod
-    def _load(self) -> Any: ...
+    @_abstract
+    def _load(self) -> Any:
+        raise NotImplementedError
 
-    @abc.abstractmethod
-    def _store(self, value: Any) -> None: ...
+    @_abstract
+    def _store(self, value: Any) -> None:
+        raise NotImplementedError
 
 
 class Queue(Primitive):
@@ -679,13 +930,17 @@ class Queue(Primitive):
     """
 
     __slots__ = ()
-    _backend_method = "create_queue"
 
-    @abc.abstractmethod
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None: ...
+    def __new__(cls, maxsize: int = 0, *, backend: BackendSpec | None = None) -> Queue:
+        return resolve_backend(backend).create_queue(_int_argument("Queue", "maxsize", maxsize))
 
-    @abc.abstractmethod
-    def get(self, block: bool = True, timeout: float | None = None) -> Any: ...
+    @_abstract
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        raise NotImplementedError
+
+    @_abstract
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        raise NotImplementedError
 
     def put_nowait(self, item: Any) -> None:
         self.put(item, block=False)
@@ -693,26 +948,31 @@ class Queue(Primitive):
     def get_nowait(self) -> Any:
         return self.get(block=False)
 
-    @abc.abstractmethod
-    def qsize(self) -> int: ...
+    @_abstract
+    def qsize(self) -> int:
+        raise NotImplementedError
 
     def empty(self) -> bool:
         return self.qsize() == 0
 
-    @abc.abstractmethod
-    def full(self) -> bool: ...
+    @_abstract
+    def full(self) -> bool:
+        raise NotImplementedError
 
-    @abc.abstractmethod
+    @_abstract
     def task_done(self) -> None:
         """Mark one fetched item done; ValueError if called more times than items were put."""
+        raise NotImplementedError
 
-    @abc.abstractmethod
+    @_abstract
     def join(self) -> None:
         """Wait until every item put has been marked done."""
+        raise NotImplementedError
 
-    @abc.abstractmethod
+    @_abstract
     def shutdown(self, immediate: bool = False) -> None:
         """Refuse new puts; with *immediate*, also drop queued items and wake all getters."""
+        raise NotImplementedError
 
 
 def raise_frozen() -> NoReturn:

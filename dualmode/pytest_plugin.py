@@ -8,11 +8,19 @@ and sees that backend as current (``dm.current()``, ``dm.Lock()``) for its whole
         counter = dm.AtomicInt(0)          # built by the backend under test
         ...
 
+A test that asks for ``dualmode_parallel_backend`` instead runs once per selected backend that
+runs work in parallel (``Backend.parallel``: threads, processes, not serial): the fixture for
+stress tests, which need callers that really race.
+
 Select backends with ``--dualmode-backend NAME`` (repeat it, or separate names by commas;
 ``all`` means every registered backend). The default is every registered backend: those
 unavailable here (a missing dependency) are skipped with the reason. A backend named
 explicitly but unavailable fails its tests with the reason, so a CI job cannot pass by
 silently testing nothing.
+
+The plugin needs nothing beyond dualmode itself (not Hypothesis, which only the conformance
+kit, ``dualmode.testing``, needs): it loads in every pytest run of an environment that has
+dualmode installed.
 """
 
 from __future__ import annotations
@@ -25,20 +33,29 @@ import pytest
 from .config import available_backends, load_backend, use
 from .errors import ConfigError
 
-__all__ = ["dualmode_backend", "pytest_addoption", "pytest_generate_tests"]
+__all__ = [
+    "dualmode_backend",
+    "dualmode_parallel_backend",
+    "pytest_addoption",
+    "pytest_generate_tests",
+]
 
 OPTION = "--dualmode-backend"
 ALL = "all"
+EVERY = "dualmode_backend"
+PARALLEL = "dualmode_parallel_backend"
 
 
 @dataclass(frozen=True)
 class _Selection:
-    """The backends to run on: names in order, why each is unusable (None: usable), and which
-    were named explicitly (an explicit name that is unusable fails instead of skipping)."""
+    """The backends to run on: names in order, why each is unusable (None: usable), which
+    were named explicitly (an explicit name that is unusable fails instead of skipping), and
+    which of the names run work in parallel."""
 
     names: tuple[str, ...]
     reasons: dict[str, str | None]
     explicit: frozenset[str]
+    parallel: tuple[str, ...]
 
 
 _SELECTION = pytest.StashKey[_Selection]()
@@ -91,17 +108,40 @@ def _selection(config: pytest.Config) -> _Selection:
         if name != ALL:
             explicit.add(name)
         names.extend(n for n in expanded if n not in names)
-    selection = _Selection(
-        tuple(names), {n: _reason(n, registered) for n in names}, frozenset(explicit)
-    )
+    reasons = {n: _reason(n, registered) for n in names}
+    # An unusable backend cannot say whether it is parallel: it stays in, to skip or fail
+    # with its reason rather than vanish.
+    parallel = tuple(n for n in names if reasons[n] is not None or load_backend(n).parallel)
+    selection = _Selection(tuple(names), reasons, frozenset(explicit), parallel)
     config.stash[_SELECTION] = selection
     return selection
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "dualmode_backend" in metafunc.fixturenames:
-        names = _selection(metafunc.config).names
-        metafunc.parametrize("dualmode_backend", names, indirect=True, ids=names)
+    wanted = [f for f in (EVERY, PARALLEL) if f in metafunc.fixturenames]
+    if len(wanted) > 1:
+        raise TypeError(
+            f"{metafunc.definition.nodeid} asks for both {EVERY} and {PARALLEL}; ask for one "
+            f"({PARALLEL} already runs on every selected parallel backend)"
+        )
+    if wanted:
+        selection = _selection(metafunc.config)
+        names = selection.parallel if wanted[0] == PARALLEL else selection.names
+        metafunc.parametrize(wanted[0], names, indirect=True, ids=names)
+
+
+def _backend_in_force(request: pytest.FixtureRequest, fixture: str) -> str:
+    """The backend name a parametrized fixture got; skips or fails if it is unavailable."""
+    selection = _selection(request.config)
+    name: str | None = getattr(request, "param", None)
+    if name is None:  # requested dynamically (getfixturevalue), so not parametrized
+        pytest.fail(f"{fixture} must be requested as a test argument", pytrace=False)
+    reason = selection.reasons.get(name)
+    if reason is not None:
+        if name in selection.explicit:
+            pytest.fail(f"{OPTION}={name} is unavailable: {reason}", pytrace=False)
+        pytest.skip(f"dualmode backend {name!r} is unavailable: {reason}")
+    return name
 
 
 @pytest.fixture
@@ -111,14 +151,20 @@ def dualmode_backend(request: pytest.FixtureRequest) -> Iterator[str]:
     Skips (default selection) or fails (named by ``--dualmode-backend``) when the backend is
     unavailable here, with the reason.
     """
-    selection = _selection(request.config)
-    name: str | None = getattr(request, "param", None)
-    if name is None:  # requested dynamically (getfixturevalue), so not parametrized
-        pytest.fail("dualmode_backend must be requested as a test argument", pytrace=False)
-    reason = selection.reasons.get(name)
-    if reason is not None:
-        if name in selection.explicit:
-            pytest.fail(f"{OPTION}={name} is unavailable: {reason}", pytrace=False)
-        pytest.skip(f"dualmode backend {name!r} is unavailable: {reason}")
+    name = _backend_in_force(request, EVERY)
+    with use(name):
+        yield name
+
+
+@pytest.fixture
+def dualmode_parallel_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """As :func:`dualmode_backend`, over the selected backends whose work runs in parallel
+    (``Backend.parallel``); a selection without one (``--dualmode-backend serial``) leaves the
+    test skipped with an empty parameter set.
+
+    ``dm.use(name)`` is in force in the test's own thread only (it is a context variable):
+    threads the test starts should pass ``backend=name`` to what they build.
+    """
+    name = _backend_in_force(request, PARALLEL)
     with use(name):
         yield name

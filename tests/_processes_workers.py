@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import time
 from typing import Any
 
@@ -127,3 +128,21 @@ def create_via_handle(primitive: Any, out: dm.Queue) -> None:
     backend = primitive.backend
     out.put((type(backend).__name__, backend.coordinator_pid))
     out.put(backend.create_atomic_int(7))  # outlives this process: the queue holds a copy
+
+
+class DiesUnderTwoCallers(dm.Database):
+    """``waits(k)`` needs ``die(0)``, which kills the worker process that executes it."""
+
+    @dm.query
+    def die(self, n: int) -> int:
+        time.sleep(0.1)  # the other caller's task is in the pool by now
+        os.kill(os.getpid(), signal.SIGKILL)
+        return n
+
+    @dm.query
+    def waits(self, k: int) -> int:
+        return self.die(0) + k
+
+    @dm.query
+    def square(self, n: int) -> int:
+        return n * n

@@ -1,4 +1,4 @@
-"""Choosing the backend (design section 3): explicit > use > configure > environment > serial.
+"""Choosing the backend (docs/backends.md): explicit > use > configure > environment > serial.
 
 Third-party backends are registered here the real way: a ``*.dist-info`` directory with an
 ``entry_points.txt`` in a temporary directory put on ``sys.path``.
@@ -7,14 +7,18 @@ Third-party backends are registered here the real way: a ``*.dist-info`` directo
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
+import site
+import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _concurrency import in_thread
 
 import dualmode as dm
 import dualmode.config as config
@@ -175,22 +179,14 @@ def test_use_restores_on_exception(altserial: str) -> None:
 
 
 def test_use_is_not_seen_by_other_threads(altserial: str) -> None:
-    seen: list[str] = []
     with dm.use(altserial):
-        thread = threading.Thread(target=lambda: seen.append(dm.current().name))
-        thread.start()
-        thread.join()
+        assert in_thread(lambda: dm.current().name) == "serial"
         assert dm.current().name == "altserial"
-    assert seen == ["serial"]
 
 
 def test_configure_is_seen_by_every_thread(altserial: str) -> None:
-    seen: list[str] = []
     dm.configure(backend=altserial)
-    thread = threading.Thread(target=lambda: seen.append(dm.current().name))
-    thread.start()
-    thread.join()
-    assert seen == ["altserial"]
+    assert in_thread(lambda: dm.current().name) == "altserial"
 
 
 def test_use_is_per_task(altserial: str) -> None:
@@ -297,7 +293,7 @@ def test_instance_with_conflicting_workers() -> None:
         dm.use(backend, workers=4).__enter__()
 
 
-BAD_WORKERS = [0, -1, "x", "", 1.5, True]
+BAD_WORKERS = [0, -1, "x", "", "2", 1.5, True]
 
 
 @pytest.mark.parametrize("workers", BAD_WORKERS, ids=repr)
@@ -320,6 +316,33 @@ def test_bad_worker_count_in_environment(monkeypatch: pytest.MonkeyPatch, worker
 def test_good_worker_count_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DUALMODE_WORKERS", " 2 ")
     assert dm.current().name == "serial"  # serial accepts and checks it, keeps one worker
+
+
+def test_worker_count_as_text_is_refused_outside_the_environment() -> None:
+    message = r"workers='2' is not a worker count: .*an int, not text.*DUALMODE_WORKERS"
+    with pytest.raises(ConfigError, match=message):
+        dm.use("serial", workers="2").__enter__()  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=message):
+        dm.configure(backend="serial", workers="2")  # type: ignore[arg-type]
+
+    class Empty(dm.Database):
+        pass
+
+    with pytest.raises(ConfigError, match=message):
+        Empty(backend="serial", workers="2")  # type: ignore[arg-type]
+
+
+def test_serial_accepts_any_worker_count_and_has_one_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Documented: one program, run with workers=4 on each backend, runs on serial too.
+    with dm.use("serial", workers=4) as backend:
+        assert (backend.name, backend.workers) == ("serial", 1)
+    dm.configure(backend="serial", workers=4)
+    assert dm.current().workers == 1
+    dm.configure()
+    monkeypatch.setenv("DUALMODE_WORKERS", "4")
+    assert (dm.current().name, dm.current().workers) == ("serial", 1)
 
 
 # -- third-party backends through real entry points --------------------------------------------
@@ -379,3 +402,66 @@ def test_backend_that_reports_itself_unavailable(register: Register) -> None:
     assert reason is not None and "needs a GPU" in reason
     with pytest.raises(ConfigError, match="needs a GPU"):
         dm.use("grounded").__enter__()
+
+
+# -- a source checkout that shadows the install -----------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Run with -S: no site initialisation, so no editable-install finder maps backends/ to
+# dualmode.backends; the checkout comes first on sys.path, as it does for `python -c` or a
+# script run from the repository root in front of a non-editable install.
+SHADOWED = """
+import json, sys
+sys.path[:0] = sys.argv[1:]
+import dualmode
+print(json.dumps({"file": dualmode.__file__, "available": dualmode.available_backends()}))
+try:
+    dualmode.current()
+except dualmode.ConfigError as exc:
+    print(json.dumps(str(exc)))
+"""
+
+
+def _from_checkout(checkout: Path, *paths: str) -> tuple[dict[str, object], str]:
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", SHADOWED, str(checkout), *paths],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("DUALMODE_")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    found, error = proc.stdout.splitlines()
+    return json.loads(found), json.loads(error)
+
+
+def test_installed_backends_shadowed_by_the_checkout_say_so() -> None:
+    found, error = _from_checkout(REPO, *site.getsitepackages())
+    assert Path(str(found["file"])).resolve().parent == REPO / "dualmode"
+    available = found["available"]
+    assert isinstance(available, dict) and {"serial", "threads", "processes"} <= set(available)
+    for name in ("serial", "threads", "processes"):
+        reason = available[name]
+        assert f"source checkout {REPO / 'dualmode'}, which shadows any installed copy" in reason
+        assert "pip install -e" in reason and "reinstall" not in reason
+    assert "which shadows any installed copy" in error and "DUALMODE_BACKEND" in error
+
+
+def test_a_checkout_without_any_install_says_so(tmp_path: Path) -> None:
+    # A fresh clone (no dualmode.egg-info beside the package) and the installed dependencies,
+    # without dualmode's own distribution or its finder.
+    checkout, dependencies = tmp_path / "clone", tmp_path / "site"
+    checkout.mkdir()
+    dependencies.mkdir()
+    for part in ("dualmode", "backends"):
+        (checkout / part).symlink_to(REPO / part)
+    for site_dir in map(Path, site.getsitepackages()):
+        for entry in site_dir.iterdir():
+            if "dualmode" not in entry.name and not (dependencies / entry.name).exists():
+                (dependencies / entry.name).symlink_to(entry)
+    found, error = _from_checkout(checkout, str(dependencies))
+    assert found["available"] == {}
+    assert "unknown dualmode backend 'serial'" in error
+    assert "No backend is registered" in error and "which shadows any installed copy" in error

@@ -128,6 +128,38 @@ def test_a_low_durability_change_does_not_walk_high_durability_queries(chain: Ch
     assert chain.executed() == ["scaled", "setting"]
 
 
+class Switch(Logged):
+    """``picked`` reads a HIGH input, and a LOW one only in "low" mode."""
+
+    mode = dm.input()
+    low = dm.input()
+
+    @dm.query
+    def picked(self, k: str) -> int:
+        self.note("picked")
+        return 0 if self.mode[k] == "constant" else int(self.low[k])
+
+    @dm.query
+    def above(self, k: str) -> int:
+        self.note("above")
+        return self.picked(k) + 1
+
+
+def test_a_result_whose_durability_fell_is_not_backdated(dualmode_backend: str) -> None:
+    """``picked`` re-executes to the same value but now reads a LOW input: it must not be
+    backdated (salsa's rule), or ``above``, verified under the old HIGH durability, would stay
+    green through the next LOW change."""
+    db = Switch(backend=dualmode_backend, workers=2)
+    db.mode.set("k", "constant", durability=dm.Durability.HIGH)
+    db.low["k"] = 0
+    assert db.above("k") == 1
+    db.mode.set("k", "variable", durability=dm.Durability.HIGH)
+    assert db.above("k") == 1  # picked gives 0 again, from the LOW input now
+    db.low["k"] = 5
+    assert db.above("k") == 6  # backdated, picked would have left above green, at 1
+    assert db.executed() == ["above"] * 3 + ["picked"] * 3  # each in every revision
+
+
 def test_volatile_queries_run_again_in_every_revision(chain: Chain) -> None:
     assert chain.minutes("x") == 600
     assert chain.executed() == ["minutes", "now"]

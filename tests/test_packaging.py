@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -23,6 +24,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BUILTIN = {"serial", "threads", "processes"}
+NOT_SOURCE = (
+    ".git",
+    ".venv*",
+    ".nox",
+    "build",
+    "dist",
+    "site",
+    "*.egg-info",
+    "__pycache__",
+    ".*_cache",
+)
 
 PROBE = """
 import importlib.metadata, json, sys
@@ -34,6 +46,11 @@ print(json.dumps({
     "entry_points": eps,
     "available": dualmode.available_backends(),
 }))
+"""
+
+PROBE_SHADOWED = """
+import json, dualmode
+print(json.dumps({"dualmode": dualmode.__file__, "available": dualmode.available_backends()}))
 """
 
 
@@ -54,9 +71,23 @@ def _run(cmd: list[str], cwd: Path) -> str:
     reason="DUALMODE_PACKAGING_TEST=0 asks to skip the wheel-in-a-fresh-venv test",
 )
 def test_wheel_installs_in_fresh_venv_with_backends(tmp_path: Path) -> None:
+    # Built from a copy: setuptools builds in the source tree, and a build/ left in the
+    # checkout would carry modules deleted since into the next wheel.
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))
     wheelhouse = tmp_path / "wheels"
     _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheelhouse), str(REPO)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(wheelhouse),
+            str(source),
+        ],
         cwd=tmp_path,
     )
     wheels = list(wheelhouse.glob("dualmode-*.whl"))
@@ -80,3 +111,19 @@ def test_wheel_installs_in_fresh_venv_with_backends(tmp_path: Path) -> None:
     assert set(found["available"]) >= BUILTIN
     assert found["available"]["serial"] is None
     assert found["available"]["threads"] is None
+
+    # From the repository root the checkout's dualmode/ shadows the wheel; both the library
+    # and the command say so (not "reinstall the package", which would not help).
+    shadowed = json.loads(_run([str(python), "-c", PROBE_SHADOWED], cwd=REPO).splitlines()[-1])
+    assert Path(shadowed["dualmode"]).resolve() == REPO / "dualmode" / "__init__.py"
+    for name in BUILTIN:
+        assert "which shadows any installed copy" in shadowed["available"][name]
+    command = subprocess.run(
+        [str(python), "-m", "dualmode", "backends"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert command.returncode == 1
+    assert "which shadows any installed copy" in command.stderr

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import os
+import pickle
+import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -48,6 +52,126 @@ def test_par_map_runs_every_item_then_raises_every_failure_in_order(
     assert isinstance(group, ExceptionGroup)
 
 
+def fail_by_kind(x: int) -> int:
+    """Items 3 and 7 raise ValueError, item 5 KeyError; the others return themselves."""
+    if x in (3, 7):
+        raise ValueError(f"bad value {x}")
+    if x == 5:
+        raise KeyError(x)
+    return x
+
+
+def test_except_star_keeps_the_index_of_every_failure(dualmode_backend: str) -> None:
+    parts: dict[str, dm.ParallelError] = {}
+    try:
+        dm.par_map(fail_by_kind, range(10), chunksize=2)
+    except* ValueError as group:
+        assert isinstance(group, dm.ParallelError)
+        parts["value"] = group
+    except* KeyError as group:
+        assert isinstance(group, dm.ParallelError)
+        parts["key"] = group
+    assert parts["value"].indices == [3, 7]
+    assert [str(e) for e in parts["value"].exceptions] == ["bad value 3", "bad value 7"]
+    assert parts["key"].indices == [5]
+    # A part of the group pickles with its indices, as it does to cross processes.
+    copied = pickle.loads(pickle.dumps(parts["value"]))
+    assert type(copied) is dm.ParallelError and copied.indices == [3, 7]
+
+
+def fail_inside(x: int) -> int:
+    """Item 1 runs a par_map of its own whose items 3, 5 and 7 fail; item 2 fails alone."""
+    if x == 1:
+        return sum(dm.par_map(fail_by_kind, range(8)))
+    if x == 2:
+        raise ValueError("bad value 2")
+    return x
+
+
+def test_split_keeps_indices_through_nested_groups(dualmode_backend: str) -> None:
+    with pytest.raises(dm.ParallelError) as caught:
+        dm.par_map(fail_inside, range(4), chunksize=1)
+    group = caught.value
+    group.add_note("the outer call")
+    assert group.indices == [1, 2]
+    values, rest = group.split(ValueError)
+    assert values is not None and rest is not None
+    assert values.indices == [1, 2] and rest.indices == [1]
+    nested_values, nested_rest = values.exceptions[0], rest.exceptions[0]
+    assert isinstance(nested_values, dm.ParallelError)
+    assert isinstance(nested_rest, dm.ParallelError)
+    assert nested_values.indices == [3, 7] and nested_rest.indices == [5]
+    keys = group.subgroup(lambda e: isinstance(e, KeyError))
+    assert keys is not None and keys.indices == [1]
+    copied = pickle.loads(pickle.dumps(values))
+    assert copied.indices == [1, 2] and copied.exceptions[0].indices == [3, 7]
+    assert copied.__notes__ == ["the outer call"]
+
+
+def test_derive_refuses_exceptions_of_another_group() -> None:
+    group = dm.ParallelError("2 failed", [ValueError(1), KeyError(2)], [4, 9])
+    assert group.derive([group.exceptions[1]]).indices == [9]
+    with pytest.raises(ValueError, match=r"exceptions of this group.*ParallelError\(message"):
+        group.derive([ValueError("elsewhere")])
+    with pytest.raises(ValueError, match="one index per exception"):
+        dm.ParallelError("bad", [ValueError()], [0, 1])
+
+
+def test_scope_failures_carry_their_spawn_positions(dualmode_backend: str) -> None:
+    with pytest.raises(dm.ParallelError) as caught, dm.scope() as s:
+        for x in range(1, 8):
+            s.spawn(fail_on_multiples_of_three, x)
+    assert caught.value.indices == [2, 5]
+    with pytest.raises(dm.ParallelError) as caught, dm.scope() as s:
+        s.spawn(square, 1)
+        s.spawn(fail_on_multiples_of_three, 3)
+        raise KeyError("body")
+    assert caught.value.indices == [-1, 1]
+
+
+NOT_CALLABLE = [
+    pytest.param("par_map", lambda bad: dm.par_map(bad, [1, 2]), "'fn'", id="par_map"),
+    pytest.param(
+        "par_for_each", lambda bad: dm.par_for_each(bad, [1, 2]), "'fn'", id="par_for_each"
+    ),
+    pytest.param("join", lambda bad: dm.join(bad, lambda: 1), "'fa'", id="join-fa"),
+    pytest.param("join", lambda bad: dm.join(lambda: 1, bad), "'fb'", id="join-fb"),
+    pytest.param("broadcast", lambda bad: dm.broadcast(bad), "'fn'", id="broadcast"),
+]
+
+
+@pytest.mark.parametrize(("call", "attempt", "argument"), NOT_CALLABLE)
+def test_a_non_callable_is_one_type_error_up_front(
+    dualmode_backend: str, call: str, attempt: Callable[[Any], object], argument: str
+) -> None:
+    with pytest.raises(TypeError) as caught:
+        attempt(5)
+    assert not isinstance(caught.value, dm.ParallelError)
+    assert str(caught.value) == f"{call}() argument {argument} must be callable, got int: 5"
+
+
+def test_scope_spawn_of_a_non_callable_is_a_type_error(dualmode_backend: str) -> None:
+    spawn_error = r"^Scope\.spawn\(\) argument 'fn' must be callable, got str: 'square'"
+    with pytest.raises(TypeError, match=spawn_error), dm.scope() as s:
+        s.spawn("square", 3)  # type: ignore[arg-type]
+
+
+def test_items_that_are_not_iterable_or_swapped_arguments(dualmode_backend: str) -> None:
+    for call in (dm.par_map, dm.par_for_each):
+        with pytest.raises(TypeError, match=r"argument 'items' must be an iterable, got int: 5"):
+            call(square, 5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"'fn' must be callable \(the function comes first\)"):
+        dm.par_map([1, 2], square)  # type: ignore[arg-type]
+
+    # A TypeError raised while iterating the items is the iterable's own, not a wrong type.
+    def broken() -> Any:
+        yield 1
+        raise TypeError("from the generator")
+
+    with pytest.raises(TypeError, match="from the generator"):
+        dm.par_map(square, broken())
+
+
 def record_pid(x: int) -> int:
     return os.getpid()
 
@@ -76,6 +200,43 @@ def test_progress_bar_draws_on_stderr(
 ) -> None:
     assert dm.par_map(square, range(20), progress=True) == [x * x for x in range(20)]
     assert capsys.readouterr().out == ""
+
+
+def without_rich(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make rich unimportable for this test, as if it were not installed."""
+    for module in [name for name in sys.modules if name.split(".")[0] == "rich"] + ["rich"]:
+        monkeypatch.setitem(sys.modules, module, None)  # importing it raises ImportError
+
+
+def test_progress_without_rich_falls_back_to_a_text_line(
+    dualmode_backend: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    without_rich(monkeypatch)
+    assert dm.par_map(square, range(50), chunksize=1, progress=True) == [x * x for x in range(50)]
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert lines[0] == "square: 0/50 items (0%)"
+    assert lines[-1] == "square: 50/50 items (100%)"
+    assert len(lines) <= 11  # not a terminal: at most one line per tenth of the items
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_text_line_redraws_in_place_on_a_terminal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    without_rich(monkeypatch)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    dm.par_for_each(square, range(6), chunksize=2, progress=True, backend="serial")
+    text = terminal.getvalue()
+    assert text.startswith("\rsquare: 0/6 items (0%)")
+    assert text.endswith("\rsquare: 6/6 items (100%)\n")
+    assert text.count("\n") == 1
 
 
 def test_join_returns_both_and_reports_both_failures(dualmode_backend: str) -> None:

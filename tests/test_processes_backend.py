@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -309,6 +310,48 @@ def test_exit_without_close_leaves_no_coordinator(how: str) -> None:
         assert wait_gone(pid), f"coordinator {pid} outlived its process ({how} exit)"
 
 
+UNGUARDED_SCRIPTS = {
+    # The coordinator starts for the first primitive.
+    "primitive": """
+        import dualmode as dm
+        from dualmode.backends.processes import ProcessesBackend
+
+        lock = dm.Lock(backend=ProcessesBackend(2))
+        print("unreachable")
+    """,
+    # The worker pool starts for the first parallel call.
+    "par_map": """
+        import dualmode as dm
+
+        print(dm.par_map(abs, [1, -2, 3], backend="processes"))
+    """,
+    # Run with -m: spawned children import the main module by name instead.
+    "par_map as -m": """
+        import dualmode as dm
+
+        with dm.use("processes", workers=2):
+            print(dm.par_map(abs, [1, -2, 3]))
+    """,
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNGUARDED_SCRIPTS))
+def test_unguarded_main_raises_one_error_that_says_to_guard(case: str, tmp_path: Path) -> None:
+    script = tmp_path / "unguarded_script.py"
+    script.write_text(textwrap.dedent(UNGUARDED_SCRIPTS[case]))
+    how = ["-m", script.stem] if case.endswith("-m") else [str(script)]
+    result = subprocess.run(
+        [sys.executable, *how], capture_output=True, text=True, timeout=WAIT, cwd=tmp_path
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError: the processes backend was used at the top level")
+    assert 'under `if __name__ == "__main__":`' in last
+    # Nothing from the children: one traceback, the parent's (it was a page per child).
+    assert result.stderr.count("Traceback") == 1, result.stderr
+    assert "bootstrapping phase" not in result.stderr and "WorkerCrashed" not in result.stderr
+
+
 def test_handle_in_child_creates_in_the_same_coordinator(backend: ProcessesBackend) -> None:
     out = dm.Queue(backend=backend)
     finish(start(w.create_via_handle, out, out))
@@ -346,7 +389,7 @@ def test_use_and_registry(backend: ProcessesBackend) -> None:
     assert dm.available_backends()["processes"] is None
     with dm.use(backend):
         lock = dm.Lock()
-    assert type(lock).__module__ == "dualmode.backends.processes"
+    assert type(lock).__module__.startswith("dualmode.backends.processes.")
     assert isinstance(lock, dm.Lock) and lock.backend is backend
     assert backend.name == "processes" and backend.parallel and backend.workers == 2
 
@@ -426,3 +469,56 @@ def test_killed_coordinator_raises_worker_crashed() -> None:
         assert len(outcome) == 1 and isinstance(outcome[0], dm.WorkerCrashed)
     assert gone(pid)
     assert pid not in [child.pid for child in multiprocessing.active_children()]
+
+
+def _unstick_pool_workers() -> None:
+    """Kill the pool workers of this process, so that a hung test can still close its backend."""
+    for child in multiprocessing.active_children():
+        if not child.name.startswith("dualmode-coordinator") and child.pid is not None:
+            os.kill(child.pid, signal.SIGKILL)
+
+
+def _prefetch(
+    db: w.DiesUnderTwoCallers,
+    k: int,
+    start_together: threading.Barrier,
+    outcomes: list[BaseException | None],
+    i: int,
+) -> None:
+    start_together.wait()
+    try:
+        db.waits.prefetch([k])
+    except BaseException as exc:
+        outcomes[i] = exc
+
+
+@pytest.mark.stress
+@pytest.mark.timeout(600)
+def test_a_worker_dying_under_two_callers_fails_both_and_never_hangs() -> None:
+    # Each run breaks the pool, so the next starts a new one: the race was in its first tasks
+    # (a worker started after the pool's manager thread began to wait was never watched).
+    runs, hang = 50, 30.0
+    with ProcessesBackend(workers=2) as b:
+        for run in range(runs):
+            db = w.DiesUnderTwoCallers(backend=b)  # a new database: die(0) executes again
+            start_together = threading.Barrier(2)
+            outcomes: list[BaseException | None] = [None, None]
+            callers = [
+                threading.Thread(
+                    target=_prefetch, args=(db, run, start_together, outcomes, i), daemon=True
+                )
+                for i in (0, 1)
+            ]
+            for caller in callers:
+                caller.start()
+            for caller in callers:
+                caller.join(hang)
+            if any(caller.is_alive() for caller in callers):
+                _unstick_pool_workers()
+                pytest.fail(f"run {run}: prefetch still waiting after {hang} s")
+            for outcome in outcomes:
+                assert isinstance(outcome, dm.ParallelError), f"run {run}: {outcome!r}"
+                assert all(isinstance(e, dm.WorkerCrashed) for e in outcome.exceptions)
+            assert db.square(run) == run * run  # here: the next run must start a new pool
+        # The pool is replaced: the database keeps working in new workers.
+        assert dm.par_map(db.square, [3, 7], backend=b) == [9, 49]

@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import functools
 import gc
+import json
 import os
+import pathlib
 import pickle
+import subprocess
+import sys
 import threading
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from _concurrency import in_thread
 
 import dualmode as dm
 
@@ -167,25 +173,6 @@ class Relay(dm.Database):
         return int(self.handle(key)) * 10
 
 
-def in_thread(fn: Any, *args: Any) -> Any:
-    """``fn(*args)`` on a new thread (its result, or its exception raised here)."""
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(("ok", fn(*args)))
-        except BaseException as exc:
-            out.append(("error", exc))
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(30)
-    kind, value = out[0]
-    if kind == "error":
-        raise value
-    return value
-
-
 def test_each_thread_gets_a_bound_query_of_its_own(dualmode_backend: str) -> None:
     if dualmode_backend == "serial":
         pytest.skip("a serial database is used only by the thread that made it")
@@ -246,6 +233,42 @@ def test_a_dropped_database_is_freed_while_other_threads_live(dualmode_backend: 
     finally:
         idle.set()
         other.join(30)
+
+
+class Gate(dm.Database):
+    """``held`` reads its input, then waits for ``go``: an input may change in between."""
+
+    source = dm.input()
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.read = threading.Event()
+        self.go = threading.Event()
+
+    @dm.query
+    def held(self, key: str) -> str:
+        value = str(self.source[key])
+        self.read.set()
+        self.go.wait(30)
+        return value
+
+
+@pytest.mark.parametrize("repeat", range(3))
+def test_a_value_computed_across_an_input_change_stays_in_its_revision(
+    dualmode_parallel_backend: str, repeat: int
+) -> None:
+    """A body that read its input before the input changed, and nothing after, finishes with
+    the old value for its caller; the thread's next call, in the new revision, gets the new
+    value (the old one must not be cached for it)."""
+    db = Gate(backend=dualmode_parallel_backend, workers=2)
+    db.source["k"] = "old"
+    with ThreadPoolExecutor(1) as pool:
+        asked = pool.submit(lambda: (db.held("k"), db.held("k")))
+        assert db.read.wait(30)
+        db.source["k"] = "new"
+        db.go.set()
+        assert asked.result(timeout=30) == ("old", "new")
+    assert db.held("k") == "new"
 
 
 @pytest.mark.timeout(120)
@@ -436,3 +459,201 @@ def test_a_worker_dying_mid_query_fails_its_waiters_and_nothing_is_memoized() ->
     with pytest.raises(dm.WorkerCrashed, match=r"executing query dies_in_a_worker\(5,\) died"):
         db.dies_in_a_worker(5)
     assert db.dies_in_a_worker(5) == 5
+
+
+# -- where a database may be used: its own class, its own thread ---------------------------------
+
+
+class NotADatabase:
+    """Declares a query and an input, but is not a dm.Database."""
+
+    source = dm.input()
+
+    @dm.query
+    def parse(self, path: str) -> str:
+        return path
+
+
+class Doubling:
+    """A mixin: its queries work in a Database subclass that includes it."""
+
+    @dm.query
+    def double(self, n: int) -> int:
+        return 2 * n
+
+
+class Mixed(Doubling, dm.Database):
+    pass
+
+
+class NotInitialized(dm.Database):
+    source = dm.input()
+
+    def __init__(self) -> None:  # forgets super().__init__()
+        pass
+
+    @dm.query
+    def q(self, n: int) -> int:
+        return n
+
+
+def test_queries_and_inputs_outside_a_database_say_to_subclass_it() -> None:
+    with pytest.raises(
+        TypeError,
+        match=r"query 'parse' is a @dm\.query method of NotADatabase, "
+        r"which is not a dm\.Database.*subclass of dm\.Database",
+    ):
+        NotADatabase().parse("a.py")
+    with pytest.raises(
+        TypeError,
+        match=r"dm\.input 'source' read on a NotADatabase that is not "
+        r"an initialized dm\.Database.*subclass of dm\.Database",
+    ):
+        NotADatabase().source["a.py"] = "x"
+    with pytest.raises(TypeError, match=r"subscripted on the class.*db\.source\[key\] = value"):
+        Analyzer.source["a.py"] = "x"  # type: ignore[index]
+    with pytest.raises(TypeError, match=r"Doubling, which is not a dm\.Database"):
+        Doubling().double(2)
+    assert Mixed().double(2) == 4  # a mixin's queries work in a database
+    with pytest.raises(
+        TypeError,
+        match=r"query 'q' asked of a dm\.Database that was not "
+        r"initialized.*call super\(\)\.__init__",
+    ):
+        NotInitialized().q(1)
+    with pytest.raises(TypeError, match=r"call super\(\)\.__init__"):
+        NotInitialized().source["k"]
+
+
+@pytest.mark.parametrize("repeat", range(3))
+def test_a_serial_database_belongs_to_the_thread_that_created_it(repeat: int) -> None:
+    """As serial primitives do: any use from another thread raises WrongThreadError, whether
+    the query is looked up there, handed over bound, or is an input; nothing is computed."""
+    db = Analyzer(backend="serial")
+    db.source["a.py"] = "x"
+    bound = db.length
+    uses = [
+        lambda: db.length("a.py"),
+        lambda: bound("a.py"),
+        lambda: db.source["a.py"],
+        lambda: db.source.__setitem__("b.py", "y"),
+        lambda: db.parse.prefetch(["a.py"]),
+    ]
+    for use in uses:
+        with pytest.raises(
+            dm.WrongThreadError,
+            match=r"belongs to the thread that created it.*"
+            r"backend='threads'",
+        ):
+            in_thread(use)
+    assert db.executed == [] and db.revision == 2
+    assert db.length("a.py") == 1  # its own thread still uses it
+
+
+def test_a_parallel_database_is_shared_by_threads(dualmode_parallel_backend: str) -> None:
+    db = Analyzer(backend=dualmode_parallel_backend, workers=2)
+    db.source["a.py"] = "xy"
+    assert in_thread(db.length, "a.py") == db.length("a.py") == 2
+    assert db.executed == [("length", "a.py"), ("parse", "a.py")]
+
+
+# -- processes: database classes travel as par_map's functions do ------------------------------
+
+
+def test_a_class_made_in_a_function_runs_on_processes_as_on_serial() -> None:
+    """A class that no other process can import travels by value (cloudpickle)."""
+
+    class Squares(dm.Database):
+        source = dm.input()
+
+        @dm.query
+        def total(self, n: int) -> int:
+            return sum(self.source[i] for i in range(n)) + (self.total(n - 1) if n else 0)
+
+        @dm.query
+        def where(self, n: int) -> tuple[str, int]:
+            return type(self).__qualname__, os.getpid()
+
+    results = {}
+    for backend in ("serial", "processes"):
+        db = Squares(backend=backend, workers=2)
+        for i in range(6):
+            db.source[i] = i * i
+        db.total.prefetch(range(7))
+        db.source[3] = 0  # a new revision: re-validated on the workers too
+        db.total.prefetch(range(7))
+        stats = db.stats()
+        results[backend] = [db.total(n) for n in range(7)], stats["total"].executions
+    assert results["processes"] == results["serial"]
+    db = Squares(backend="processes", workers=2)
+    db.where.prefetch([0])
+    name, pid = db.where(0)
+    assert name.endswith("Squares") and pid != os.getpid()  # it ran in a worker
+
+
+SCRIPT = """
+import json
+import os
+import sys
+
+import dualmode as dm
+
+
+class Fib(dm.Database):  # at the top level: the workers import it from their copy of the script
+    start = dm.input()
+
+    @dm.query
+    def fib(self, n):
+        return self.start[n] if n < 2 else self.fib(n - 1) + self.fib(n - 2)
+
+    @dm.query
+    def where(self, n):
+        return type(self).__module__, os.getpid()
+
+
+if __name__ == "__main__":
+
+    class Guarded(Fib):  # under the guard: the workers' copy lacks it, so it travels by value
+        pass
+
+    out = {}
+    for cls in (Fib, Guarded):
+        for backend in ("serial", "processes"):
+            db = cls(backend=backend, workers=2)
+            db.start[0], db.start[1] = 0, 1
+            db.fib.prefetch(range(0, 40, 5))
+            db.start[0] = 1
+            db.fib.prefetch(range(0, 40, 5))
+            db.where.prefetch([0])
+            module, pid = db.where(0)
+            out[f"{cls.__name__} {backend}"] = {
+                "fib": [db.fib(n) for n in range(40)],
+                "executions": db.stats()["fib"].executions,
+                "module": module,
+                "elsewhere": pid != os.getpid(),
+            }
+    json.dump(out, sys.stdout)
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_database_class_of_the_main_script_runs_on_processes_as_on_serial(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A class at the top level of a script run with the usual ``__main__`` guard travels by
+    reference (spawned workers import the script as ``__mp_main__``); one defined under the
+    guard, which their copy lacks, by value."""
+    script = tmp_path / "fib_script.py"
+    script.write_text(SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=150, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    for name in ("Fib", "Guarded"):
+        serial, processes = out[f"{name} serial"], out[f"{name} processes"]
+        assert processes["fib"] == serial["fib"] and processes["fib"][39] == 102334155
+        assert processes["executions"] == serial["executions"]
+        assert processes["elsewhere"] and not serial["elsewhere"]
+    assert out["Fib processes"]["module"] == "__mp_main__"  # by reference: the worker's copy
+    assert out["Guarded processes"]["module"] == "__main__"  # by value: the parent's class

@@ -34,9 +34,10 @@ class Slow(dm.Database):
         raise ValueError(f"no {n}")
 
 
-@pytest.mark.parametrize("backend", ["serial", "threads"])
-async def test_async_get_runs_off_the_event_loop_and_memoizes(backend: str) -> None:
-    db = Slow(backend=backend)
+async def test_async_get_runs_off_the_event_loop_and_memoizes(
+    dualmode_parallel_backend: str,
+) -> None:
+    db = Slow(backend=dualmode_parallel_backend, workers=2)
     ticks = 0
 
     async def tick() -> None:
@@ -61,6 +62,26 @@ async def test_async_get_runs_off_the_event_loop_and_memoizes(backend: str) -> N
 
 async def _append(results: list[int], pending: object) -> None:
     results.append(await pending)  # type: ignore[misc]
+
+
+async def test_async_get_on_serial_runs_on_the_loop_thread_once() -> None:
+    """A serial database belongs to the thread that created it (here the event loop's), so
+    its bodies run there, as every serial call does: after a checkpoint, so a caller already
+    cancelled starts nothing, and once however many tasks ask."""
+    db = Slow(backend="serial")
+    results: list[int] = []
+    async with anyio.create_task_group() as askers:
+        for _ in range(4):
+            askers.start_soon(lambda: _append(results, db.square.async_get(7)))
+    assert results == [49] * 4
+    assert db.threads == [threading.get_ident()]
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await db.square.async_get(5)
+    assert scope.cancelled_caught and db.square.peek(5) is None
+    assert db.stats()["square"].executions == 1
+    with pytest.raises(dm.WrongThreadError, match="belongs to the thread that created it"):
+        await anyio.to_thread.run_sync(db.square, 3)  # pushing it to a thread by hand
 
 
 async def test_async_get_raises_the_memoized_exception() -> None:

@@ -1,88 +1,25 @@
-"""The threads backend: threading-compatibility of each primitive, then races under stress.
+"""The threads backend: threading-compatibility of each primitive.
 
-The stress tests start their threads together on a ``threading.Barrier`` and repeat for many
-rounds, so a race shows up as a wrong count rather than by luck; every test has a timeout, so
-a deadlock fails instead of hanging. Nothing asserts on elapsed time (the CI machines are
-small and shared).
+The races under stress, on threads and processes alike, are in test_stress.py. Every test has
+a timeout, so a deadlock fails instead of hanging.
 """
 
 from __future__ import annotations
 
 import functools
 import queue
-import sys
-import sysconfig
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from _concurrency import JOIN_TIMEOUT, in_thread, start_thread, wait_until
 
 import dualmode as dm
 from dualmode.backends import threads as th
 
-T = TypeVar("T")
-
-pytestmark = pytest.mark.timeout(60)
-
-ROUNDS = 30
-THREADS = 4
-JOIN_TIMEOUT = 30.0
-
-
-@pytest.fixture(autouse=True)
-def _switch_often() -> Iterator[None]:
-    """On a GIL build, switch threads far more often than every 5 ms so races show up."""
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(interval)
-
-
-def run_threads(n: int, target: Callable[[int], T]) -> list[T]:
-    """Run ``target(i)`` for i in range(n) on n threads released together; re-raise a failure."""
-    start = threading.Barrier(n)
-    results: list[Any] = [None] * n
-    errors: list[BaseException] = []
-
-    def body(i: int) -> None:
-        try:
-            start.wait()
-            results[i] = target(i)
-        except BaseException as exc:
-            errors.append(exc)
-
-    workers = [threading.Thread(target=body, args=(i,), daemon=True) for i in range(n)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(JOIN_TIMEOUT)
-    assert not any(worker.is_alive() for worker in workers), "a worker thread hung"
-    if errors:
-        raise errors[0]
-    return results
-
-
-def in_thread(fn: Callable[[], T]) -> T:
-    """Run *fn* on another thread and return its result (or raise its exception)."""
-    return run_threads(1, lambda _: fn())[0]
-
-
-def start_thread(fn: Callable[[], object]) -> threading.Thread:
-    worker = threading.Thread(target=fn, daemon=True)
-    worker.start()
-    return worker
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = JOIN_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition never became true"
-        time.sleep(0.001)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("switch_often")]
 
 
 # -- the backend and construction through the public API -----------------------------------
@@ -251,11 +188,49 @@ def test_condition_over_a_threads_lock(kind: type[Any]) -> None:
     lock.release()
 
 
-def test_condition_refuses_a_foreign_lock() -> None:
-    with pytest.raises(TypeError, match=r"threads backend.*'serial'"):
+def test_condition_refuses_a_lock_of_another_backend() -> None:
+    with pytest.raises(TypeError, match=r"threads backend.*'serial'.*backend='threads'"):
         dm.Condition(dm.Lock(backend="serial"), backend="threads")
-    with pytest.raises(TypeError, match="threads backend"):
-        dm.Condition(threading.Lock(), backend="threads")
+
+
+def _wait_released_every_hold(cond: Any, lock: Any, holds: int) -> None:
+    """Wait on *cond* with *lock* held *holds* times: a notifier can take the lock meanwhile,
+    and the wait gives back every hold."""
+    ready: list[bool] = []
+
+    def notify() -> None:
+        with cond:
+            ready.append(True)
+            cond.notify()
+
+    for _ in range(holds):
+        cond.acquire()
+    notifier = start_thread(notify)
+    assert cond.wait_for(lambda: ready, timeout=JOIN_TIMEOUT)
+    assert in_thread(lambda: lock.acquire(False)) is False  # held again after the wait
+    for _ in range(holds):
+        cond.release()
+    notifier.join(JOIN_TIMEOUT)
+    assert lock.acquire(False)
+    lock.release()
+
+
+@pytest.mark.parametrize(
+    ("kind", "holds"), [(threading.Lock, 1), (threading.RLock, 3)], ids=["Lock", "RLock"]
+)
+def test_condition_over_a_threading_lock(kind: Callable[[], Any], holds: int) -> None:
+    """As threading.Condition(lock): CPython's lock_tests rely on it (tests/test_lock_tests.py)."""
+    for _ in range(20):
+        lock = kind()
+        _wait_released_every_hold(dm.Condition(lock, backend="threads"), lock, holds)
+
+
+def test_threading_condition_over_a_threads_rlock() -> None:
+    """threading.Condition waits on a threads RLock through its private methods, so a wait
+    releases a nested hold entirely."""
+    for _ in range(20):
+        lock = dm.RLock(backend="threads")
+        _wait_released_every_hold(threading.Condition(lock), lock, 3)
 
 
 def test_condition_notify_wakes_waiters() -> None:
@@ -669,444 +644,3 @@ def test_queue_immediate_shutdown_drops_items_and_releases_join() -> None:
         q.get(timeout=1)
     with pytest.raises(ValueError):
         q.task_done()
-
-
-# -- stress: 4 threads started together, each test repeated for many rounds --------------
-
-
-def repeat(rounds: int, one_round: Callable[[], None]) -> None:
-    for _ in range(rounds):
-        one_round()
-
-
-def test_free_threaded_build_really_runs_without_the_gil() -> None:
-    if not sysconfig.get_config_var("Py_GIL_DISABLED"):
-        pytest.skip("a GIL build: the stress tests below only interleave at the GIL's pace")
-    # An extension module without free-threading support turns the GIL back on at import.
-    assert not sys._is_gil_enabled(), "the GIL was re-enabled, so these stress tests prove less"
-
-
-@pytest.mark.stress
-def test_stress_atomic_int_fetch_add_is_exact() -> None:
-    per_thread = 2000
-
-    def one_round() -> None:
-        atomic = dm.AtomicInt(0, backend="threads")
-        seen = run_threads(THREADS, lambda _: [atomic.fetch_add(1) for _ in range(per_thread)])
-        assert atomic.load() == THREADS * per_thread
-        # Every call saw a distinct previous value: no two increments overlapped.
-        assert sorted(v for part in seen for v in part) == list(range(THREADS * per_thread))
-
-    repeat(ROUNDS, one_round)
-
-
-@pytest.mark.stress
-def test_stress_atomic_int_compare_exchange_loop() -> None:
-    per_thread = 1000
-
-    def one_round() -> None:
-        atomic = dm.AtomicInt(0, backend="threads")
-
-        def increment(_: int) -> None:
-            for _ in range(per_thread):
-                current = atomic.load()
-                while (found := atomic.compare_exchange(current, current + 1)) != current:
-                    current = found
-
-        run_threads(THREADS, increment)
-        assert atomic.load() == THREADS * per_thread
-
-    repeat(ROUNDS, one_round)
-
-
-@pytest.mark.stress
-def test_stress_sharded_dict_loses_no_update() -> None:
-    per_thread, counters = 512, 8  # every counter gets the same share
-
-    def one_round() -> None:
-        shards = dm.ShardedDict(backend="threads")
-
-        def new_atomic() -> Any:
-            return dm.AtomicInt(0, backend="threads")
-
-        def new_mutex() -> Any:
-            return dm.Mutex(0, backend="threads")
-
-        def work(t: int) -> None:
-            for i in range(per_thread):
-                shards[(t, i)] = i
-                key = i % counters
-                shards.get_or_insert_with(("atomic", key), new_atomic).fetch_add(1)
-                with shards.get_or_insert_with(("mutex", key), new_mutex).lock() as guard:
-                    guard.value += 1
-                shards.setdefault(("first", key), t)
-                # every thread races to insert each of these: all must share one counter
-                shards.get_or_insert_with(("shared", i), new_atomic).fetch_add(1)
-
-        run_threads(THREADS, work)
-        entries = dict(shards.items())
-        assert len(shards) == len(entries) == (THREADS + 1) * per_thread + 3 * counters
-        assert all(entries[(t, i)] == i for t in range(THREADS) for i in range(per_thread))
-        assert all(entries[("shared", i)].load() == THREADS for i in range(per_thread))
-        expected = THREADS * per_thread // counters
-        for key in range(counters):
-            assert entries[("atomic", key)].load() == expected
-            with entries[("mutex", key)].lock() as guard:
-                assert guard.value == expected
-            assert entries[("first", key)] in range(THREADS)
-
-    repeat(ROUNDS, one_round)
-
-
-@pytest.mark.stress
-def test_stress_sharded_dict_pop_hands_each_key_out_once() -> None:
-    keys = 2000
-    gone = object()
-
-    def one_round() -> None:
-        shards = dm.ShardedDict(backend="threads")
-        for i in range(keys):
-            shards[i] = i
-        popped = run_threads(
-            THREADS, lambda _: [k for k in range(keys) if shards.pop(k, gone) is not gone]
-        )
-        assert Counter(k for part in popped for k in part) == Counter(range(keys))
-        assert len(shards) == 0
-
-    repeat(ROUNDS // 2, one_round)
-
-
-@pytest.mark.stress
-def test_stress_rwlock_writers_exclude_everyone() -> None:
-    def one_round() -> None:
-        rw = dm.RwLock(backend="threads")
-        state_lock = threading.Lock()
-        inside = Counter[str]()
-        violations: list[dict[str, int]] = []
-        peak_readers = [0]
-
-        def hold(role: str) -> None:
-            with state_lock:
-                inside[role] += 1
-                if inside["write"] > 1 or (inside["write"] and inside["read"]):
-                    violations.append(dict(inside))
-                peak_readers[0] = max(peak_readers[0], inside["read"])
-            time.sleep(0)  # let others try to come in
-            with state_lock:
-                inside[role] -= 1
-
-        def work(t: int) -> None:
-            for i in range(150):
-                role = "write" if (i + t) % 4 == 0 else "read"
-                acquire = rw.acquire_write if role == "write" else rw.acquire_read
-                release = rw.release_write if role == "write" else rw.release_read
-                if i % 10 == 5:  # mix in timed and non-blocking attempts
-                    if not (acquire(timeout=0.001) if i % 20 == 5 else acquire(False)):
-                        continue
-                else:
-                    acquire()
-                hold(role)
-                release()
-
-        run_threads(THREADS, work)
-        assert violations == []
-        assert +inside == Counter()
-        assert rw.acquire_write(False)  # the lock ends free
-        rw.release_write()
-
-    repeat(ROUNDS, one_round)
-
-
-@pytest.mark.stress
-def test_stress_rwlock_writer_not_starved_by_streaming_readers() -> None:
-    def one_round() -> None:
-        rw = dm.RwLock(backend="threads")
-        stop = threading.Event()
-        reads = dm.AtomicInt(0, backend="threads")
-
-        def read_until_stopped() -> None:
-            while not stop.is_set():
-                with rw.read():
-                    reads.fetch_add(1)
-                    time.sleep(0.0005)  # readers overlap: the lock is never reader-free
-
-        readers = [start_thread(read_until_stopped) for _ in range(THREADS - 1)]
-        try:
-            wait_until(lambda: reads.load() > 20)
-            # Without writer preference this would wait for as long as readers keep coming.
-            assert rw.acquire_write(timeout=JOIN_TIMEOUT)
-            rw.release_write()
-        finally:
-            stop.set()
-            for reader in readers:
-                reader.join(JOIN_TIMEOUT)
-
-    repeat(5, one_round)
-
-
-@pytest.mark.stress
-def test_stress_once_cell_runs_fn_exactly_once() -> None:
-    def one_round() -> None:
-        cell = dm.OnceCell(backend="threads")
-        calls = dm.AtomicInt(0, backend="threads")
-
-        def init() -> object:
-            calls.fetch_add(1)
-            time.sleep(0.001)  # widen the window for racers
-            return object()
-
-        values = run_threads(8, lambda _: cell.get_or_init(init))
-        assert calls.load() == 1
-        assert all(v is values[0] for v in values)
-
-    repeat(ROUNDS, one_round)
-
-
-@pytest.mark.stress
-def test_stress_once_cell_failed_init_lets_the_next_caller_try() -> None:
-    def one_round() -> None:
-        cell = dm.OnceCell(backend="threads")
-        calls = dm.AtomicInt(0, backend="threads")
-
-        def init() -> str:
-            if calls.fetch_add(1) == 0:
-                time.sleep(0.001)
-                raise KeyError("first")
-            return "ok"
-
-        def attempt(_: int) -> str:
-            try:
-                return cell.get_or_init(init)
-            except KeyError:
-                return "failed"
-
-        results = run_threads(8, attempt)
-        assert calls.load() == 2
-        assert Counter(results) == {"failed": 1, "ok": 7}
-
-    repeat(ROUNDS, one_round)
-
-
-@pytest.mark.stress
-def test_stress_once_cell_set_races_get_or_init() -> None:
-    def one_round() -> None:
-        cell = dm.OnceCell(backend="threads")
-
-        def race(t: int) -> tuple[str, object]:
-            if t % 2:
-                return ("set", cell.set(t))
-            return ("init", cell.get_or_init(lambda: t))
-
-        results = run_threads(THREADS, race)
-        value = cell.get()
-        stored = [r for r in results if r == ("set", True)]
-        assert len(stored) <= 1
-        assert value % 2 == (1 if stored else 0)  # setters store odd, initialisers even
-        assert all(got == value for kind, got in results if kind == "init")
-
-    repeat(ROUNDS, one_round)
-
-
-@pytest.mark.stress
-def test_stress_once_cell_set_after_abandon_wakes_every_waiter() -> None:
-    def one_round() -> None:
-        cell = dm.OnceCell(backend="threads")
-        assert cell._claim() == (False, None)  # this thread initialises...
-        waiting = dm.AtomicInt(0, backend="threads")
-
-        def wait_for_value(t: int) -> object:
-            waiting.fetch_add(1)
-            return cell.get_or_init(lambda: t)
-
-        results: list[object] = []
-        runner = start_thread(lambda: results.extend(run_threads(THREADS, wait_for_value)))
-        wait_until(lambda: waiting.load() == THREADS)
-        time.sleep(0.001)  # most of them are asleep in the cell by now
-        cell._abandon()  # ...gives up, which wakes one waiter,
-        cell.set("set")  # and a set() that beats it must wake the rest
-        runner.join(JOIN_TIMEOUT)
-        assert not runner.is_alive()
-        assert results == [cell.get()] * THREADS
-
-    repeat(ROUNDS // 2, one_round)
-
-
-@pytest.mark.stress
-def test_stress_worker_local_one_value_per_thread() -> None:
-    def one_round() -> None:
-        local = dm.WorkerLocal(list, backend="threads")
-
-        def work(t: int) -> int:
-            for _ in range(50):
-                local.get().append(t)
-            return id(local.get())
-
-        ids = run_threads(THREADS, work)
-        collected = local.collect()
-        assert sorted(map(id, collected)) == sorted(ids)
-        assert sorted(collected) == [[t] * 50 for t in range(THREADS)]
-
-    repeat(ROUNDS, one_round)
-
-
-@pytest.mark.stress
-def test_stress_queue_producers_consumers_then_shutdown() -> None:
-    producers, per_producer = 2, 300
-
-    def one_round() -> None:
-        q = dm.Queue(4, backend="threads")  # small, so puts block too
-        produced = dm.AtomicInt(0, backend="threads")
-
-        def work(t: int) -> list[int]:
-            if t < producers:
-                for i in range(per_producer):
-                    q.put(t * per_producer + i)
-                produced.fetch_add(1)
-                return []
-            got = []
-            while True:
-                try:
-                    got.append(q.get())
-                except dm.QueueShutDown:
-                    return got
-                q.task_done()
-
-        def shut_down_when_drained() -> None:
-            wait_until(lambda: produced.load() == producers)
-            q.join()
-            q.shutdown()
-
-        closer = start_thread(shut_down_when_drained)
-        parts = run_threads(THREADS, work)
-        closer.join(JOIN_TIMEOUT)
-        consumed = parts[producers:]
-        assert sorted(v for part in consumed for v in part) == list(range(producers * per_producer))
-        for part in consumed:  # FIFO: each consumer saw each producer's items in order
-            for p in range(producers):
-                mine = [v for v in part if v // per_producer == p]
-                assert mine == sorted(mine)
-
-    repeat(ROUNDS // 2, one_round)
-
-
-@pytest.mark.stress
-def test_stress_barrier_four_parties() -> None:
-    cycles = 10
-    actions = dm.AtomicInt(0, backend="threads")
-    barrier = dm.Barrier(THREADS, action=lambda: actions.fetch_add(1), backend="threads")
-
-    def one_round() -> None:
-        indices = run_threads(THREADS, lambda _: [barrier.wait() for _ in range(cycles)])
-        for cycle in range(cycles):
-            assert sorted(part[cycle] for part in indices) == list(range(THREADS))
-
-    repeat(ROUNDS, one_round)
-    assert actions.load() == ROUNDS * cycles
-    assert not barrier.broken and barrier.n_waiting == 0
-
-
-@pytest.mark.stress
-def test_stress_barrier_abort_breaks_every_waiter() -> None:
-    def one_round() -> None:
-        barrier = dm.Barrier(THREADS + 1, backend="threads")
-
-        def wait(_: int) -> str:
-            try:
-                barrier.wait()
-            except dm.BrokenBarrierError:
-                return "broken"
-            return "passed"
-
-        def abort_when_all_wait() -> None:
-            wait_until(lambda: barrier.n_waiting == THREADS)
-            barrier.abort()
-
-        aborter = start_thread(abort_when_all_wait)
-        assert run_threads(THREADS, wait) == ["broken"] * THREADS
-        aborter.join(JOIN_TIMEOUT)
-
-    repeat(ROUNDS // 2, one_round)
-
-
-@pytest.mark.stress
-def test_stress_condition_notify_delivers_every_item() -> None:
-    total = 400
-
-    def one_round() -> None:
-        cond = dm.Condition(backend="threads")
-        items: list[int] = []
-        done = [False]
-
-        def work(t: int) -> list[int]:
-            if t == 0:
-                for i in range(total):
-                    with cond:
-                        items.append(i)
-                        cond.notify()
-                with cond:
-                    done[0] = True
-                    cond.notify_all()
-                return []
-            got = []
-            while True:
-                with cond:
-                    cond.wait_for(lambda: items or done[0])
-                    if not items:
-                        return got
-                    got.append(items.pop(0))
-
-        parts = run_threads(THREADS, work)
-        assert sorted(v for part in parts for v in part) == list(range(total))
-
-    repeat(ROUNDS // 2, one_round)
-
-
-@pytest.mark.stress
-def test_stress_semaphore_bounds_concurrency() -> None:
-    def one_round() -> None:
-        sem = dm.BoundedSemaphore(2, backend="threads")
-        inside = dm.AtomicInt(0, backend="threads")
-        over: list[int] = []
-
-        def work(_: int) -> None:
-            for _ in range(200):
-                with sem:
-                    now = inside.fetch_add(1) + 1
-                    if now > 2:
-                        over.append(now)
-                    inside.fetch_sub(1)
-
-        run_threads(THREADS, work)
-        assert over == []
-        with pytest.raises(ValueError):
-            sem.release()  # every unit came back
-
-    repeat(ROUNDS // 2, one_round)
-
-
-@pytest.mark.stress
-def test_stress_freeze_lock_nothing_changes_after_freeze() -> None:
-    def one_round() -> None:
-        fl = dm.FreezeLock(0, backend="threads")
-
-        def work(t: int) -> list[tuple[bool, int]]:
-            seen = []  # (frozen before this read?, value read)
-            for i in range(300):
-                if t == 0 and i == 150:
-                    fl.freeze()
-                elif t == 1:
-                    try:
-                        with fl.write() as guard:
-                            guard.value = i
-                    except dm.BorrowError:
-                        assert fl.frozen
-                frozen = fl.frozen
-                seen.append((frozen, fl.read()))
-            return seen
-
-        parts = run_threads(THREADS, work)
-        final = fl.read()
-        assert fl.frozen
-        assert all(value == final for part in parts for frozen, value in part if frozen)
-
-    repeat(ROUNDS // 2, one_round)

@@ -1,135 +1,228 @@
-"""The job table of the query engine: claims, latches, the wait-for graph and the memos.
+"""The job table: claims, latches, the wait-for graph, memos, inputs and revisions.
 
-One table per database. Serial and threads use it in their own process; the processes backend
-hosts one in its coordinator, where every worker asks it over IPC (design section 5). The table
-runs no user code and never unpickles a value: on processes the memos it holds are the bytes
-the clients packed, so the coordinator never imports the user's classes for values (keys it
-must hash, so their classes must be importable there, as for any pickle).
+One table per database, behind one interface, :class:`JobTable`, that the query runtime
+(``dualmode.query.runtime``) uses whichever backend made it (``Backend.create_job_table``):
 
-A *runner* is one thread asking for queries, named by ``(pid, thread id)``. Its stack is the
-jobs it has claimed and not yet published, innermost last; a runner that waits for another's
-job records it, and the chain runner -> job waited for -> its owner -> ... is the wait-for graph
-that :meth:`JobTable.claim` walks before it waits.
+- :class:`InProcessJobTable` (serial, threads): the table itself, in this process.
+- the processes backend's hosted client (``dualmode.backends.processes``): the same
+  in-process table runs in the coordinator, and each process holds a client that packs
+  values to bytes, keeps a cache of the memos it has executed or received, and reports the
+  hits served from that cache with its claims.
+
+The table runs no user code, and never unpickles a value: in the coordinator the memos it
+holds are the bytes the clients packed (keys it must hash, so their classes must be
+importable there, as for any pickle). The protocol, and where each of its invariants is
+enforced, is described in ``docs/architecture.md#the-query-protocol``.
+
+A thread that asks for queries is named by a :data:`~dualmode.query.memo.ThreadId`. The table
+keeps, per thread, the jobs it has claimed and not yet published (its stack, innermost last)
+and the job it waits for: the chain thread -> job waited for -> its owner -> ... is the
+wait-for graph that :meth:`InProcessJobTable.claim` walks before it waits.
 
 Revisions (salsa's, rustc incremental's): every input change starts a new revision. A memo
-records the revision it was last verified in and the one its value last changed in; a claim in
-a later revision answers "verify it" with the old memo, and the client re-validates its
-dependencies and re-executes the body only if one of them changed (see ``dualmode.query``).
+records the revision it was last verified in and the one its value last changed in; a claim
+in a later revision answers :attr:`Claim.VERIFY` with the old memo, and the runtime verifies
+its dependencies and executes the body again only if one of them changed.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import threading
 import time
-from collections.abc import Iterable
-from typing import Any, TypeVar, overload
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any, Protocol
 
-from .errors import CycleError, WorkerCrashed
+from ..errors import CycleError, WorkerCrashed
+from .memo import LOW, ImmortalEnum, Memo, MemoState, QKey, ThreadId, lookup
 
 __all__ = [
-    "ERROR",
-    "ERROR_ONCE",
-    "FALLBACK",
-    "OK",
+    "Claim",
+    "HitCounts",
+    "InProcessJobTable",
+    "InputCheck",
+    "InputState",
     "JobTable",
-    "Memo",
-    "QKey",
-    "Runner",
+    "TableStats",
+    "Verdict",
     "canonical_cycle",
 ]
-
-QKey = tuple[str, tuple[Any, ...]]  # (query name, key arguments)
-K = TypeVar("K")
-V = TypeVar("V")
-D = TypeVar("D")
-Runner = tuple[int, int]  # (pid, thread id)
 
 _SHARDS = 64  # claims on different keys rarely share a lock
 _OWNER_CHECK = 0.5  # seconds between checks that a waited-for owner's process is alive
 
-# Memo.state. ERROR_ONCE: an exception delivered to the caller and the waiters but not memoized
-# (``cache_errors=False``, or a worker that died): nobody caches it. RETRY: the execution was
-# abandoned (cancelled, interrupted); a waiter asks again.
-OK, ERROR, FALLBACK, ERROR_ONCE, RETRY = 0, 1, 2, 3, 4
-_STATES = ("ok", "error", "fallback", "error_once", "retry")
-
-LOW, MEDIUM, HIGH = 0, 1, 2  # durabilities (dualmode.Durability)
-
-# What JobTable.claim answers: the memo, valid in the caller's revision; a claim to execute
-# (nothing memoized) or to verify (an older revision's memo, given); or that the caller's
-# revision is not the current one (the current one, given).
-MEMO, RUN, VERIFY, STALE = "memo", "run", "verify", "stale"
-_RUN = (RUN, None)
-
-# Verdicts a publisher gives: how the (query, key) was brought up to date in its revision.
-GREEN, EXECUTED, BACKDATED = "green", "executed", "backdated"
+OK, ERROR, FALLBACK, ERROR_ONCE, RETRY = (
+    MemoState.OK,
+    MemoState.ERROR,
+    MemoState.FALLBACK,
+    MemoState.ERROR_ONCE,
+    MemoState.RETRY,
+)
 
 
-class Memo:
-    """A finished query: its value (``OK``), exception (``ERROR``), or ``FALLBACK`` (it lay on
-    a cycle: its value is the query's ``cycle=`` fallback, computed by whoever reads it); the
-    dependencies it read, in order (None: unknown, so it must execute again in a new
-    revision); the revisions it was last verified and last changed in; and its durability,
-    the lowest of its dependencies' (HIGH when it read none)."""
+class Claim(ImmortalEnum):
+    """What :meth:`JobTable.claim` answers, with its payload."""
 
-    __slots__ = ("changed_at", "deps", "durability", "state", "value", "verified_at")
-
-    def __init__(
-        self,
-        state: int,
-        value: Any,
-        deps: tuple[QKey, ...] | None = (),
-        verified_at: int = 0,
-        changed_at: int = 0,
-        durability: int = HIGH,
-    ) -> None:
-        self.state = state
-        self.value = value
-        self.deps = deps
-        self.verified_at = verified_at
-        self.changed_at = changed_at
-        self.durability = durability
-
-    def replace(self, **changes: Any) -> Memo:
-        fields = {name: getattr(self, name) for name in Memo.__slots__}
-        fields.update(changes)
-        return Memo(**fields)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return Memo, (
-            self.state,
-            self.value,
-            self.deps,
-            self.verified_at,
-            self.changed_at,
-            self.durability,
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"Memo({_STATES[self.state]}, {self.value!r}, verified_at={self.verified_at}, "
-            f"changed_at={self.changed_at})"
-        )
+    MEMO = enum.auto()  # the memo (payload), valid in the caller's revision
+    RUN = enum.auto()  # claimed, nothing memoized: execute it (payload None)
+    VERIFY = enum.auto()  # claimed: verify the older revision's memo (payload), execute if stale
+    STALE = enum.auto()  # the caller's revision is over: the current one is the payload
 
 
-@overload
-def lookup(table: dict[K, V], key: K) -> V | None: ...
+class Verdict(ImmortalEnum):
+    """How a published (query, key) was brought up to date in its revision."""
+
+    GREEN = enum.auto()  # verified: nothing it read changed, the body did not run
+    EXECUTED = enum.auto()  # the body ran
+    BACKDATED = enum.auto()  # the body ran and gave a result equal to the old one
 
 
-@overload
-def lookup(table: dict[K, V], key: K, default: D) -> V | D: ...
+class InputState(ImmortalEnum):
+    """What :meth:`JobTable.get_input` found."""
+
+    SET = enum.auto()  # the input has a value
+    UNSET = enum.auto()  # it was never set
+    STALE = enum.auto()  # the caller's revision is over
 
 
-def lookup(table: dict[Any, Any], key: Any, default: Any = None) -> Any:
-    """``table.get(key, default)`` for a dict that other threads write.
+class InputCheck(ImmortalEnum):
+    """What :meth:`JobTable.input_changes` found."""
 
-    On free-threaded 3.13, ``dict.get`` of a key object another live thread owns falls into the
-    dict's slow locking path and parks for ~25 us (measured), where ``in`` and ``[]`` stay lock
-    free. Only for dicts whose entries are replaced but not deleted, or deleted under a lock
-    the caller holds.
+    CHANGED = enum.auto()
+    UNCHANGED = enum.auto()
+    STALE = enum.auto()  # the caller's revision is over
+
+
+HitCounts = list[tuple[str, int]]  # (query name, hits) not yet reported to the table
+# JobTable.stats(): per query (hits, misses, executions, total time, self time, wait time),
+# and per revision the count of each verdict.
+TableStats = tuple[
+    dict[str, tuple[int, int, int, float, float, float]], dict[int, dict[Verdict, int]]
+]
+
+# The members the code below uses, as module globals: an enum member read from its class
+# (Claim.MEMO) costs a Python-level lookup (~50 ns on 3.11) on every claim and publish.
+MEMO, RUN, VERIFY, STALE = Claim.MEMO, Claim.RUN, Claim.VERIFY, Claim.STALE
+GREEN, EXECUTED, BACKDATED = Verdict.GREEN, Verdict.EXECUTED, Verdict.BACKDATED
+SET, UNSET, INPUT_STALE = InputState.SET, InputState.UNSET, InputState.STALE
+CHANGED, UNCHANGED, CHECK_STALE = InputCheck.CHANGED, InputCheck.UNCHANGED, InputCheck.STALE
+
+
+class JobTable(Protocol):
+    """One database's job table, as the query runtime of one process uses it.
+
+    Every method may be called from any thread. Memos and values go in and come out as
+    objects, in this process (a table elsewhere converts them on the way). The claim
+    protocol: :meth:`claim` a (query, key); on ``RUN``/``VERIFY`` the caller owns it and must
+    :meth:`publish` or :meth:`abandon` it; every other caller of that key waits for the owner
+    (after a cycle check) and gets what it published.
     """
-    return table[key] if key in table else default  # noqa: SIM401 - see above
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes reach this table: then a database on it travels to them
+        (pickles), and its inputs are set in the process that created it."""
+        ...
+
+    @property
+    def memos(self) -> Mapping[str, dict[tuple[Any, ...], Memo]]:
+        """Per query, memos this process may read without a claim: valid in revision *r*
+        when verified in *r*, or when :meth:`unchanged` says so. Only the table writes them;
+        read them with ``in`` and ``[]`` (see :func:`~dualmode.query.memo.lookup`)."""
+        ...
+
+    @property
+    def scope(self) -> Hashable | None:
+        """What ``local=True`` queries' memos are kept per: None where every memo is in this
+        process anyway, else this process."""
+        ...
+
+    def attach(self, queries: Iterable[str], unreported_hits: Callable[[], HitCounts]) -> None:
+        """Called once by each process's runtime, before it reads :attr:`memos`: the
+        database's query names, and how to read the calling thread's hits that the table
+        has not counted yet (served from the thread's own caches). A table in this process
+        is asked for its stats in this process and may ignore the latter; a table elsewhere
+        sends them along with claims."""
+        ...
+
+    def claim(
+        self,
+        name: str,
+        key: tuple[Any, ...],
+        thread: ThreadId,
+        revision: int,
+        scope: Hashable | None = None,
+    ) -> tuple[Claim, Any]:
+        """Bring ``name(*key)`` up to date in *revision* for *thread*: see :class:`Claim`.
+        Waits while another thread owns it; raises nothing for a cycle (the cycle's result is
+        the memo answered). *scope*: :attr:`scope` for a ``local=True`` query, else None."""
+        ...
+
+    def unchanged(self, qkey: QKey, memo: Memo, revision: int) -> bool:
+        """Whether *memo*, from :attr:`memos`, is valid in *revision* although it was
+        verified in an older one, known without a claim; False when that takes a claim."""
+        ...
+
+    def publish(
+        self,
+        name: str,
+        key: tuple[Any, ...],
+        thread: ThreadId,
+        memo: Memo,
+        *,
+        store: bool = True,
+        verdict: Verdict | None = Verdict.EXECUTED,
+        elapsed: float = 0.0,
+        self_time: float = 0.0,
+        scope: Hashable | None = None,
+    ) -> Memo:
+        """Finish *thread*'s claim: memoize *memo* (unless ``store=False``: then only the
+        waiters get it) and wake the waiters. Returns the memo in force: *memo*, the one a
+        cycle settled while the body ran, or one whose exception says why *memo*'s value
+        cannot travel to the table."""
+        ...
+
+    def abandon(
+        self, name: str, key: tuple[Any, ...], thread: ThreadId, scope: Hashable | None = None
+    ) -> None:
+        """Give up *thread*'s claim without a result: nothing is memoized; a waiter asks
+        again (and so executes it itself)."""
+        ...
+
+    def peek(
+        self, name: str, key: tuple[Any, ...], revision: int, scope: Hashable | None = None
+    ) -> Memo | None:
+        """The memo of ``name(*key)`` if it is valid in *revision*; nothing is computed."""
+        ...
+
+    def add_hits(self, hits: HitCounts) -> None:
+        """Count hits that a process served from its own caches."""
+        ...
+
+    def stats(self) -> TableStats:
+        """Per query: hits, misses, executions, total time, self time, wait time; and per
+        revision, how many (query, key) got each :class:`Verdict`."""
+        ...
+
+    def set_input(self, name: str, key: Hashable, value: Any, durability: int = LOW) -> int:
+        """Set an input at a :class:`Durability` level: a new revision starts (returned)."""
+        ...
+
+    def get_input(
+        self, name: str, key: Hashable, revision: int
+    ) -> tuple[InputState, Any, int, int]:
+        """``(SET, value, changed_at, durability)``; ``(UNSET, None, 0, LOW)`` if it was never
+        set; ``(STALE, None, current revision, LOW)`` if *revision* is not the current one."""
+        ...
+
+    def input_changes(
+        self, inputs: list[tuple[str, Hashable]], since: int, revision: int
+    ) -> tuple[InputCheck, int]:
+        """Whether any of *inputs* changed after revision *since*: ``(CHANGED, 0)`` or
+        ``(UNCHANGED, 0)``, or ``(STALE, current revision)`` (one round trip for all of a
+        memo's input reads)."""
+        ...
 
 
 def _sort_key(entry: QKey) -> tuple[str, str, str]:
@@ -152,35 +245,38 @@ class _Counters:
         self.total = self.self_time = self.wait = 0.0
 
 
-class _RunnerState:
-    """What the wait-for graph needs of one runner: only its own thread writes ``stack``, and
-    others read it only while the runner waits (its stack is still then) under graph_lock."""
+class _ThreadJobs:
+    """What the wait-for graph needs of one thread: the jobs it owns (claimed, not yet
+    published, innermost last) and the job it waits for. Only its own thread writes
+    ``stack``; others read it only while it waits (its stack is still then), under
+    graph_lock."""
 
-    __slots__ = ("ident", "stack", "waiting")
+    __slots__ = ("stack", "thread", "waiting")
 
-    def __init__(self, ident: Runner) -> None:
-        self.ident = ident
+    def __init__(self, thread: ThreadId) -> None:
+        self.thread = thread
         self.stack: list[_Job] = []
         self.waiting: _Job | None = None
 
 
 class _Job:
-    """A claimed (query, key): who executes it, and the latch its waiters sleep on."""
+    """A claimed (query, key): the thread that owns (executes) it, and the latch its waiters
+    sleep on."""
 
-    __slots__ = ("latch", "old", "outcome", "owner", "qkey", "resolution", "revision", "slot")
+    __slots__ = ("latch", "old", "owner", "qkey", "result", "revision", "settlement", "slot")
 
     def __init__(
-        self, qkey: QKey, slot: Any, owner: _RunnerState, revision: int, old: Memo | None
+        self, qkey: QKey, slot: Any, owner: _ThreadJobs, revision: int, old: Memo | None
     ) -> None:
         self.qkey = qkey
-        self.slot = slot  # the job-table key: qkey, plus the process for local=True queries
+        self.slot = slot  # the job-table key: qkey, plus the scope for local=True queries
         self.owner = owner
         self.revision = revision
         self.old = old  # the older revision's memo being verified, if any
         # Made by the first waiter, under the shard lock: most jobs never have one.
         self.latch: threading.Event | None = None
-        self.resolution: Memo | None = None  # set when a cycle through this job was resolved
-        self.outcome: Memo | None = None  # what waiters get, set before the latch opens
+        self.settlement: Memo | None = None  # set when a cycle through this job was settled
+        self.result: Memo | None = None  # what waiters get, set before the latch opens
 
 
 def _alive(pid: int) -> bool:
@@ -195,21 +291,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class JobTable:
-    """Single-flight claims and memos of one database's queries (design section 5).
+def _no_verdicts() -> dict[Verdict, int]:
+    return dict.fromkeys(Verdict, 0)
+
+
+class InProcessJobTable:
+    """The :class:`JobTable` of one database, in this process: single-flight claims, the
+    wait-for graph, memos, inputs and revisions.
 
     *fallbacks* names every query and says whether it has a ``cycle=`` fallback. A query
     settled by its fallback gets a ``FALLBACK`` memo: each reader computes the value (the
     table runs no user code, and holds no lock while user code runs).
     """
 
-    remote = False  # values stay objects: no packing to bytes
+    shared = False
+    scope = None
 
     def __init__(self, fallbacks: dict[str, bool], volatile: Iterable[str] = ()) -> None:
         self._fallbacks = dict(fallbacks)
         self._volatile = frozenset(volatile)
         self.memos: dict[str, dict[Any, Memo]] = {name: {} for name in fallbacks}
-        self._scoped: dict[Any, Memo] = {}  # local=True memos, per (name, key, pid)
+        self._scoped: dict[Any, Memo] = {}  # local=True memos, per (name, key, scope)
         # Per shard (used under its lock): on free-threaded builds one dict that every claim
         # writes would serialize them on the dict's own lock.
         self._jobs: list[dict[Any, _Job]] = [{} for _ in range(_SHARDS)]
@@ -217,7 +319,7 @@ class JobTable:
         self._graph_lock = threading.Lock()  # taken only by a caller about to wait
         # Kept while idle (one per thread that ever asked; a thread id reused later finds an
         # empty one): a claim need not build one each time.
-        self._runners: dict[Runner, _RunnerState] = {}
+        self._threads: dict[ThreadId, _ThreadJobs] = {}
         # Counters per shard, each written only under its shard's lock; stats() sums them.
         self._counters = [{name: _Counters() for name in fallbacks} for _ in range(_SHARDS)]
         # Inputs and revisions: (name, key) -> (value, changed_at, durability).
@@ -228,7 +330,7 @@ class JobTable:
         # a memo no input of its durability or more changed since it was verified is green.
         self._last_changed = [1, 1, 1]
         # Per shard (written under its lock): revision -> verdict -> count.
-        self._verdicts: list[dict[int, dict[str, int]]] = [{} for _ in range(_SHARDS)]
+        self._verdicts: list[dict[int, dict[Verdict, int]]] = [{} for _ in range(_SHARDS)]
         # Push-based dirtying (Buck2's DICE): who read each input and query, and per query the
         # last revision in which something it (transitively) read changed. A memo verified
         # since then is green without looking at its dependencies.
@@ -245,6 +347,10 @@ class JobTable:
         """The counters of query *name* in *slot*'s shard (its lock held)."""
         return self._counters[hash(slot) % _SHARDS][name]
 
+    def attach(self, queries: Iterable[str], unreported_hits: Callable[[], HitCounts]) -> None:
+        """Nothing to do: this table knows its queries, and the runtime in this process
+        reports its hits before it asks for stats()."""
+
     # claim and publish hash a slot once (a key tuple's hash is not cached) and use the shard
     # number for its lock, jobs, counters and verdicts.
 
@@ -254,22 +360,16 @@ class JobTable:
         self,
         name: str,
         key: tuple[Any, ...],
-        runner: Runner,
+        thread: ThreadId,
         revision: int,
-        scope: Any = None,
+        scope: Hashable | None = None,
         hits: Iterable[tuple[str, int]] = (),
-    ) -> tuple[str, Any]:
-        """Bring ``name(*key)`` up to date in *revision* for *runner*. Answers:
+    ) -> tuple[Claim, Any]:
+        """See :meth:`JobTable.claim`. A memo is answered when it was verified in *revision*,
+        found green without looking at its dependencies (no input of its durability changed,
+        or nothing it read was marked), or computed by the owner this thread waited for.
 
-        - ``(MEMO, memo)``: its memo, valid in *revision* (found, found green without looking
-          at its dependencies because no input of its durability changed, or computed by
-          another runner that this one waited for);
-        - ``(RUN, None)`` or ``(VERIFY, old_memo)``: *runner* has claimed it and must execute
-          it (or verify the old memo's dependencies, and execute it if one changed), then
-          :meth:`publish` or :meth:`abandon` it;
-        - ``(STALE, revision)``: *revision* is not the current one, which is given.
-
-        Waiting for another runner's execution adds an edge to the wait-for graph; if that
+        Waiting for another thread's execution adds an edge to the wait-for graph; if that
         closes a cycle, the cycle is settled first (see :meth:`_settle`). *scope* keeps
         separate memos per scope (the processes backend's ``local=True`` queries, per
         process); *hits* are counts a client served from its own cache (sent along to save a
@@ -308,25 +408,24 @@ class JobTable:
                 jobs = self._jobs[shard]
                 job = lookup(jobs, slot)
                 if job is None:
-                    state = lookup(self._runners, runner)
-                    if state is None:
-                        state = self._runners[runner] = _RunnerState(runner)
-                    job = jobs[slot] = _Job(qkey, slot, state, revision, memo)
-                    state.stack.append(job)
-                    return _RUN if memo is None else (VERIFY, memo)
+                    owner = lookup(self._threads, thread)
+                    if owner is None:
+                        owner = self._threads[thread] = _ThreadJobs(thread)
+                    job = jobs[slot] = _Job(qkey, slot, owner, revision, memo)
+                    owner.stack.append(job)
+                    return (RUN, None) if memo is None else (VERIFY, memo)
                 if job.latch is None:
                     job.latch = threading.Event()
-                    if job.outcome is not None:  # settled already
+                    if job.result is not None:  # settled already
                         job.latch.set()
-            outcome = self._wait(job, runner)
-            if job.revision == revision and outcome.state != RETRY:
-                return MEMO, outcome
+            result = self._wait(job, thread)
+            if job.revision == revision and result.state is not RETRY:
+                return MEMO, result
             # An older revision's job, or an abandoned one: look again.
 
     def unchanged(self, qkey: QKey, memo: Memo, revision: int) -> bool:
-        """Whether *memo* (of this in-process table) is valid in *revision* although it was
-        verified in an older one: nothing it read changed since. Takes no lock: the dirty marks
-        and revisions it reads only grow, so a stale read errs towards "changed"."""
+        """See :meth:`JobTable.unchanged`. Takes no lock: the dirty marks and revisions it
+        reads only grow, so a stale read errs towards "changed"."""
         if revision != self.revision or revision != self._marked or memo.deps is None:
             return False
         since = memo.verified_at
@@ -339,27 +438,27 @@ class JobTable:
         self,
         name: str,
         key: tuple[Any, ...],
-        runner: Runner,
+        thread: ThreadId,
         memo: Memo,
         *,
         store: bool = True,
-        verdict: str | None = EXECUTED,
+        verdict: Verdict | None = EXECUTED,
         elapsed: float = 0.0,
         self_time: float = 0.0,
-        scope: Any = None,
-    ) -> Memo | None:
-        """Finish *runner*'s claim: memoize *memo* (unless ``store=False``: then only the
-        waiters get it) and wake the waiters. *verdict* says how it was brought up to date
-        (``GREEN``: verified, the body did not run; ``EXECUTED``; ``BACKDATED``: executed,
-        and equal to the old value; None: abandoned). Returns None, or the memo that overrides
-        the caller's own (a cycle through this job was settled while its body ran)."""
+        scope: Hashable | None = None,
+    ) -> Memo:
+        """See :meth:`JobTable.publish`. *verdict* None: abandoned (counted nowhere). A
+        ``GREEN`` memo stored is the table's own old one, re-stamped (a client elsewhere sends
+        it without its value)."""
+        given = memo
         slot = (name, key) if scope is None else (name, key, scope)
-        state = self._runners[runner]
-        job = state.stack.pop()
+        owner = self._threads[thread]
+        job = owner.stack.pop()
         assert job.slot == slot, (job.slot, slot)
         # A settled job's memo stays its settlement (only its owner's publish changes it).
-        override = job.resolution
-        if (verdict in (EXECUTED, BACKDATED) or override is not None) and memo.deps:
+        settlement = job.settlement
+        executed = verdict is EXECUTED or verdict is BACKDATED
+        if (executed or settlement is not None) and memo.deps:
             known = job.old.deps if job.old is not None and job.old.deps else ()
             # Edges are never taken away (an extra one only costs a verification later).
             self._add_dependents(job.qkey, memo.deps if not known else set(memo.deps) - set(known))
@@ -369,38 +468,52 @@ class JobTable:
             self._mark_dirty(job.qkey, self.revision)
         shard = hash(slot) % _SHARDS
         with self._locks[shard]:
-            if verdict in (EXECUTED, BACKDATED):
+            if executed:
                 counters = self._counters[shard][name]
                 counters.executions += 1
                 counters.total += elapsed
                 counters.self_time += self_time
             if verdict is not None:
                 self._count(shard, job.revision, verdict)
-            if verdict == GREEN and job.old is not None:  # the table's own copy, re-stamped
+            if verdict is GREEN and job.old is not None:
                 memo = job.old.replace(verified_at=job.revision)
-            if override is not None:
-                if override.deps is None and memo.deps is not None:
-                    override.deps = memo.deps  # what the body read: a later revision verifies it
-                memo = override
+            if settlement is not None:
+                if settlement.deps is None and memo.deps is not None:
+                    settlement.deps = memo.deps  # what the body read: a later revision verifies it
+                memo = settlement
             elif store:
                 if scope is None:
                     self.memos[name][key] = memo
                 else:
                     self._scoped[slot] = memo
-            elif memo.state == ERROR:
+            elif memo.state is ERROR:
                 memo = memo.replace(state=ERROR_ONCE)
-            job.outcome = memo
+            job.result = memo
             del self._jobs[shard][slot]
             latch = job.latch
         if latch is not None:
             latch.set()
-        return override
+        return given if settlement is None else settlement
 
-    def abandon(self, name: str, key: tuple[Any, ...], runner: Runner, scope: Any = None) -> None:
-        """Give up *runner*'s claim without a result (cancelled, or interrupted): nothing is
-        memoized, and a waiter asks again (and so executes it itself)."""
-        memo = Memo(RETRY, None)
-        self.publish(name, key, runner, memo, store=False, verdict=None, scope=scope)
+    def finish(
+        self,
+        name: str,
+        key: tuple[Any, ...],
+        thread: ThreadId,
+        memo: Memo,
+        **options: Any,
+    ) -> Memo | None:
+        """:meth:`publish`, answering only the settlement that overrides *memo* (None when
+        *memo* stands): what a client in another process asks, so that no value travels
+        back."""
+        result = self.publish(name, key, thread, memo, **options)
+        return None if result is memo else result
+
+    def abandon(
+        self, name: str, key: tuple[Any, ...], thread: ThreadId, scope: Hashable | None = None
+    ) -> None:
+        """See :meth:`JobTable.abandon`."""
+        self.publish(name, key, thread, Memo(RETRY, None), store=False, verdict=None, scope=scope)
 
     def add_hits(self, hits: Iterable[tuple[str, int]]) -> None:
         """Count hits that clients served from their own caches."""
@@ -408,9 +521,11 @@ class JobTable:
             with self._shard(name):
                 self._counts(name, name).hits += n
 
-    def peek(self, name: str, key: tuple[Any, ...], revision: int) -> Memo | None:
-        """The memo of ``name(*key)`` if it is valid in *revision*: verified in it, or nothing
-        it read changed since (nothing is computed)."""
+    def peek(
+        self, name: str, key: tuple[Any, ...], revision: int, scope: Hashable | None = None
+    ) -> Memo | None:
+        """See :meth:`JobTable.peek`: verified in *revision*, or nothing it read changed
+        since. (*scope*: a client elsewhere answers ``local=True`` memos itself.)"""
         memo = lookup(self.memos[name], key)
         if memo is None:
             return None
@@ -418,11 +533,8 @@ class JobTable:
             return memo
         return None
 
-    def stats(
-        self,
-    ) -> tuple[dict[str, tuple[int, int, int, float, float, float]], dict[int, dict[str, int]]]:
-        """Per query: hits, misses, executions, total time, self time, wait time; and per
-        revision, how many (query, key) were verified green, executed and backdated."""
+    def stats(self) -> TableStats:
+        """See :meth:`JobTable.stats`."""
         queries = {}
         for name in self._fallbacks:
             shards = [counters[name] for counters in self._counters]
@@ -434,43 +546,28 @@ class JobTable:
                 sum(c.self_time for c in shards),
                 sum(c.wait for c in shards),
             )
-        verdicts: dict[int, dict[str, int]] = {}
+        verdicts: dict[int, dict[Verdict, int]] = {}
         for shard, lock in zip(self._verdicts, self._locks, strict=True):
             with lock:
                 for revision, counts in shard.items():
-                    total = verdicts.setdefault(revision, dict.fromkeys(counts, 0))
+                    total = verdicts.setdefault(revision, _no_verdicts())
                     for verdict, n in counts.items():
                         total[verdict] += n
         return queries, verdicts
 
-    def _count(self, shard: int, revision: int, verdict: str) -> None:
+    def _count(self, shard: int, revision: int, verdict: Verdict) -> None:
         """Count a verdict (the shard's lock held)."""
         verdicts = self._verdicts[shard]
         counts = lookup(verdicts, revision)
         if counts is None:
-            counts = verdicts[revision] = {GREEN: 0, EXECUTED: 0, BACKDATED: 0}
+            counts = verdicts[revision] = _no_verdicts()
         counts[verdict] += 1
-
-    # In-process tables hand memos over as they are; the processes backend's client packs values
-    # to bytes for the coordinator and unpacks them.
-
-    def pack(self, memo: Memo, keep_value: bool = True) -> tuple[Memo, bool]:
-        return memo, False
-
-    def unpack(self, memo: Memo) -> Memo:
-        return memo
-
-    def pack_value(self, value: Any) -> Any:
-        return value
-
-    def unpack_value(self, value: Any) -> Any:
-        return value
 
     # -- inputs and revisions ------------------------------------------------------------------
 
-    def set_input(self, name: str, key: Any, value: Any, durability: int = LOW) -> int:
-        """Set an input: a new revision starts (returned). Queries still running in older
-        revisions are cancelled at their next claim or input read."""
+    def set_input(self, name: str, key: Hashable, value: Any, durability: int = LOW) -> int:
+        """See :meth:`JobTable.set_input`. Queries still running in older revisions are
+        cancelled at their next claim or input read."""
         with self._revision_lock:
             revision = self.revision + 1
             previous = lookup(self._inputs, (name, key))
@@ -521,66 +618,65 @@ class JobTable:
             if source[0] in self._volatile:
                 self._mark_dirty(source, revision)
 
-    def get_input(self, name: str, key: Any, revision: int) -> tuple[str, Any, int, int]:
-        """``(MEMO, value, changed_at, durability)`` of input *name* at *key*; ``("missing",
-        None, 0, LOW)`` if it was never set; ``(STALE, None, current revision, LOW)`` if
-        *revision* is not the current one."""
+    def get_input(
+        self, name: str, key: Hashable, revision: int
+    ) -> tuple[InputState, Any, int, int]:
+        """See :meth:`JobTable.get_input`."""
         entry = lookup(self._inputs, (name, key))
         if revision != self.revision:
-            return STALE, None, self.revision, LOW
+            return INPUT_STALE, None, self.revision, LOW
         if entry is None:
-            return "missing", None, 0, LOW
+            return UNSET, None, 0, LOW
         value, changed_at, durability = entry
-        return MEMO, value, changed_at, durability
+        return SET, value, changed_at, durability
 
     def input_changes(
-        self, inputs: list[tuple[str, Any]], since: int, revision: int
-    ) -> tuple[str, int]:
-        """Whether any of *inputs* changed after revision *since*: ``(MEMO, 1 or 0)``, or
-        ``(STALE, current revision)`` (one round trip for all of a memo's input reads)."""
+        self, inputs: list[tuple[str, Hashable]], since: int, revision: int
+    ) -> tuple[InputCheck, int]:
+        """See :meth:`JobTable.input_changes`."""
         if revision != self.revision:
-            return STALE, self.revision
+            return CHECK_STALE, self.revision
         for name_key in inputs:
             entry = lookup(self._inputs, name_key)
             if entry is not None and entry[1] > since:
-                return MEMO, 1
-        return MEMO, 0
+                return CHANGED, 0
+        return UNCHANGED, 0
 
     # -- waiting and cycles --------------------------------------------------------------------
 
-    def _wait(self, job: _Job, runner: Runner) -> Memo:
+    def _wait(self, job: _Job, thread: ThreadId) -> Memo:
         name = job.qkey[0]
-        state: _RunnerState | None = None
+        me: _ThreadJobs | None = None
         with self._graph_lock:
-            if job.resolution is None:
-                state = lookup(self._runners, runner)
-                cycle = None if state is None else self._find_cycle(job, state)
+            if job.settlement is None:
+                me = lookup(self._threads, thread)
+                cycle = None if me is None else self._find_cycle(job, me)
                 if cycle is not None:
                     self._settle(cycle)
-                if job.resolution is None:
-                    if job.owner is state:
+                if job.settlement is None:
+                    if job.owner is me:
                         # A fallback-less query on my own stack, on a cycle settled through a
                         # fallback: waiting for it would wait for myself. Unwind to it.
                         assert cycle is not None
                         error = CycleError(canonical_cycle([j.qkey for j in cycle]))
                         return Memo(ERROR, error, None, job.revision, job.revision, LOW)
-                    if state is None:
-                        state = self._runners[runner] = _RunnerState(runner)
-                    state.waiting = job  # its chain reaches a running or settled job
+                    if me is None:
+                        me = self._threads[thread] = _ThreadJobs(thread)
+                    me.waiting = job  # its chain reaches a running or settled job
         start = time.perf_counter()
         self._sleep(job)
         waited = time.perf_counter() - start
         with self._graph_lock:
-            if state is not None:
-                state.waiting = None
+            if me is not None:
+                me.waiting = None
         with self._shard(job.slot):
             self._counts(job.slot, name).wait += waited
-        assert job.outcome is not None  # set before the latch opened
-        return job.outcome
+        assert job.result is not None  # set before the latch opened
+        return job.result
 
     def _sleep(self, job: _Job) -> None:
         """Wait for *job*'s latch; if its owner's process dies first, abandon it for them."""
-        owner_pid = job.owner.ident[0]
+        owner_pid = job.owner.thread[0]
         latch = job.latch
         assert latch is not None  # made by claim before it waits
         while not latch.wait(_OWNER_CHECK):
@@ -590,7 +686,7 @@ class JobTable:
     def _abandon_dead(self, job: _Job) -> None:
         name, key = job.qkey
         error = WorkerCrashed(
-            f"the worker process (pid {job.owner.ident[0]}) executing query {name}{key!r} "
+            f"the worker process (pid {job.owner.thread[0]}) executing query {name}{key!r} "
             "died; nothing was memoized, so asking again executes it again"
         )
         shard = hash(job.slot) % _SHARDS
@@ -598,13 +694,13 @@ class JobTable:
             if lookup(self._jobs[shard], job.slot) is not job:
                 return  # published meanwhile
             del self._jobs[shard][job.slot]
-            job.outcome = Memo(ERROR_ONCE, error, None, job.revision, job.revision)
+            job.result = Memo(ERROR_ONCE, error, None, job.revision, job.revision)
         with self._graph_lock:
-            self._runners.pop(job.owner.ident, None)
+            self._threads.pop(job.owner.thread, None)
         assert job.latch is not None  # a waiter is here
         job.latch.set()
 
-    def _find_cycle(self, job: _Job, me: _RunnerState) -> list[_Job] | None:
+    def _find_cycle(self, job: _Job, me: _ThreadJobs) -> list[_Job] | None:
         """The jobs on the cycle that waiting for *job* would close, or None (graph_lock held).
 
         Follows owner -> the job that owner waits for -> its owner... back to *me*. The cycle is
@@ -615,7 +711,7 @@ class JobTable:
         current = job
         seen: set[int] = set()
         while True:
-            if current.resolution is not None:
+            if current.settlement is not None:
                 return None  # settled: waiting for it ends at once
             owner = current.owner
             if owner is not me and owner.waiting is None:
@@ -646,6 +742,7 @@ class JobTable:
         error = CycleError(canonical_cycle([job.qkey for job in cycle]))
         with_fallback = [job for job in cycle if self._fallbacks[job.qkey[0]]]
         for job in with_fallback or cycle:
+            state: MemoState
             if self._fallbacks[job.qkey[0]]:
                 state, value = FALLBACK, None
             else:
@@ -653,13 +750,13 @@ class JobTable:
             old = job.old
             same = (
                 old is not None
-                and old.state == state
-                and (state == FALLBACK or _same_cycle(old.value, error))
+                and old.state is state
+                and (state is FALLBACK or _same_cycle(old.value, error))
             )
             changed_at = old.changed_at if same and old is not None else job.revision
             memo = Memo(state, value, None, job.revision, changed_at, LOW)
             with self._shard(job.slot):
-                job.resolution = job.outcome = memo
+                job.settlement = job.result = memo
                 if job.slot == job.qkey:
                     self.memos[job.qkey[0]][job.qkey[1]] = memo
                 else:

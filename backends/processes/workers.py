@@ -1,0 +1,172 @@
+"""The worker processes of the processes backend: the pool, and what runs in each worker.
+
+Parallel work (``submit``, ``map_chunks``, ``broadcast``) runs in a pool of spawned worker
+processes (a :class:`concurrent.futures.ProcessPoolExecutor`); tasks and their outcomes travel
+with cloudpickle. See docs/architecture.md#the-processes-backend-one-module-per-process-role.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING, Any, cast
+
+import cloudpickle  # type: ignore[import-untyped]
+
+from dualmode.backend import Outcome
+from dualmode.errors import WorkerCrashed
+
+from . import mp_internals
+from .primitives import publish_all
+
+if TYPE_CHECKING:
+    from .backend import ProcessesBackend
+
+__all__ = ["WorkerPool", "dumps_task", "in_worker", "unpicklable"]
+
+
+_in_worker = False  # True in a pool worker process: nested parallel calls run inline there
+
+
+def in_worker() -> bool:
+    """Whether this process is a pool worker (nested parallel calls run inline there)."""
+    return _in_worker
+
+
+def _init_worker(backend: ProcessesBackend) -> None:
+    """Start-up of a pool worker: the pool's backend is current here, and runs inline."""
+    global _in_worker
+    _in_worker = True
+    from dualmode.config import configure
+
+    configure(backend)
+
+
+def _with_worker_traceback(outcome: Outcome) -> Outcome:
+    """A failure keeps its type and message; a note carries the worker's traceback text
+    (notes survive pickling, unlike ``__traceback__`` and ``__cause__``)."""
+    ok, value = outcome
+    if not ok:
+        text = "".join(traceback.format_exception(value)).rstrip()
+        value.add_note(f"[traceback in dualmode worker process {os.getpid()}]\n{text}")
+    return outcome
+
+
+def _picklable_outcome(outcome: Outcome) -> Outcome:
+    """The outcome, or a TypeError saying why its value or exception cannot travel back."""
+    try:
+        cloudpickle.dumps(outcome)
+    except Exception as exc:
+        ok, value = outcome
+        what = "the result" if ok else f"the exception {type(value).__name__}({value})"
+        return False, TypeError(
+            f"{what} could not be pickled to send back from worker process {os.getpid()}: "
+            f"{type(exc).__name__}: {exc}"
+        )
+    return outcome
+
+
+def _run_task(payload: bytes) -> bytes:
+    """Run one task in a pool worker: ``(fn, args, chunk)`` in, its Outcome(s) out.
+
+    Both directions use cloudpickle, so lambdas, closures and dynamically made classes travel.
+    The WorkerLocal values this process holds are published after every task.
+    """
+    fn, args, is_chunk = cloudpickle.loads(payload)
+    result = fn(*args)
+    outcomes: list[Outcome] = result if is_chunk else [result]
+    outcomes = [_with_worker_traceback(o) for o in outcomes]
+    publish_all()
+    try:
+        return cast(bytes, cloudpickle.dumps(outcomes if is_chunk else outcomes[0]))
+    except Exception:  # find the outcomes that cannot travel and say why, keep the rest
+        fixed = [_picklable_outcome(o) for o in outcomes]
+        return cast(bytes, cloudpickle.dumps(fixed if is_chunk else fixed[0]))
+
+
+def unpicklable(what: str, obj: object, exc: Exception) -> TypeError:
+    return TypeError(
+        f"{what} ({type(obj).__module__}.{type(obj).__qualname__}) cannot be pickled to send "
+        f"to a worker process: {type(exc).__name__}: {exc}. Pass picklable data (module-level "
+        "functions, lambdas and closures are fine), or use the threads backend"
+    )
+
+
+def dumps_task(fn: Callable[..., Any], args: tuple[Any, ...], *, is_chunk: bool) -> bytes:
+    """Pickle a task; a TypeError names the function or the argument that cannot travel."""
+    try:
+        return cast(bytes, cloudpickle.dumps((fn, args, is_chunk)))
+    except Exception as exc:
+        error = exc
+    for what, obj in [("the function", fn), *((f"argument {i}", a) for i, a in enumerate(args))]:
+        try:
+            cloudpickle.dumps(obj)
+        except Exception as exc:
+            raise unpicklable(what, obj, exc) from exc
+    raise TypeError(f"the task cannot be pickled to send to a worker process: {error}")
+
+
+class WorkerPool:
+    """Spawned worker processes (a ProcessPoolExecutor) that run tasks sent with cloudpickle.
+
+    Started on first use. A worker that dies fails the tasks it held with WorkerCrashed
+    (never the others' results) and the pool is replaced for later calls.
+    """
+
+    def __init__(self, backend: ProcessesBackend) -> None:
+        self._backend = backend
+        self._lock = threading.Lock()
+        self._executor: ProcessPoolExecutor | None = None
+
+    def _live_executor(self) -> ProcessPoolExecutor:
+        with self._lock:
+            executor = self._executor
+            if executor is None or mp_internals.is_broken(executor):
+                mp_internals.leave_if_rerunning_main()
+                # The workers' initializer carries the backend, which starts its coordinator
+                # when pickled: start it here, so a failure is raised from here.
+                self._backend._link()
+                if executor is not None:
+                    # Its manager thread fails every future it holds with BrokenProcessPool;
+                    # cancelling would race that, and turn another caller's into CancelledError.
+                    executor.shutdown(wait=False)
+                executor = mp_internals.worker_pool(
+                    self._backend.workers, initializer=_init_worker, initargs=(self._backend,)
+                )
+                self._executor = executor
+            return executor
+
+    def submit(self, payload: bytes) -> Future[Any]:
+        """Send one pickled task; the returned future holds its unpickled Outcome(s)."""
+        result: Future[Any] = Future()
+        try:
+            sent = self._live_executor().submit(_run_task, payload)
+        except BrokenProcessPool:  # broke between the check and the submit: once more
+            sent = self._live_executor().submit(_run_task, payload)
+        sent.add_done_callback(functools.partial(self._settle, result))
+        return result
+
+    @staticmethod
+    def _settle(result: Future[Any], sent: Future[bytes]) -> None:
+        try:
+            result.set_result(cloudpickle.loads(sent.result()))
+        except BrokenProcessPool as exc:
+            result.set_exception(
+                WorkerCrashed(
+                    "a dualmode worker process died while running this task (killed, out of "
+                    f"memory, or os._exit in the task): {exc}"
+                )
+            )
+        except BaseException as exc:
+            result.set_exception(exc)
+
+    def close(self) -> None:
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)

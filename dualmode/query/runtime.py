@@ -1,0 +1,384 @@
+"""The query runtime: one database's client of its job table, in one process.
+
+It keeps the revision this process is in and each thread's state (``dualmode.query.hits``),
+and brings a (query, key) up to date on a miss, in salsa's steps:
+
+- **fetch** (:meth:`Runtime.fetch`): the thread's own copy of the memo, else one this process
+  may read without a claim (:meth:`Runtime.fetch_hot`), else a claim
+  (:meth:`Runtime.fetch_cold`): the table answers with a memo, or makes this thread the owner;
+- **verify** (``dualmode.query.verify``): an owner given an older revision's memo checks what
+  it read, in order; if nothing changed the memo is green and the body does not run;
+- **execute** (``dualmode.query.execute``): otherwise the body runs, its reads recorded;
+- **backdate** (``dualmode.query.backdate``): a result equal to the old one keeps the old
+  "changed" revision, so what depends on it stays green;
+
+and the owner publishes the memo, which wakes the threads waiting for it. What differs
+between a table in this process and one in another is behind :class:`JobTable`. See
+``docs/architecture.md#the-query-protocol``.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Hashable, Iterable
+from threading import get_ident
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..errors import Cancelled, WrongThreadError
+from . import verify
+from .backdate import backdate
+from .execute import execute
+from .hits import BoundQuery, Frame, ThreadState
+from .job_table import Claim, HitCounts, JobTable, Verdict
+from .memo import Memo, MemoState
+from .stats import DatabaseStats, QueryStats, RevisionStats
+
+if TYPE_CHECKING:
+    from .database import Database, _QueryDescriptor
+
+__all__ = ["Runtime"]
+
+T = TypeVar("T")
+OK, ERROR, FALLBACK, ERROR_ONCE = (
+    MemoState.OK,
+    MemoState.ERROR,
+    MemoState.FALLBACK,
+    MemoState.ERROR_ONCE,
+)
+MEMO, STALE = Claim.MEMO, Claim.STALE  # globals: see dualmode.query.job_table
+GREEN, EXECUTED, BACKDATED = Verdict.GREEN, Verdict.EXECUTED, Verdict.BACKDATED
+
+# Chunks per worker for prefetch: more than par_map's default, because how long a key takes
+# varies more (its dependencies may be done already, or a long chain), and a chunk left for
+# one worker at the end idles the others. Chosen with benchmarks/bench_query.py.
+_PREFETCH_CHUNKS_PER_WORKER = 16
+
+
+class Runtime:
+    """One database's queries in this process: thread states, revisions, and the miss path.
+
+    *home*: the thread the database belongs to, for a database on a backend that is not
+    parallel (serial): every other thread that uses it gets WrongThreadError, as serial
+    primitives do. None: any thread may use it.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        queries: list[_QueryDescriptor[Any]],
+        inputs: frozenset[str],
+        table: JobTable,
+        revision: int = 1,
+        home: int | None = None,
+    ) -> None:
+        self.db = db
+        self.table = table
+        self.queries = {q.name: q for q in queries}
+        self.index = {q.name: i for i, q in enumerate(queries)}
+        self.inputs = inputs
+        table.attach(list(self.queries), self.unreported_hits)
+        self.memos = table.memos  # what threads may read without a claim
+        self.scope = table.scope  # where local=True memos are kept
+        self.home = home
+        self.revision = revision  # the newest revision this process knows of
+        self.revision_lock = threading.Lock()
+        self.local = threading.local()  # .state: this thread's ThreadState
+        self.reported: dict[int, list[int]] = {}  # hits reported, per id(thread state)
+        self.states: list[ThreadState] = []  # kept after their threads end: stats count them
+        self.states_lock = threading.Lock()
+
+    # -- threads and revisions -----------------------------------------------------------------
+
+    def thread(self) -> ThreadState:
+        """This thread's state, in the current revision unless a body of an older one runs."""
+        try:
+            thread: ThreadState = self.local.state
+        except AttributeError:
+            thread = self._new_thread()
+        self.install(thread)
+        return thread
+
+    def _new_thread(self) -> ThreadState:
+        if self.home is not None and self.home != get_ident():
+            raise WrongThreadError(
+                f"{self.db!r} was created by thread {self.home} and used from thread "
+                f"{get_ident()}: a database on the {self.db.backend.name} backend belongs to "
+                "the thread that created it, as that backend's primitives do. Use it from that "
+                "thread, or create it with a parallel backend (backend='threads') to share it"
+            )
+        thread = ThreadState(self, list(self.queries), self.revision)
+        self.local.state = thread
+        with self.states_lock:
+            self.states.append(thread)
+        return thread
+
+    def install(self, thread: ThreadState) -> None:
+        """Point this thread's bound queries at *thread*'s calls, in the current revision
+        unless a body runs.
+
+        Under the thread's lock, which :meth:`learn_revision` takes to reset them: either
+        the reset comes after these stores, or this reads the new revision. (Checking the
+        revision again after the stores, without a lock, is not enough: a thread's load may
+        pass its own earlier stores, and the old revision's calls stored after the reset
+        would serve stale values until the next revision.)"""
+        with thread.lock:
+            if not thread.stack and thread.revision != self.revision:
+                thread.advance(self.revision)
+            thread.switch()
+
+    def learn_revision(self, revision: int) -> None:
+        """Move this process to *revision*: every thread's next hit takes the slow path (its
+        bound queries are reset after the revision is published; see install)."""
+        with self.revision_lock:
+            if revision <= self.revision:
+                return
+            self.revision = revision
+        with self.states_lock:
+            states = list(self.states)
+        for thread in states:
+            with thread.lock:
+                for bound in list(thread.bound):
+                    bound._call = None
+
+    def stale(self, thread: ThreadState, revision: int) -> None:
+        """The table says *thread*'s revision is over: cancel its queries, or, between
+        queries, move it to the current revision."""
+        self.learn_revision(revision)
+        if thread.stack:
+            raise Cancelled(
+                f"an input of {self.db!r} changed (revision {thread.revision} -> {revision}) "
+                "while this query ran; ask again for the value from the new inputs"
+            )
+        self.install(thread)
+
+    # -- fetch ---------------------------------------------------------------------------------
+
+    def get(self, name: str, key: tuple[Any, ...], thread: ThreadState) -> Any:
+        """``name(*key)`` when *thread*'s own copy of the memos lacks it."""
+        memo = self.fetch(name, key, thread, mine=False)
+        if memo.state is OK:
+            return memo.value
+        raise memo.value
+
+    def fetch(
+        self, name: str, key: tuple[Any, ...], thread: ThreadState, mine: bool = True
+    ) -> Memo:
+        """The memo of ``name(*key)`` in *thread*'s revision: found, verified, or executed
+        (*mine*: look in the thread's own copy first). Raises Cancelled if an input changes
+        while it is brought up to date inside a running query."""
+        index = self.index[name]
+        memos = thread.memos[index]
+        if mine:
+            memo = memos.get(key)
+            if memo is not None:
+                return memo
+        while True:
+            found = self.fetch_hot(name, key, thread, index)
+            if found is None:
+                found = self.fetch_cold(name, key, thread)
+            if found is not None:
+                break
+            memos = thread.memos[index]  # a new revision: a new copy
+        if found.state is not OK:
+            if found.state is FALLBACK:
+                found = self._fallback(self.queries[name], key, found)
+            if found.state is ERROR_ONCE:
+                return found  # delivered, kept nowhere
+        memos[key] = found
+        return found
+
+    def fetch_hot(
+        self, name: str, key: tuple[Any, ...], thread: ThreadState, index: int
+    ) -> Memo | None:
+        """The memo of ``name(*key)`` from the memos this process may read without a claim,
+        if it is valid in the thread's revision (copied into the thread's own), else None."""
+        memos = self.memos[name]
+        if key not in memos:  # in and [], not .get: see dualmode.query.memo.lookup
+            return None
+        memo = memos[key]
+        revision = thread.revision
+        if memo.state is FALLBACK:
+            return None
+        if memo.verified_at != revision:
+            if not self.table.unchanged((name, key), memo, revision):
+                return None
+            thread.greens += 1  # green: nothing it read changed since it was verified
+        thread.hits[index] += 1
+        thread.memos[index][key] = memo
+        return memo
+
+    def fetch_cold(self, name: str, key: tuple[Any, ...], thread: ThreadState) -> Memo | None:
+        """Claim ``name(*key)``: the memo the table answers, or, as its owner, the memo this
+        thread brought up to date (:meth:`_update`). None if the thread's revision was over:
+        it has moved to the current one."""
+        descriptor = self.queries[name]
+        scope = self.scope if descriptor.local else None
+        kind, answer = self.table.claim(name, key, thread.id, thread.revision, scope)
+        if kind is MEMO:
+            return answer  # type: ignore[no-any-return]
+        if kind is STALE:
+            self.stale(thread, answer)
+            return None
+        return self._update(descriptor, key, thread, scope, answer)  # RUN or VERIFY
+
+    def _update(
+        self,
+        descriptor: _QueryDescriptor[Any],
+        key: tuple[Any, ...],
+        thread: ThreadState,
+        scope: Hashable | None,
+        old: Memo | None,
+    ) -> Memo:
+        """Bring a claimed (query, key) up to date in the thread's revision and publish it:
+        verify *old*; if a dependency changed (or there is no old memo), execute the body and
+        backdate the result. Abandons the claim if anything but the body raises (Cancelled,
+        KeyboardInterrupt...)."""
+        name = descriptor.name
+        revision = thread.revision
+        frame = Frame()
+        thread.enter(frame)  # verification's reads are cancelled with a new revision too
+        try:
+            green = (
+                old is not None
+                and not descriptor.volatile
+                and not verify.changed(self, old, thread)
+            )
+            if not green:
+                memo, elapsed, self_time = execute(self, descriptor, key, thread, frame)
+        except BaseException:
+            thread.leave()
+            self.table.abandon(name, key, thread.id, scope)
+            raise
+        thread.leave()
+        if green:
+            assert old is not None
+            memo = old.replace(verified_at=revision)
+            return self.table.publish(name, key, thread.id, memo, verdict=GREEN, scope=scope)
+        verdict = backdate(old, memo)
+        store = memo.state is OK or descriptor.cache_errors
+        if not store:
+            memo = memo.replace(state=ERROR_ONCE)
+        return self.table.publish(
+            name,
+            key,
+            thread.id,
+            memo,
+            store=store,
+            verdict=verdict,
+            elapsed=elapsed,
+            self_time=self_time,
+            scope=scope,
+        )
+
+    def _fallback(
+        self, descriptor: _QueryDescriptor[Any], key: tuple[Any, ...], memo: Memo
+    ) -> Memo:
+        """The value of a query settled by its ``cycle=`` fallback (computed by each reader)."""
+        assert descriptor.cycle is not None
+        try:
+            return memo.replace(state=OK, value=descriptor.cycle(self.db, *key))
+        except Exception as exc:
+            return memo.replace(state=ERROR, value=exc)
+
+    # -- what bound queries offer besides calls -------------------------------------------------
+
+    def peek(self, name: str, key: tuple[Any, ...]) -> Memo | None:
+        """The memo of ``name(*key)`` if it is valid in this process's revision (nothing is
+        computed; a fallback value is)."""
+        descriptor = self.queries[name]
+        scope = self.scope if descriptor.local else None
+        memo = self.table.peek(name, key, self.revision, scope)
+        if memo is not None and memo.state is FALLBACK:
+            memo = self._fallback(descriptor, key, memo)
+        return memo
+
+    def peek_value(self, name: str, key: tuple[Any, ...], default: Any) -> Any:
+        memo = self.peek(name, key)
+        if memo is None or memo.state is ERROR_ONCE:
+            return default
+        if memo.state is OK:
+            return memo.value
+        raise memo.value
+
+    async def async_get(self, bound: BoundQuery[T], key: tuple[Any, ...]) -> T:
+        """See :meth:`BoundQuery.async_get`."""
+        memo = self.peek(bound._binding._name, key)
+        if memo is not None and (memo.state is OK or memo.state is ERROR):
+            if memo.state is OK:
+                return memo.value  # type: ignore[no-any-return]
+            raise memo.value
+        # Imported on first use: sync-only programs never pay for anyio.
+        if self.home is not None:  # serial: this thread's database, computed on this thread
+            import anyio.lowlevel
+
+            await anyio.lowlevel.checkpoint()
+            return bound(*key)
+        import anyio.to_thread
+
+        call: Callable[[], T] = functools.partial(bound, *key)
+        return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+
+    def prefetch(self, name: str, keys: Iterable[Any]) -> None:
+        """Compute every missing key of query *name* in parallel on the database's backend."""
+        # Which keys are missing is for the workers to find: checked here, it would be work
+        # that the caller does alone while they wait.
+        wanted = [k if isinstance(k, tuple) else (k,) for k in keys]
+        if wanted:
+            from ..parallel import par_for_each
+
+            backend = self.db.backend
+            chunks = backend.workers * _PREFETCH_CHUNKS_PER_WORKER
+            chunksize = -(-len(wanted) // chunks)
+            one = functools.partial(_prefetch_one, self.db, name)
+            par_for_each(one, wanted, chunksize=chunksize, backend=backend)
+
+    # -- statistics ----------------------------------------------------------------------------
+
+    def _unreported(self, thread: ThreadState) -> HitCounts:
+        """*thread*'s hits the table has not counted yet (served from its own caches)."""
+        with self.states_lock:  # two callers must not both report the same hits
+            totals = thread.all_hits()
+            sent = self.reported.get(id(thread)) or [0] * len(totals)
+            self.reported[id(thread)] = totals
+        return [
+            (thread.names[i], n - m)
+            for i, (n, m) in enumerate(zip(totals, sent, strict=False))
+            if n > m
+        ]
+
+    def unreported_hits(self) -> HitCounts:
+        """The calling thread's hits the table has not counted yet (see JobTable.attach)."""
+        return self._unreported(self.local.state)
+
+    def stats(self) -> DatabaseStats:
+        with self.states_lock:
+            states = list(self.states)
+        for thread in states:  # this process's uncounted hits reach the table first
+            pending = self._unreported(thread)
+            if pending:
+                self.table.add_hits(pending)
+        counts, verdicts = self.table.stats()
+        queries = {name: QueryStats(*counts[name]) for name in self.index}
+        for thread in states:
+            greens = thread.past_greens.copy()
+            greens[thread.revision] = greens.get(thread.revision, 0) + thread.greens
+            for r, n in greens.items():
+                if n:
+                    verdicts.setdefault(r, dict.fromkeys(Verdict, 0))[GREEN] += n
+        revisions = {
+            r: RevisionStats(v[GREEN], v[EXECUTED] + v[BACKDATED], v[BACKDATED])
+            for r, v in sorted(verdicts.items())
+        }
+        return DatabaseStats(queries, revisions, self.revision)
+
+
+def _prefetch_one(db: Database, name: str, key: tuple[Any, ...]) -> None:
+    rt = db._runtime
+    while True:
+        try:
+            # Straight to the memo (no value: failures stay memoized for whoever asks).
+            rt.fetch(name, key, rt.thread())
+        except Cancelled:  # an input changed meanwhile: bring it up to date in the new one
+            continue
+        return

@@ -1,0 +1,109 @@
+"""Helpers the tests share for running code on several threads at once.
+
+A plain module, imported by name (pytest puts ``tests/`` on ``sys.path``), rather than
+``conftest.py``: a conftest is for fixtures and hooks, and importing one by name breaks once
+the repository has a second ``conftest.py`` (pytest imports each as ``conftest``). The fixtures
+built on these helpers are in ``tests/conftest.py``.
+
+Every wait here has a timeout, so a deadlock fails its test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: How long a test waits for a thread it started (or a condition) before failing: generous,
+#: the CI machines are small and shared.
+JOIN_TIMEOUT = 30.0
+
+
+def run_threads(n: int, target: Callable[[int], T]) -> list[T]:
+    """Run ``target(i)`` for i in range(n) on n threads released together (on a
+    ``threading.Barrier``, so they race from the first operation); return their results in
+    order, or re-raise the first failure."""
+    start = threading.Barrier(n)
+    results: list[Any] = [None] * n
+    errors: list[BaseException] = []
+
+    def body(i: int) -> None:
+        try:
+            start.wait()
+            results[i] = target(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=body, args=(i,), daemon=True) for i in range(n)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(JOIN_TIMEOUT)
+    assert not any(worker.is_alive() for worker in workers), "a worker thread hung"
+    if errors:
+        raise errors[0]
+    return results
+
+
+def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on a new thread: its result, or its exception raised here."""
+    return run_threads(1, lambda _: fn(*args))[0]
+
+
+def start_thread(fn: Callable[[], object]) -> threading.Thread:
+    """Start ``fn()`` on a daemon thread (join it with JOIN_TIMEOUT)."""
+    worker = threading.Thread(target=fn, daemon=True)
+    worker.start()
+    return worker
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = JOIN_TIMEOUT) -> None:
+    """Poll *predicate* every millisecond until it is true; fail after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition never became true"
+        time.sleep(0.001)
+
+
+@dataclass(frozen=True)
+class Stress:
+    """How hard a stress test pushes the parallel backend it runs on (the ``stress`` fixture).
+
+    A stress test repeats a round (fresh primitives, threads released together) many times,
+    each thread making many operations. On threads an operation costs well under a
+    microsecond; on processes every one is a round trip to the coordinator, about 50 us (and
+    each round's new threads open connections of their own). So on processes a test makes
+    :attr:`op_share` of its operations in :attr:`round_share` of its rounds: still tens to
+    hundreds of racing operations per thread per round, which is where races show (the
+    scheduling that exposes them happens at every round trip), in about the time the threads
+    run takes. ``ops(n)`` and ``rounds(n)`` never go below 1 (or a test's own minimum).
+    """
+
+    backend: str
+    op_share: float = 1.0
+    round_share: float = 1.0
+
+    @classmethod
+    def on(cls, backend: str) -> Stress:
+        """The sizing for *backend*: full on threads, scaled down on processes."""
+        if backend == "processes":
+            return cls(backend, op_share=0.25, round_share=0.5)
+        return cls(backend)
+
+    def ops(self, n: int, *, at_least: int = 1, multiple_of: int = 1) -> int:
+        """How many operations a test that makes *n* on threads makes here."""
+        scaled = max(at_least, round(n * self.op_share))
+        return -(-scaled // multiple_of) * multiple_of  # rounded up to a multiple
+
+    def rounds(self, n: int) -> int:
+        """How many rounds a test that runs *n* on threads runs here."""
+        return max(1, round(n * self.round_share))
+
+    def repeat(self, n: int, one_round: Callable[[], None]) -> None:
+        """Run ``one_round()`` ``rounds(n)`` times."""
+        for _ in range(self.rounds(n)):
+            one_round()

@@ -1,0 +1,31 @@
+"""Fixtures shared by dualmode's tests (the plain helpers are in ``_concurrency.py``).
+
+The ``dualmode_backend`` and ``dualmode_parallel_backend`` fixtures come from dualmode's own
+pytest plugin (``dualmode.pytest_plugin``), as they do for any project that installs dualmode.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import pytest
+from _concurrency import Stress
+
+
+@pytest.fixture
+def switch_often() -> Iterator[None]:
+    """On a GIL build, switch threads every 10 us rather than every 5 ms, so races show."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(interval)
+
+
+@pytest.fixture
+def stress(dualmode_parallel_backend: str, switch_often: None) -> Stress:
+    """A stress test's backend and sizing, once per selected parallel backend (threads,
+    processes; ``--dualmode-backend`` chooses, as for ``dualmode_backend``)."""
+    return Stress.on(dualmode_parallel_backend)
