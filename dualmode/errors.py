@@ -36,10 +36,10 @@ class BorrowError(RuntimeError):
 
 
 class WrongThreadError(RuntimeError):
-    """A serial-backend primitive was used from a thread other than the one that created it.
+    """A serial-backend primitive or Database was used from a thread other than its creator's.
 
-    Serial primitives carry no real lock, so sharing one between threads would be a data race.
-    Create the primitive under a parallel backend (``dm.use("threads")`` or
+    Serial primitives and serial databases carry no real lock, so sharing one between threads
+    would be a data race. Create it under a parallel backend (``dm.use("threads")`` or
     ``backend="threads"``) to share it between threads.
     """
 

@@ -9,11 +9,32 @@
 # The machines reach Debian's archive but not python.org, hence the deb-src route. The archive's
 # address is never written here: it is read from the machine's own apt configuration (the `deb`
 # entry that serves this release's Debian packages), through apt's own parser.
+#
+#   scripts/provision-python3.13t.sh                  build (or find) $PREFIX/bin/python3.13t
+#   scripts/provision-python3.13t.sh --print-archive  print the archive it would use, and exit
 set -euo pipefail
 
 PREFIX="${DUALMODE_PY313T_PREFIX:-/opt/python3.13t}"
 PY="$PREFIX/bin/python3.13t"
 SUITE="${DUALMODE_PY313T_SUITE:-trixie}"
+OS_RELEASE="${DUALMODE_OS_RELEASE:-/etc/os-release}"
+
+# The archive that serves this machine's Debian packages: apt's configured `deb` target whose
+# release is this system's codename (not -security, not -updates).
+debian_archive() {
+    local codename
+    codename="$(. "$OS_RELEASE" && echo "${VERSION_CODENAME:-}")"
+    apt-get indextargets --format '$(TARGET_OF) $(RELEASE) $(REPO_URI)' 2>/dev/null |
+        awk -v codename="$codename" '
+            $1 == "deb" && $2 == codename && found == "" { found = $3 }
+            $1 == "deb" && $2 !~ /-/ && fallback == "" { fallback = $3 }
+            END { print (found != "" ? found : fallback) }'
+}
+
+if [ "${1:-}" = "--print-archive" ]; then
+    debian_archive
+    exit 0
+fi
 
 if [ -x "$PY" ] && "$PY" -c 'import sys, ssl, sqlite3, ctypes; assert not sys._is_gil_enabled()' 2>/dev/null; then
     echo "free-threaded CPython already at $PY"
@@ -34,18 +55,6 @@ if [ "$(id -u)" -ne 0 ]; then
     fi
     SUDO="sudo"
 fi
-
-# The archive that serves this machine's Debian packages: apt's configured `deb` target whose
-# release is this system's codename (not -security, not -updates).
-debian_archive() {
-    local codename
-    codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
-    apt-get indextargets --format '$(TARGET_OF) $(RELEASE) $(REPO_URI)' 2>/dev/null |
-        awk -v codename="$codename" '
-            $1 == "deb" && $2 == codename && found == "" { found = $3 }
-            $1 == "deb" && $2 !~ /-/ && fallback == "" { fallback = $3 }
-            END { print (found != "" ? found : fallback) }'
-}
 
 SRC_LIST=/etc/apt/sources.list.d/dualmode-python-src.sources
 if [ ! -f "$SRC_LIST" ]; then
