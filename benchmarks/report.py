@@ -40,16 +40,22 @@ def timed(fn: Callable[[], object]) -> Callable[[], float]:
     return run
 
 
+def best_of_turns(fns: Sequence[Callable[[], float]], repeats: int = 5) -> tuple[float, ...]:
+    """The best of *repeats* runs of each of *fns*, run in turn (a, b, c, a, b, c...) so that a
+    noisy spell of a shared machine falls on every side of a ratio. Each returns the seconds it
+    measured (see :func:`timed`)."""
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            best[i] = min(best[i], fn())
+    return tuple(best)
+
+
 def best_of_pairs(
     a: Callable[[], float], b: Callable[[], float], repeats: int = 5
 ) -> tuple[float, float]:
-    """The best of *repeats* runs of *a* and of *b*, run in turn (a, b, a, b...) so that a
-    noisy spell of a shared machine falls on both sides of the ratio. Each returns the
-    seconds it measured (see :func:`timed`)."""
-    best_a = best_b = float("inf")
-    for _ in range(repeats):
-        best_a = min(best_a, a())
-        best_b = min(best_b, b())
+    """:func:`best_of_turns` of *a* and *b*: their best times, in that order."""
+    best_a, best_b = best_of_turns((a, b), repeats)
     return best_a, best_b
 
 

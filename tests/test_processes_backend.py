@@ -8,6 +8,7 @@ asserts on elapsed time.
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import multiprocessing
 import os
@@ -514,6 +515,7 @@ def test_a_worker_dying_under_two_callers_fails_both_and_never_hangs() -> None:
             for caller in callers:
                 caller.join(hang)
             if any(caller.is_alive() for caller in callers):
+                faulthandler.dump_traceback(all_threads=True)  # where it waits, in the report
                 _unstick_pool_workers()
                 pytest.fail(f"run {run}: prefetch still waiting after {hang} s")
             for outcome in outcomes:

@@ -25,7 +25,6 @@ from dualmode.errors import WorkerCrashed
 
 from . import mp_internals
 from .coordinator import Manager, init_coordinator
-from .job_table import JobTable
 from .link import Link, forget_link, link_for
 from .primitives import (
     AtomicInt,
@@ -45,6 +44,7 @@ from .primitives import (
     ShardedDict,
     WorkerLocal,
 )
+from .table_server import SharedJobTable
 from .workers import WorkerPool, dumps_task, in_worker, unpicklable
 
 __all__ = ["ProcessesBackend"]
@@ -331,8 +331,10 @@ class ProcessesBackend(Backend):
 
     def create_job_table(
         self, fallbacks: dict[str, bool], volatile: frozenset[str] = frozenset()
-    ) -> JobTable:
-        return self._host(JobTable, fallbacks, volatile)
+    ) -> SharedJobTable:
+        # Kept in this process and served to the others (see .table_server): a program whose
+        # queries run here alone pays no round trip.
+        return SharedJobTable(fallbacks, volatile)
 
 
 def _after_barrier(meeting: Barrier, fn: Callable[[], T]) -> T:

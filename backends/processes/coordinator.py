@@ -17,11 +17,8 @@ from multiprocessing import parent_process
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from dualmode.query import job_table
-
 from .. import threads
 from . import link, mp_internals, primitives
-from .job_table import JobTable
 
 __all__ = ["Coordinator", "Manager", "init_coordinator"]
 
@@ -194,8 +191,6 @@ def _host_condition(lock_ident: str | None) -> threads.Condition:
 
 def _host(typeid: str, *args: Any) -> object:
     """Build the hosted object for *typeid* (runs in the coordinator, from Server.create)."""
-    if typeid == "JobTable":
-        return job_table.InProcessJobTable(*args)
     if typeid == "WorkerLocal":
         return _WorkerLocalStore(*args)
     if typeid == "Condition":
@@ -223,7 +218,6 @@ _CLIENT_CLASSES: tuple[type[primitives.Hosted], ...] = (
     primitives.ShardedDict,
     primitives.FreezeLock,
     primitives.Queue,
-    JobTable,
 )
 for _cls in _CLIENT_CLASSES:
     Manager.register(

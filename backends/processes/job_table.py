@@ -1,65 +1,178 @@
-"""The client of a query database's job table hosted in the coordinator.
+"""The client of a query database's job table, in every process but the one that owns it.
 
-The coordinator hosts the query engine's :class:`~dualmode.query.job_table.InProcessJobTable`;
-each process that has the database holds a :class:`JobTable`, its implementation of the
-:class:`dualmode.query.job_table.JobTable` protocol (see "The query protocol" and "The
-processes backend: one module per process role" in docs/architecture.md).
+The process that creates a database on the processes backend keeps its job table
+(``.table_server.SharedJobTable``) and serves it to the others; each other process that
+has the database holds a :class:`RemoteJobTable`, its implementation of the
+:class:`dualmode.query.job_table.JobTable` protocol, whose requests go to the owner over this
+thread's own connection (see "The query protocol" and "The processes backend: one module per
+process role" in docs/architecture.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Hashable, Iterable, Mapping
+import pickle
+import threading
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from multiprocessing import current_process
+from multiprocessing.connection import Client, Connection
 from typing import Any, cast
 
-import cloudpickle  # type: ignore[import-untyped]
-
+from dualmode.errors import WorkerCrashed
 from dualmode.query.job_table import (
     Claim,
     HitCounts,
     InputCheck,
     InputState,
+    JobTable,
     TableStats,
     Verdict,
 )
 from dualmode.query.memo import LOW, Memo, MemoState, QKey, ThreadId, lookup
 
-from .primitives import Hosted
+from .packing import cannot_travel, pack_memo, pack_value, unpack_memo, unpack_value
+from .table_server import shared_table
 
-__all__ = ["JobTable"]
+__all__ = ["RemoteJobTable", "sync_job_tables"]
 
-OK, ERROR, ERROR_ONCE, RETRY = MemoState.OK, MemoState.ERROR, MemoState.ERROR_ONCE, MemoState.RETRY
+OK, ERROR_ONCE, RETRY = MemoState.OK, MemoState.ERROR_ONCE, MemoState.RETRY
+
+# One-way requests sent together while a prefetch chunk runs (see RemoteJobTable._event): a
+# message costs the two processes about as much as ten small publishes, and this bounds how
+# long a result waits on its way (a few ms of bodies).
+_BATCH = 64
 
 
-class JobTable(Hosted):
-    """A query database's job table, hosted in the coordinator, as one process uses it.
+class RemoteJobTable:
+    """A query database's job table, kept by the process that created the database, as
+    another process uses it.
 
     Every process that has the database asks the same table: claims, waits (with the
-    wait-for-graph cycle check, done in the coordinator) and memos are shared by all of them,
-    so each (query, key) executes once in the whole process tree. Values and exceptions travel
-    as cloudpickle bytes that only clients load: the coordinator never imports the user's
-    value classes. This client keeps this process's cache of the memos it has executed or
-    received (its :attr:`memos`), keeps ``local=True`` values here (the table holds a marker
-    for them), and sends the calling thread's hits that the table has not counted along with
-    each claim.
+    wait-for-graph cycle check, done in the owner) and memos are shared by all of them, so
+    each (query, key) executes once in the whole process tree. Values and exceptions travel
+    as cloudpickle bytes (``.packing``). This client keeps this process's cache of the memos
+    it has executed or received (its :attr:`memos`), keeps ``local=True`` values here (the
+    table holds a marker for them), and sends the calling thread's hits that the table has
+    not counted along with each claim.
     """
 
-    __slots__ = ("_memos", "_unreported")
     shared = True
-    extra_exposed = (
-        "abandon",
-        "add_hits",
-        "claim",
-        "finish",
-        "get_input",
-        "input_changes",
-        "peek",
-        "set_input",
-        "stats",
-    )
+
+    def __init__(self, address: Any, ident: str, owner_pid: int) -> None:
+        self._address = address
+        self._ident = ident
+        self._owner_pid = owner_pid
+        self._link = _link_to(address, owner_pid)
+        self._local = threading.local()  # .settled: see _settled
+
+    @classmethod
+    def connect(cls, address: Any, ident: str, owner_pid: int) -> JobTable:
+        """Unpickle a job table: the owner's own table in the owner, a client elsewhere."""
+        if owner_pid == os.getpid():
+            table = shared_table(ident)
+            if table is not None:
+                return table
+        return cls(address, ident, owner_pid)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return RemoteJobTable.connect, (self._address, self._ident, self._owner_pid)
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._ref.link.call(self._ref.ident, method, args, kwargs)
+        if getattr(self._local, "pending", None):
+            self._flush()  # the owner runs them first: this request may depend on them
+        return self._link.call(self._ident, method, args, kwargs)
+
+    # -- one-way requests, batched while a prefetch chunk runs -------------------------------
+
+    def _event(self, event: tuple[Any, ...]) -> None:
+        """A one-way request: sent now, or, inside :meth:`prefetching`, with the next
+        request, at the end of the chunk, or once ``_BATCH`` have gathered. A thread that
+        is about to wait sends them first (every wait is a claim), so a batch never holds
+        back a result that someone waits for while this thread waits too."""
+        local = self._local
+        pending: list[tuple[Any, ...]] | None = getattr(local, "pending", None)
+        if pending is None:
+            pending = local.pending = []
+        pending.append(event)
+        if not getattr(local, "batching", False) or len(pending) >= _BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        events = self._local.pending
+        self._local.pending = []
+        self._link.send(self._ident, "events", (events,), {})
+
+    def _reserve(
+        self, name: str, keys: list[tuple[Any, ...]], thread: ThreadId, revision: int
+    ) -> None:
+        """Claim *keys* for this thread in one request (see ``SharedJobTable.reserve``);
+        those given are this thread's reservations, to start when it comes to them."""
+        answers, news = self._call("reserve", name, keys, thread, revision, self._unreported())
+        if news:
+            self._learn(news)
+        reserved: dict[tuple[str, tuple[Any, ...]], tuple[int, Claim, Any]] = {}
+        for key, answer in zip(keys, answers, strict=True):
+            if answer is None:
+                continue  # another thread's job
+            kind, memo = answer
+            if kind is Claim.MEMO:
+                self._received(name, key, memo, None, old=False)
+            elif kind is not Claim.STALE:
+                if memo is not None:
+                    memo = self._received(name, key, memo, None, old=True)
+                reserved[(name, key)] = (revision, kind, memo)
+        self._local.reserved = reserved
+        if getattr(self._local, "started", None) is None:
+            self._local.started = []
+
+    def prefetching(
+        self, name: str, keys: list[tuple[Any, ...]], thread: ThreadId, revision: int
+    ) -> AbstractContextManager[None]:
+        """See :meth:`JobTable.prefetching`: the chunk's keys are claimed in one request
+        (reserved: see ``SharedJobTable.reserve``), each started without a round trip when
+        the thread comes to it, and what the thread publishes goes in batches."""
+        return self._prefetching(name, keys, thread, revision)
+
+    @contextlib.contextmanager
+    def _prefetching(
+        self, name: str, keys: list[tuple[Any, ...]], thread: ThreadId, revision: int
+    ) -> Iterator[None]:
+        local = self._local
+        self._reserve(name, keys, thread, revision)
+        local.batching = True
+        chunks = _chunk_tables()
+        chunks.add(self)
+        try:
+            yield
+        finally:
+            chunks.discard(self)
+            local.batching = False
+            self._give_way(thread)
+
+    def _release(self, thread: ThreadId) -> None:
+        """Give up this thread's unstarted reservations (the started ones reported first:
+        the owner must not give those up)."""
+        self._report_started(thread)
+        if getattr(self._local, "reserved", None):
+            self._local.reserved = {}
+            self._event(("release", thread))
+
+    def _report_started(self, thread: ThreadId) -> None:
+        started = getattr(self._local, "started", None)
+        if started:
+            for name, key in started:
+                self._event(("start", thread, name, key))
+            started.clear()
+
+    def _give_way(self, thread: ThreadId) -> None:
+        """Send all that this thread holds back: its reservations and its batched events.
+        Before the thread waits on another table (another database may be computed by the
+        threads that wait for these), and at the end of a chunk."""
+        self._release(thread)
+        if getattr(self._local, "pending", None):
+            self._flush()
 
     # -- this process's side -------------------------------------------------------------------
 
@@ -76,12 +189,12 @@ class JobTable(Hosted):
         self._unreported = unreported_hits
 
     def unchanged(self, qkey: QKey, memo: Memo, revision: int) -> bool:
-        return False  # only the coordinator knows: ask it with a claim
+        return False  # only the owner's table knows: ask it with a claim
 
     def _received(
         self, name: str, key: tuple[Any, ...], memo: Memo, scope: Hashable | None, old: bool
     ) -> Memo:
-        """A memo from the coordinator as this process uses it: unpacked and cached here (an
+        """A memo from the owner's table as this process uses it: unpacked and cached here (an
         *old* one, to be verified, is not cached); for a ``local=True`` query, the marker the
         table holds turned into this process's value."""
         if scope is not None and memo.state is OK:
@@ -92,7 +205,7 @@ class JobTable(Hosted):
                 # Cannot happen: a local=True memo is published only after it was cached here.
                 raise RuntimeError(f"query {name}{key!r}: its local=True value is lost")
             return mine.replace(verified_at=memo.verified_at, changed_at=memo.changed_at)
-        memo = _unpack(memo)
+        memo = unpack_memo(memo)
         if memo.state is not ERROR_ONCE and not old:
             self._memos[name][key] = memo
         return memo
@@ -107,10 +220,57 @@ class JobTable(Hosted):
         revision: int,
         scope: Hashable | None = None,
     ) -> tuple[Claim, Any]:
-        kind, answer = self._call("claim", name, key, thread, revision, scope, self._unreported())
+        reserved = getattr(self._local, "reserved", None)
+        if reserved:
+            mine = reserved.pop((name, key), None)
+            if mine is not None:
+                if mine[0] == revision:  # reserved for this thread: start it, no round trip
+                    # The owner learns of it with its publish, or before this thread's next
+                    # claim (which may wait, and the wait-for graph must see it running).
+                    self._local.started.append((name, key))
+                    return mine[1], mine[2]
+                reserved[(name, key)] = mine
+                self._release(thread)  # reserved in an older revision: give them all up
+        self._report_started(thread)  # this claim may wait: the wait-for graph must see them
+        for other in list(_chunk_tables()):
+            if other is not self:
+                other._give_way(thread)
+        kind, answer, news, settled, void = self._call(
+            "claim", name, key, thread, revision, scope, self._unreported()
+        )
+        if void:  # the owner gave up this thread's reservations while it waited
+            voided = self._local.reserved
+            self._local.reserved = {}
+            if voided and getattr(self._local, "batching", False):
+                # Still in the chunk: reserve what is left of it again, in one request.
+                chunk_name = next(iter(voided))[0]
+                self._reserve(chunk_name, [k for _, k in voided], thread, revision)
+        if news:
+            self._learn(news)
+        if settled:
+            mine = self._settled()
+            for settled_name, settled_key, memo in settled:
+                mine[(settled_name, settled_key)] = memo
         if kind is Claim.MEMO or kind is Claim.VERIFY:
             answer = self._received(name, key, answer, scope, old=kind is Claim.VERIFY)
         return kind, answer
+
+    def _learn(self, news: list[Any]) -> None:
+        """Cache the results the other processes published (sent along with a claim): a
+        query that reads one of them finds it here, with no claim."""
+        for _pid, name, key, memo in news:
+            memos = self._memos[name]
+            if lookup(memos, key) is None:
+                memos[key] = unpack_memo(memo)
+
+    def _settled(self) -> dict[tuple[str, tuple[Any, ...]], Memo]:
+        """The calling thread's jobs that a cycle settled while they ran, as the table said
+        in its claim replies: their settlement replaces what their bodies give."""
+        try:
+            settled: dict[tuple[str, tuple[Any, ...]], Memo] = self._local.settled
+        except AttributeError:
+            settled = self._local.settled = {}
+        return settled
 
     def publish(
         self,
@@ -128,27 +288,24 @@ class JobTable(Hosted):
         if verdict is Verdict.GREEN:
             if scope is None:
                 self._memos[name][key] = memo
-            shipped = memo.replace(value=None)  # the coordinator re-stamps the one it has
+            shipped = memo.replace(value=None)  # the owner's table re-stamps the one it has
         else:
             if store and scope is not None:
                 # The value stays here and the table gets a marker: threads of this process
                 # that wait for it read it from here, so it is cached before it is published.
                 self._memos[name][key] = memo
-            shipped, failed = _pack(memo, keep_value=scope is None)
-            if failed:  # the value cannot travel: this caller gets the same error as the others
-                memo = _unpack(shipped)
-        settlement = self._call(
-            "finish",
-            name,
-            key,
-            thread,
-            shipped,
-            store=store,
-            verdict=verdict,
-            elapsed=elapsed,
-            self_time=self_time,
-            scope=scope,
+            try:
+                shipped = pack_memo(memo, keep_value=scope is None)
+            except TypeError as exc:  # it cannot travel: this caller gets the others' error
+                memo = cannot_travel(memo, exc)
+                shipped = pack_memo(memo)
+        # One way: a settlement of this job would have come with one of this thread's claims
+        # (only a claim of this thread waits while its jobs run, and cycles are settled then).
+        self._forget_started(name, key)
+        self._event(
+            ("finish", name, key, thread, shipped, store, verdict, elapsed, self_time, scope)
         )
+        settlement = self._settled().pop((name, key), None) if self._has_settled() else None
         if settlement is not None:  # a cycle through this query was settled meanwhile
             return self._received(name, key, settlement, scope, old=False)
         if store and verdict is not Verdict.GREEN:
@@ -158,7 +315,19 @@ class JobTable(Hosted):
     def abandon(
         self, name: str, key: tuple[Any, ...], thread: ThreadId, scope: Hashable | None = None
     ) -> None:
-        self._call("abandon", name, key, thread, scope)
+        self._forget_started(name, key)
+        self._event(("abandon", name, key, thread, scope))
+        if self._has_settled():
+            self._settled().pop((name, key), None)
+
+    def _forget_started(self, name: str, key: tuple[Any, ...]) -> None:
+        """A started reservation ends: its publish (or abandon) tells the owner it ran."""
+        started = getattr(self._local, "started", None)
+        if started and started[-1] == (name, key):
+            started.pop()
+
+    def _has_settled(self) -> bool:
+        return bool(getattr(self._local, "settled", None))
 
     def peek(
         self, name: str, key: tuple[Any, ...], revision: int, scope: Hashable | None = None
@@ -178,14 +347,14 @@ class JobTable(Hosted):
         return cast(TableStats, self._call("stats"))
 
     def set_input(self, name: str, key: Hashable, value: Any, durability: int = LOW) -> int:
-        return cast(int, self._call("set_input", name, key, _pack_value(value), durability))
+        return cast(int, self._call("set_input", name, key, pack_value(value), durability))
 
     def get_input(
         self, name: str, key: Hashable, revision: int
     ) -> tuple[InputState, Any, int, int]:
         state, value, changed_at, durability = self._call("get_input", name, key, revision)
         if state is InputState.SET:
-            value = cloudpickle.loads(value)
+            value = unpack_value(value)
         return state, value, changed_at, durability
 
     def input_changes(
@@ -194,34 +363,110 @@ class JobTable(Hosted):
         return cast(tuple[InputCheck, int], self._call("input_changes", inputs, since, revision))
 
 
-def _pack(memo: Memo, keep_value: bool = True) -> tuple[Memo, bool]:
-    """*memo* with its value as bytes (or none, for a ``local=True`` value kept here), and
-    whether packing failed: then the memo holds the TypeError that says why, for the caller
-    as for everyone else."""
-    if memo.state is OK and not keep_value:
-        return memo.replace(value=None), False
-    if memo.state not in (OK, ERROR, ERROR_ONCE):
-        return memo, False
+class _TableLink:
+    """This process's connections to one process that serves job tables: one per thread,
+    since a server thread runs one client thread's requests in order (a claim that waits
+    holds its connection)."""
+
+    def __init__(self, address: Any, owner_pid: int) -> None:
+        self.address = address
+        self.owner_pid = owner_pid
+        self._tls = threading.local()
+
+    def call(self, ident: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # Pickled before the connection is touched: a key that does not pickle leaves it usable.
+        request = pickle.dumps((ident, method, args, kwargs), pickle.HIGHEST_PROTOCOL)
+        conn = self._connection()
+        try:
+            conn.send_bytes(request)
+            reply = conn.recv_bytes()
+        except (EOFError, OSError) as exc:
+            self._tls.conn = None
+            raise self._gone(exc) from exc
+        except BaseException:
+            self._tls.conn = None  # interrupted mid-exchange: the stream is out of step
+            conn.close()
+            raise
+        ok, value = pickle.loads(reply)
+        if ok:
+            return value
+        raise value
+
+    def send(self, ident: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """A one-way request: sent, not waited for (the server runs a thread's requests in
+        order, so this one is done before the thread's next request is looked at)."""
+        request = pickle.dumps((ident, method, args, kwargs), pickle.HIGHEST_PROTOCOL)
+        conn = self._connection()
+        try:
+            conn.send_bytes(request)
+        except OSError as exc:
+            self._tls.conn = None
+            raise self._gone(exc) from exc
+        self._tls.unsynced = ident
+
+    def sync(self) -> None:
+        """Wait until the server has run this thread's one-way requests."""
+        ident = getattr(self._tls, "unsynced", None)
+        if ident is not None:
+            self._tls.unsynced = None
+            self.call(ident, "sync", (), {})
+
+    def _connection(self) -> Connection:
+        conn: Connection | None = getattr(self._tls, "conn", None)
+        if conn is None:
+            try:
+                conn = Client(self.address, family="AF_UNIX", authkey=current_process().authkey)
+            except (OSError, EOFError) as exc:
+                raise self._gone(exc) from exc
+            self._tls.conn = conn
+        return conn
+
+    def _gone(self, exc: BaseException) -> WorkerCrashed:
+        return WorkerCrashed(
+            f"the process that created this database (pid {self.owner_pid}) and keeps its "
+            f"job table cannot be reached ({type(exc).__name__}: {exc}): it has exited or "
+            "crashed; a database on the processes backend lives as long as that process"
+        )
+
+
+_links: dict[Any, _TableLink] = {}
+_links_lock = threading.Lock()
+
+
+def _link_to(address: Any, owner_pid: int) -> _TableLink:
+    with _links_lock:
+        link = _links.get(address)
+        if link is None:
+            link = _links[address] = _TableLink(address, owner_pid)
+        return link
+
+
+_chunks = threading.local()
+
+
+def _chunk_tables() -> set[RemoteJobTable]:
+    """The tables whose prefetch chunk this thread is in (see RemoteJobTable._give_way)."""
     try:
-        return memo.replace(value=_pack_value(memo.value)), False
-    except TypeError as exc:
-        state = ERROR if memo.state is OK else memo.state
-        return memo.replace(state=state, value=_pack_value(TypeError(str(exc)))), True
+        tables: set[RemoteJobTable] = _chunks.tables
+    except AttributeError:
+        tables = _chunks.tables = set()
+    return tables
 
 
-def _unpack(memo: Memo) -> Memo:
-    if isinstance(memo.value, bytes) and memo.state in (OK, ERROR, ERROR_ONCE):
-        return memo.replace(value=cloudpickle.loads(memo.value))
-    return memo
+def sync_job_tables() -> None:
+    """Wait until the owners of the databases this thread used have run its one-way
+    requests (its publishes): called by a pool worker before it returns a task's result, so
+    that what the task computed is in the owner's table when the caller sees it done."""
+    with _links_lock:
+        links = list(_links.values())
+    for link in links:
+        link.sync()
 
 
-def _pack_value(value: Any) -> bytes:
-    try:
-        return cast(bytes, cloudpickle.dumps(value))
-    except Exception as exc:
-        raise TypeError(
-            f"{type(value).__module__}.{type(value).__qualname__} cannot be pickled to the "
-            f"coordinator that shares query results between processes ({type(exc).__name__}"
-            f": {exc}); return picklable data, or mark the query local=True to keep its "
-            "values in the process that computes them"
-        ) from exc
+def _forget_links_after_fork() -> None:
+    global _links_lock
+    _links.clear()  # a forked child shares no connection of its parent's
+    _links_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_links_after_fork)

@@ -22,6 +22,7 @@ from dualmode.backend import Outcome
 from dualmode.errors import WorkerCrashed
 
 from . import mp_internals
+from .job_table import sync_job_tables
 from .primitives import publish_all
 
 if TYPE_CHECKING:
@@ -75,13 +76,15 @@ def _run_task(payload: bytes) -> bytes:
     """Run one task in a pool worker: ``(fn, args, chunk)`` in, its Outcome(s) out.
 
     Both directions use cloudpickle, so lambdas, closures and dynamically made classes travel.
-    The WorkerLocal values this process holds are published after every task.
+    The WorkerLocal values this process holds are published after every task, and the job
+    tables this task published to have taken its results (``sync_job_tables``).
     """
     fn, args, is_chunk = cloudpickle.loads(payload)
     result = fn(*args)
     outcomes: list[Outcome] = result if is_chunk else [result]
     outcomes = [_with_worker_traceback(o) for o in outcomes]
     publish_all()
+    sync_job_tables()
     try:
         return cast(bytes, cloudpickle.dumps(outcomes if is_chunk else outcomes[0]))
     except Exception:  # find the outcomes that cannot travel and say why, keep the rest

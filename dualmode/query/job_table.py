@@ -27,11 +27,13 @@ its dependencies and executes the body again only if one of them changed.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from ..errors import CycleError, WorkerCrashed
@@ -190,6 +192,14 @@ class JobTable(Protocol):
         again (and so executes it itself)."""
         ...
 
+    def prefetching(
+        self, name: str, keys: list[tuple[Any, ...]], thread: ThreadId, revision: int
+    ) -> AbstractContextManager[None]:
+        """Around *thread*'s prefetch of *keys* of query *name*, one chunk: a table in
+        another process may claim them all in one request and take what the thread publishes
+        in batches. A table in this process does nothing."""
+        ...
+
     def peek(
         self, name: str, key: tuple[Any, ...], revision: int, scope: Hashable | None = None
     ) -> Memo | None:
@@ -288,7 +298,18 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether *pid* has exited but is not reaped yet: the process that created a database
+    on processes is its workers' parent, and a worker killed there stays a zombie until its
+    pool reaps it (Linux's /proc says so; elsewhere, False)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _no_verdicts() -> dict[Verdict, int]:
@@ -305,7 +326,7 @@ class InProcessJobTable:
     """
 
     shared = False
-    scope = None
+    scope: Hashable | None = None
 
     def __init__(self, fallbacks: dict[str, bool], volatile: Iterable[str] = ()) -> None:
         self._fallbacks = dict(fallbacks)
@@ -389,21 +410,10 @@ class InProcessJobTable:
             with self._locks[shard]:
                 memo = lookup(memos, memo_key)
                 if memo is not None:
-                    if memo.verified_at == revision:
+                    valid = self._valid(memo, qkey, revision, shard, memos, memo_key)
+                    if valid is not None:
                         counters.hits += 1
-                        return MEMO, memo
-                    if (
-                        memo.deps is not None
-                        and self._marked == revision
-                        and (
-                            lookup(self._dirty, qkey, 0) <= memo.verified_at
-                            or self._last_changed[memo.durability] <= memo.verified_at
-                        )
-                    ):
-                        memo = memos[memo_key] = memo.replace(verified_at=revision)
-                        self._count(shard, revision, GREEN)
-                        counters.hits += 1
-                        return MEMO, memo
+                        return MEMO, valid
                 counters.misses += 1
                 jobs = self._jobs[shard]
                 job = lookup(jobs, slot)
@@ -418,10 +428,42 @@ class InProcessJobTable:
                     job.latch = threading.Event()
                     if job.result is not None:  # settled already
                         job.latch.set()
+            self._before_wait(thread)
             result = self._wait(job, thread)
             if job.revision == revision and result.state is not RETRY:
                 return MEMO, result
             # An older revision's job, or an abandoned one: look again.
+
+    def _valid(
+        self,
+        memo: Memo,
+        qkey: QKey,
+        revision: int,
+        shard: int,
+        memos: dict[Any, Memo],
+        memo_key: Any,
+    ) -> Memo | None:
+        """*memo* valid in *revision*: verified in it, or found green without looking at its
+        dependencies (then re-stamped and counted GREEN); else None. The shard's lock held."""
+        if memo.verified_at == revision:
+            return memo
+        if (
+            memo.deps is not None
+            and self._marked == revision
+            and (
+                lookup(self._dirty, qkey, 0) <= memo.verified_at
+                or self._last_changed[memo.durability] <= memo.verified_at
+            )
+        ):
+            memo = memos[memo_key] = memo.replace(verified_at=revision)
+            self._count(shard, revision, GREEN)
+            return memo
+        return None
+
+    def _before_wait(self, thread: ThreadId) -> None:
+        """Called when *thread*'s claim is about to wait for another's job: a subclass that
+        lets a thread hold jobs it has not started gives them up here (a thread that waits
+        while others wait for its unstarted jobs would deadlock them)."""
 
     def unchanged(self, qkey: QKey, memo: Memo, revision: int) -> bool:
         """See :meth:`JobTable.unchanged`. Takes no lock: the dirty marks and revisions it
@@ -495,25 +537,17 @@ class InProcessJobTable:
             latch.set()
         return given if settlement is None else settlement
 
-    def finish(
-        self,
-        name: str,
-        key: tuple[Any, ...],
-        thread: ThreadId,
-        memo: Memo,
-        **options: Any,
-    ) -> Memo | None:
-        """:meth:`publish`, answering only the settlement that overrides *memo* (None when
-        *memo* stands): what a client in another process asks, so that no value travels
-        back."""
-        result = self.publish(name, key, thread, memo, **options)
-        return None if result is memo else result
-
     def abandon(
         self, name: str, key: tuple[Any, ...], thread: ThreadId, scope: Hashable | None = None
     ) -> None:
         """See :meth:`JobTable.abandon`."""
         self.publish(name, key, thread, Memo(RETRY, None), store=False, verdict=None, scope=scope)
+
+    def prefetching(
+        self, name: str, keys: list[tuple[Any, ...]], thread: ThreadId, revision: int
+    ) -> AbstractContextManager[None]:
+        """See :meth:`JobTable.prefetching`: nothing to do, claims cost no round trip here."""
+        return contextlib.nullcontext()
 
     def add_hits(self, hits: Iterable[tuple[str, int]]) -> None:
         """Count hits that clients served from their own caches."""

@@ -19,6 +19,7 @@ between a table in this process and one in another is behind :class:`JobTable`. 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from collections.abc import Callable, Hashable, Iterable
@@ -328,10 +329,10 @@ class Runtime:
             from ..parallel import par_for_each
 
             backend = self.db.backend
-            chunks = backend.workers * _PREFETCH_CHUNKS_PER_WORKER
-            chunksize = -(-len(wanted) // chunks)
-            one = functools.partial(_prefetch_one, self.db, name)
-            par_for_each(one, wanted, chunksize=chunksize, backend=backend)
+            size = -(-len(wanted) // (backend.workers * _PREFETCH_CHUNKS_PER_WORKER))
+            chunks = [wanted[i : i + size] for i in range(0, len(wanted), size)]
+            chunk = functools.partial(_prefetch_chunk, self.db, name)
+            par_for_each(chunk, chunks, chunksize=1, backend=backend)
 
     # -- statistics ----------------------------------------------------------------------------
 
@@ -371,6 +372,21 @@ class Runtime:
             for r, v in sorted(verdicts.items())
         }
         return DatabaseStats(queries, revisions, self.revision)
+
+
+def _prefetch_chunk(db: Database, name: str, keys: list[tuple[Any, ...]]) -> None:
+    """Bring *keys* of query *name* up to date, on one worker (see JobTable.prefetching)."""
+    rt = db._runtime
+    thread = rt.thread()
+    local = rt.queries[name].local
+    chunk = (
+        contextlib.nullcontext()
+        if local
+        else rt.table.prefetching(name, keys, thread.id, thread.revision)
+    )
+    with chunk:
+        for key in keys:
+            _prefetch_one(db, name, key)
 
 
 def _prefetch_one(db: Database, name: str, key: tuple[Any, ...]) -> None:

@@ -1,0 +1,103 @@
+"""How query values travel between processes: as cloudpickle bytes inside a memo.
+
+A database's job table lives in the process that created it (see ``.table_server``); the
+other processes receive memos from it and publish memos to it with their values packed here,
+so that lambdas, closures and classes made at run time travel as par_map's tasks do. A value
+that cannot travel becomes a TypeError memo that says what to do, the same for the process
+that computed it as for every other (``check_travels``): a result never depends on which
+process computed it. See docs/architecture.md#the-processes-backend-one-module-per-process-role.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any, cast
+
+import cloudpickle  # type: ignore[import-untyped]
+
+from dualmode.query.memo import Memo, MemoState
+
+__all__ = [
+    "cannot_travel",
+    "check_travels",
+    "pack_memo",
+    "pack_memo_or_error",
+    "pack_value",
+    "unpack_memo",
+    "unpack_value",
+]
+
+OK, ERROR, ERROR_ONCE = MemoState.OK, MemoState.ERROR, MemoState.ERROR_ONCE
+_WITH_VALUE = (OK, ERROR, ERROR_ONCE)  # the states whose value is the user's (or its error)
+
+
+def pack_value(value: Any) -> bytes:
+    """*value* as bytes, or TypeError naming it and saying what to do."""
+    try:
+        return cast(bytes, cloudpickle.dumps(value))
+    except Exception as exc:
+        raise _cannot_travel(value, exc) from exc
+
+
+def unpack_value(data: bytes) -> Any:
+    return cloudpickle.loads(data)
+
+
+def pack_memo(memo: Memo, keep_value: bool = True) -> Memo:
+    """*memo* with its value as bytes (none, for a ``local=True`` value: *keep_value* False).
+    Raises TypeError, saying what to do, if the value cannot travel."""
+    if memo.state not in _WITH_VALUE:
+        return memo
+    if memo.state is OK and not keep_value:
+        return memo.replace(value=None)
+    return memo.replace(value=pack_value(memo.value))
+
+
+def pack_memo_or_error(memo: Memo, keep_value: bool = True) -> Memo:
+    """:func:`pack_memo`, or, for a value that cannot travel, the packed memo of that error."""
+    try:
+        return pack_memo(memo, keep_value)
+    except TypeError as exc:
+        return pack_memo(cannot_travel(memo, exc))  # a TypeError packs
+
+
+def unpack_memo(memo: Memo) -> Memo:
+    """The memo *pack_memo* packed, with its value loaded."""
+    if memo.state in _WITH_VALUE and isinstance(memo.value, bytes):
+        return memo.replace(value=unpack_value(memo.value))
+    return memo
+
+
+def check_travels(memo: Memo) -> Memo:
+    """*memo* if its value can travel to other processes, else the memo of the TypeError.
+
+    The process that creates a database publishes its memos to its own table without packing
+    them; this is the check that keeps it answering as every other process would. The standard
+    pickle is tried first (it is several times faster on small values), then cloudpickle,
+    which also packs functions and classes made at run time.
+    """
+    if memo.state not in _WITH_VALUE:
+        return memo
+    try:
+        pickle.dumps(memo.value, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        try:
+            cloudpickle.dumps(memo.value)
+        except Exception as exc:
+            return cannot_travel(memo, _cannot_travel(memo.value, exc))
+    return memo
+
+
+def cannot_travel(memo: Memo, error: TypeError) -> Memo:
+    """The memo of *error*, which says why *memo*'s value cannot travel."""
+    state = ERROR if memo.state is OK else memo.state
+    return memo.replace(state=state, value=error)
+
+
+def _cannot_travel(value: Any, exc: Exception) -> TypeError:
+    return TypeError(
+        f"{type(value).__module__}.{type(value).__qualname__} cannot be pickled to the other "
+        f"processes that share this database's query results ({type(exc).__name__}: {exc}); "
+        "return picklable data, or mark the query local=True to keep its values in the "
+        "process that computes them"
+    )

@@ -1,0 +1,555 @@
+"""The job tables a process owns, and how it serves them to the other processes.
+
+On the processes backend a database's job table lives in the process that created the
+database, its *owner*: a :class:`SharedJobTable`, the engine's in-process table. Threads of the
+owner claim, publish and find memos there with no round trip, exactly as on threads, so a
+program that computes its queries in one process pays nothing for the backend. When the
+database first travels (pickled for a worker), the owner starts serving its tables: a
+listener (``multiprocessing.connection``, a Unix socket authenticated with the owner's
+authkey, which every process started from it inherits) and one server thread per connected
+client thread. The server thread runs the client's requests on the table; a claim that must
+wait waits there, in the owner, as a thread of the owner would, so single-flight claims, the
+wait-for graph and cycle settlement are the table's own. Values cross as cloudpickle bytes
+(``.packing``) and are objects in the owner's table. The client is ``.job_table``. See
+docs/architecture.md#the-processes-backend-one-module-per-process-role.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import sys
+import threading
+import weakref
+from collections.abc import Hashable, Iterable
+from multiprocessing import AuthenticationError, current_process
+from multiprocessing.connection import Connection, Listener
+from typing import Any
+
+from dualmode.query.job_table import (
+    _SHARDS,
+    Claim,
+    HitCounts,
+    InProcessJobTable,
+    InputState,
+    Verdict,
+    _Job,
+    _ThreadJobs,
+)
+from dualmode.query.memo import LOW, Memo, MemoState, ThreadId, lookup
+
+from .packing import (
+    check_travels,
+    pack_memo,
+    pack_memo_or_error,
+    pack_value,
+    unpack_memo,
+    unpack_value,
+)
+
+__all__ = ["SharedJobTable", "shared_table"]
+
+MEMO, RUN, VERIFY, STALE = Claim.MEMO, Claim.RUN, Claim.VERIFY, Claim.STALE
+SET = InputState.SET
+OK, ERROR, RETRY = MemoState.OK, MemoState.ERROR, MemoState.RETRY
+GREEN, EXECUTED, BACKDATED = Verdict.GREEN, Verdict.EXECUTED, Verdict.BACKDATED
+_NEWS_VERDICTS = (EXECUTED, BACKDATED)
+_NEWS_STATES = (OK, ERROR)
+
+# A result is passed on to every client with their next claim if its value packs to at most
+# this many bytes: a worker then finds most of what the others computed without asking. A
+# larger one is sent only to a client that asks for it (it may never need it).
+NEWS_MAX_BYTES = 4096
+
+# (pid of the publishing process, query name, key, packed memo)
+News = tuple[int, str, tuple[Any, ...], Memo]
+
+
+class SharedJobTable(InProcessJobTable):
+    """A database's job table in the process that created it, shared with other processes.
+
+    The owner's threads use it as the in-process table it is. Two things differ: its values
+    must be able to travel (a value that cannot becomes the TypeError every process would
+    get, :func:`~.packing.check_travels`), and ``local=True`` memos are kept per process (its
+    :attr:`scope` is this process). Pickled, it becomes a client of this table
+    (``.job_table.RemoteJobTable``) in the process that loads it.
+    """
+
+    shared = True
+
+    def __init__(self, fallbacks: dict[str, bool], volatile: Iterable[str] = ()) -> None:
+        super().__init__(fallbacks, volatile)
+        self.owner_pid = os.getpid()
+        self.scope = self.owner_pid  # local=True memos are kept per process
+        self.ident = f"{self.owner_pid}-{next(_idents)}"
+        # Once served: the results of the current revision, packed, in the order published,
+        # for the server threads to pass on to every client (see _claim). A new list per
+        # revision: a memo of an older one is of no use to a client without a claim.
+        self.news: list[News] | None = None
+        # Per client thread, the jobs it reserved (claimed for a prefetch chunk in one
+        # request) and has not started yet: not on its stack, so the wait-for graph sees no
+        # edge through them. Only that thread's server thread uses its entry.
+        self._reserved: dict[ThreadId, dict[Any, _Job]] = {}
+        self._voided: set[ThreadId] = set()  # reservations given up while waiting: say so
+
+    def publish(
+        self,
+        name: str,
+        key: tuple[Any, ...],
+        thread: ThreadId,
+        memo: Memo,
+        *,
+        store: bool = True,
+        verdict: Verdict | None = Verdict.EXECUTED,
+        elapsed: float = 0.0,
+        self_time: float = 0.0,
+        scope: Hashable | None = None,
+    ) -> Memo:
+        if scope is None and verdict is not GREEN and thread[0] == self.owner_pid:
+            memo = check_travels(memo)  # a client packed its own: see RemoteJobTable.publish
+        return self.publish_packed(
+            name,
+            key,
+            thread,
+            memo,
+            None,
+            store=store,
+            verdict=verdict,
+            elapsed=elapsed,
+            self_time=self_time,
+            scope=scope,
+        )
+
+    def publish_packed(
+        self,
+        name: str,
+        key: tuple[Any, ...],
+        thread: ThreadId,
+        memo: Memo,
+        packed: Memo | None,
+        **options: Any,
+    ) -> Memo:
+        """:meth:`publish`; *packed*: the memo as a client sent it, passed on as news as it
+        is (None: packed here when there is news to give)."""
+        news = self.news
+        revision = self.revision
+        in_force = super().publish(name, key, thread, memo, **options)
+        if (
+            news is not None
+            and options.get("store", True)
+            and options.get("scope") is None
+            and options.get("verdict", EXECUTED) in _NEWS_VERDICTS
+            and in_force.state in _NEWS_STATES
+            and in_force.verified_at == revision
+        ):
+            if packed is None or in_force is not memo:
+                try:
+                    packed = pack_memo(in_force)
+                except TypeError:
+                    return in_force  # its readers get the error when they claim it
+            value = packed.value
+            if not isinstance(value, bytes) or len(value) <= NEWS_MAX_BYTES:
+                news.append((thread[0], name, key, packed))
+        return in_force
+
+    def serve_news(self) -> None:
+        """Start keeping news (the table is served)."""
+        if self.news is None:
+            self.news = []
+
+    def set_input(self, name: str, key: Hashable, value: Any, durability: int = LOW) -> int:
+        revision = super().set_input(name, key, value, durability)
+        if self.news is not None:
+            self.news = []  # the old revision's results are verified again by claims
+        return revision
+
+    # -- reservations: a prefetch chunk claimed in one request --------------------------------
+
+    def reserve(
+        self, name: str, keys: list[tuple[Any, ...]], thread: ThreadId, revision: int
+    ) -> list[tuple[Claim, Any] | None]:
+        """Claim each of *keys* for *thread* without starting it: per key, ``(MEMO, memo)``
+        if a memo is valid in *revision*, ``(RUN, None)`` or ``(VERIFY, old memo)`` if it is
+        now reserved for *thread*, None if another thread has its job. All ``(STALE, r)``
+        when *revision* is over.
+
+        The thread starts a reserved key with :meth:`start_reserved` (it is then an ordinary
+        claim, on its stack) and gives up the rest with :meth:`release_reservations`; a
+        claim of its that is about to wait gives them up first (:meth:`_before_wait`), so
+        that no thread waits for a job whose owner waits too and has not started it. A
+        claim by another thread of a reserved key waits for it as for any job.
+        """
+        if revision != self.revision:
+            return [(STALE, self.revision)] * len(keys)
+        owner = lookup(self._threads, thread)
+        if owner is None:
+            owner = self._threads[thread] = _ThreadJobs(thread)
+        reserved = self._reserved.setdefault(thread, {})
+        memos = self.memos[name]
+        answers: list[tuple[Claim, Any] | None] = []
+        for key in keys:
+            qkey = (name, key)
+            shard = hash(qkey) % _SHARDS
+            counters = self._counters[shard][name]
+            with self._locks[shard]:
+                memo = lookup(memos, key)
+                if memo is not None:
+                    valid = self._valid(memo, qkey, revision, shard, memos, key)
+                    if valid is not None:
+                        counters.hits += 1
+                        answers.append((MEMO, valid))
+                        continue
+                jobs = self._jobs[shard]
+                if lookup(jobs, qkey) is not None:
+                    answers.append(None)
+                    continue
+                counters.misses += 1
+                job = jobs[qkey] = _Job(qkey, qkey, owner, revision, memo)
+                reserved[qkey] = job
+                answers.append((RUN, None) if memo is None else (VERIFY, memo))
+        return answers
+
+    def start_reserved(
+        self, thread: ThreadId, name: str, key: tuple[Any, ...], only_if_reserved: bool = False
+    ) -> None:
+        """*thread* started its reserved ``name(*key)``: from now on an ordinary claim, on its
+        stack. (A client says so only before it claims, or with the publish: see
+        ``RemoteJobTable.claim``; *only_if_reserved* for the latter, which may follow.)"""
+        reserved = self._reserved.get(thread)
+        job = None if reserved is None else reserved.pop((name, key), None)
+        if job is None:
+            if only_if_reserved:
+                return
+            raise RuntimeError(f"{name}{key!r} is not reserved for thread {thread}")
+        self._threads[thread].stack.append(job)
+
+    def release_reservations(self, thread: ThreadId) -> bool:
+        """Give up *thread*'s reserved jobs that it has not started: their waiters claim
+        again. Whether there were any."""
+        reserved = self._reserved.get(thread)
+        if not reserved:
+            return False
+        jobs = list(reserved.values())
+        reserved.clear()
+        for job in jobs:
+            shard = hash(job.slot) % _SHARDS
+            with self._locks[shard]:
+                if lookup(self._jobs[shard], job.slot) is job:
+                    del self._jobs[shard][job.slot]
+                job.result = Memo(RETRY, None)
+                latch = job.latch
+            if latch is not None:
+                latch.set()
+        return True
+
+    def _before_wait(self, thread: ThreadId) -> None:
+        if self.release_reservations(thread):
+            self._voided.add(thread)
+
+    def voided(self, thread: ThreadId) -> bool:
+        """Whether *thread*'s reservations were given up since it was last told."""
+        if thread in self._voided:
+            self._voided.discard(thread)
+            return True
+        return False
+
+    def settled_on_stack(self, thread: ThreadId) -> list[tuple[str, tuple[Any, ...], Memo]]:
+        """The jobs of *thread* that a cycle settled while they ran (called by the server
+        thread of that client thread, the only writer of its stack)."""
+        owner = lookup(self._threads, thread)
+        if owner is None:
+            return []
+        return [
+            (job.qkey[0], job.qkey[1], job.settlement)
+            for job in owner.stack
+            if job.settlement is not None
+        ]
+
+    def peek(
+        self, name: str, key: tuple[Any, ...], revision: int, scope: Hashable | None = None
+    ) -> Memo | None:
+        if scope is None:
+            return super().peek(name, key, revision)
+        memo = lookup(self._scoped, (name, key, scope))
+        return memo if memo is not None and memo.verified_at == revision else None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        address = _serve(self)
+        from .job_table import RemoteJobTable  # that module imports this one
+
+        return RemoteJobTable.connect, (address, self.ident, self.owner_pid)
+
+
+def shared_table(ident: str) -> SharedJobTable | None:
+    """This process's own table *ident*, if it still exists."""
+    return _tables.get(ident)
+
+
+# -- serving ---------------------------------------------------------------------------------
+
+_idents = itertools.count(1)
+_tables: weakref.WeakValueDictionary[str, SharedJobTable] = weakref.WeakValueDictionary()
+_lock = threading.Lock()
+_listener: Listener | None = None
+
+
+def _serve(table: SharedJobTable) -> Any:
+    """Serve *table* to other processes; the address they connect to (the server starts on
+    the first table served)."""
+    global _listener
+    with _lock:
+        _tables[table.ident] = table
+        table.serve_news()
+        if _listener is None:
+            _listener = Listener(family="AF_UNIX", authkey=current_process().authkey)
+            threading.Thread(
+                target=_accept, args=(_listener,), name="dualmode-table-server", daemon=True
+            ).start()
+        return _listener.address
+
+
+def _forget_after_fork() -> None:
+    """A forked child serves nothing of its parent's (it starts its own server if needed)."""
+    global _listener, _lock
+    _listener = None
+    _lock = threading.Lock()
+    _tables.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def _accept(listener: Listener) -> None:
+    served = itertools.count(1)
+    while True:
+        try:
+            conn = listener.accept()
+        except AuthenticationError:
+            continue  # not a process started from this one: refused
+        except OSError:
+            return  # closed
+        threading.Thread(
+            target=_serve_client,
+            args=(conn,),
+            name=f"dualmode-table-client-{next(served)}",
+            daemon=True,
+        ).start()
+
+
+class _Session:
+    """What the server thread of one client thread remembers: per table, how much of its
+    news that client has had."""
+
+    __slots__ = ("cursors",)
+
+    def __init__(self) -> None:
+        self.cursors: dict[str, tuple[list[News], int]] = {}
+
+    def news(self, table: SharedJobTable, thread: ThreadId) -> list[News]:
+        """The results published since this client's last claim, but its own process's."""
+        news = table.news
+        if news is None:
+            return []
+        seen, done = self.cursors.get(table.ident, (news, 0))
+        if seen is not news:
+            done = 0  # a new revision's list
+        end = len(news)
+        self.cursors[table.ident] = (news, end)
+        pid = thread[0]
+        return [entry for entry in news[done:end] if entry[0] != pid]
+
+
+def _serve_client(conn: Connection) -> None:
+    """Run one client thread's requests, in order, until it disconnects. A one-way request
+    (``_ONE_WAY``) gets no reply: the client goes on while it runs here."""
+    session = _Session()
+    with conn:
+        while True:
+            try:
+                request = conn.recv_bytes()
+            except (EOFError, OSError):
+                return
+            method = "?"
+            try:
+                ident, method, args, kwargs = pickle.loads(request)
+                table = _tables.get(ident)
+                if table is None:
+                    raise ReferenceError(
+                        "the database of this job table was dropped by the process that "
+                        f"created it (pid {os.getpid()}): keep the database alive while other "
+                        "processes use it"
+                    )
+                reply: tuple[bool, Any] = (True, _REQUESTS[method](session, table, *args, **kwargs))
+            except Exception as exc:
+                reply = (False, exc)
+            if method in _ONE_WAY:
+                if not reply[0]:
+                    _report_one_way_failure(method, reply[1])
+                continue
+            try:
+                data = pickle.dumps(reply, pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:  # an exception that does not pickle: say what it was
+                data = pickle.dumps((False, RuntimeError(f"{reply[1]!r} ({exc})")))
+            try:
+                conn.send_bytes(data)
+            except OSError:
+                return
+
+
+def _report_one_way_failure(method: str, exc: BaseException) -> None:
+    # Nobody waits for a one-way request's reply; a failure there is a bug in dualmode.
+    import traceback
+
+    print(
+        f"dualmode: a job table's {method!r} request from another process failed here "
+        f"(pid {os.getpid()}); please report it:",
+        file=sys.stderr,
+    )
+    traceback.print_exception(exc, file=sys.stderr)
+
+
+# What clients may ask, with their values packed: each runs the table's method of that name.
+# A claim's reply also carries the news (results of the others, see _Session.news) and the
+# settlements of the client thread's running jobs (so that its publish needs no reply).
+
+
+def _claim(
+    session: _Session,
+    table: SharedJobTable,
+    name: str,
+    key: tuple[Any, ...],
+    thread: ThreadId,
+    revision: int,
+    scope: Hashable | None,
+    hits: HitCounts,
+) -> tuple[Claim, Any, list[News], list[tuple[str, tuple[Any, ...], Memo]], bool]:
+    kind, answer = table.claim(name, key, thread, revision, scope, hits)
+    if kind is MEMO or kind is VERIFY:
+        answer = pack_memo_or_error(answer, keep_value=scope is None)
+    settled = [(n, k, pack_memo_or_error(memo)) for n, k, memo in table.settled_on_stack(thread)]
+    return kind, answer, session.news(table, thread), settled, table.voided(thread)
+
+
+def _reserve(
+    session: _Session,
+    table: SharedJobTable,
+    name: str,
+    keys: list[tuple[Any, ...]],
+    thread: ThreadId,
+    revision: int,
+    hits: HitCounts,
+) -> tuple[list[tuple[Claim, Any] | None], list[News]]:
+    if hits:
+        table.add_hits(hits)
+    packed = [
+        answer
+        if answer is None or answer[0] is STALE or answer[0] is RUN
+        else (answer[0], pack_memo_or_error(answer[1]))
+        for answer in table.reserve(name, keys, thread, revision)
+    ]
+    return packed, session.news(table, thread)
+
+
+def _events(session: _Session, table: SharedJobTable, events: list[tuple[Any, ...]]) -> None:
+    """A client thread's one-way requests, in the order it made them (see
+    RemoteJobTable._event): started reservations, publishes, abandons, releases."""
+    for event in events:
+        kind = event[0]
+        if kind == "finish":
+            _, name, key, thread, memo, store, verdict, elapsed, self_time, scope = event
+            table.start_reserved(thread, name, key, only_if_reserved=True)
+            _finish(
+                session,
+                table,
+                name,
+                key,
+                thread,
+                memo,
+                store=store,
+                verdict=verdict,
+                elapsed=elapsed,
+                self_time=self_time,
+                scope=scope,
+            )
+        elif kind == "start":
+            table.start_reserved(*event[1:])
+        elif kind == "abandon":
+            name, key, thread, scope = event[1:]
+            table.start_reserved(thread, name, key, only_if_reserved=True)
+            table.abandon(name, key, thread, scope)
+        else:  # "release"
+            table.release_reservations(*event[1:])
+
+
+def _finish(
+    session: _Session,
+    table: SharedJobTable,
+    name: str,
+    key: tuple[Any, ...],
+    thread: ThreadId,
+    memo: Memo,
+    **options: Any,
+) -> None:
+    packed: Memo | None = memo
+    try:
+        memo = unpack_memo(memo)
+    except Exception as exc:  # the owner cannot load what a worker computed
+        memo = memo.replace(state=ERROR, value=_unloadable(name, key, exc))
+        packed = None
+    table.publish_packed(name, key, thread, memo, packed, **options)
+
+
+def _peek(
+    session: _Session, table: SharedJobTable, name: str, key: tuple[Any, ...], revision: int
+) -> Memo | None:
+    memo = table.peek(name, key, revision)
+    return None if memo is None else pack_memo_or_error(memo)
+
+
+def _set_input(
+    session: _Session,
+    table: SharedJobTable,
+    name: str,
+    key: Hashable,
+    value: bytes,
+    durability: int = LOW,
+) -> int:
+    return table.set_input(name, key, unpack_value(value), durability)
+
+
+def _get_input(
+    session: _Session, table: SharedJobTable, name: str, key: Hashable, revision: int
+) -> tuple[InputState, Any, int, int]:
+    state, value, changed_at, durability = table.get_input(name, key, revision)
+    if state is SET:
+        value = pack_value(value)
+    return state, value, changed_at, durability
+
+
+def _unloadable(name: str, key: tuple[Any, ...], exc: Exception) -> TypeError:
+    return TypeError(
+        f"the result of {name}{key!r}, computed in a worker, cannot be loaded in the process "
+        f"that created the database (pid {os.getpid()}): {type(exc).__name__}: {exc}; "
+        "make its class importable there (define it in a module), or mark the query local=True"
+    )
+
+
+def _plain(method: Any) -> Any:
+    """A request that runs the table's *method* as it is."""
+    return lambda session, table, *args, **kwargs: method(table, *args, **kwargs)
+
+
+_REQUESTS: dict[str, Any] = {
+    "claim": _claim,
+    "reserve": _reserve,
+    "events": _events,
+    "peek": _peek,
+    "add_hits": _plain(InProcessJobTable.add_hits),
+    "stats": _plain(InProcessJobTable.stats),
+    "set_input": _set_input,
+    "get_input": _get_input,
+    "input_changes": _plain(InProcessJobTable.input_changes),
+    "sync": lambda session, table: None,  # its reply says the requests before it are done
+}
+_ONE_WAY = frozenset({"events"})
