@@ -32,7 +32,14 @@ from dualmode.query.job_table import (
 )
 from dualmode.query.memo import LOW, Memo, MemoState, QKey, ThreadId, lookup
 
-from .packing import cannot_travel, pack_memo, pack_value, unpack_memo, unpack_value
+from .packing import (
+    cannot_travel,
+    memo_fields,
+    pack_value,
+    packed_value,
+    unpack_memo,
+    unpack_value,
+)
 from .table_server import shared_table
 
 __all__ = ["RemoteJobTable", "sync_job_tables"]
@@ -260,7 +267,8 @@ class RemoteJobTable:
         query that reads one of them finds it here, with no claim."""
         for _pid, name, key, memo in news:
             memos = self._memos[name]
-            if lookup(memos, key) is None:
+            mine = lookup(memos, key)
+            if mine is None or mine.verified_at < memo.verified_at:  # none, or an older one
                 memos[key] = unpack_memo(memo)
 
     def _settled(self) -> dict[tuple[str, tuple[Any, ...]], Memo]:
@@ -288,17 +296,18 @@ class RemoteJobTable:
         if verdict is Verdict.GREEN:
             if scope is None:
                 self._memos[name][key] = memo
-            shipped = memo.replace(value=None)  # the owner's table re-stamps the one it has
+            shipped = memo_fields(memo, None)  # the owner's table re-stamps the one it has
         else:
             if store and scope is not None:
                 # The value stays here and the table gets a marker: threads of this process
                 # that wait for it read it from here, so it is cached before it is published.
                 self._memos[name][key] = memo
             try:
-                shipped = pack_memo(memo, keep_value=scope is None)
+                value = packed_value(memo, keep_value=scope is None, by_reference=True)
             except TypeError as exc:  # it cannot travel: this caller gets the others' error
                 memo = cannot_travel(memo, exc)
-                shipped = pack_memo(memo)
+                value = packed_value(memo)
+            shipped = memo_fields(memo, value)
         # One way: a settlement of this job would have come with one of this thread's claims
         # (only a claim of this thread waits while its jobs run, and cycles are settled then).
         self._forget_started(name, key)

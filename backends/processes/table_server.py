@@ -40,11 +40,12 @@ from dualmode.query.job_table import (
 from dualmode.query.memo import LOW, Memo, MemoState, ThreadId, lookup
 
 from .packing import (
+    MemoFields,
     check_travels,
     pack_memo,
     pack_memo_or_error,
     pack_value,
-    unpack_memo,
+    unpack_fields,
     unpack_value,
 )
 
@@ -127,7 +128,7 @@ class SharedJobTable(InProcessJobTable):
         key: tuple[Any, ...],
         thread: ThreadId,
         memo: Memo,
-        packed: Memo | None,
+        packed: MemoFields | None,
         **options: Any,
     ) -> Memo:
         """:meth:`publish`; *packed*: the memo as a client sent it, passed on as news as it
@@ -143,14 +144,16 @@ class SharedJobTable(InProcessJobTable):
             and in_force.state in _NEWS_STATES
             and in_force.verified_at == revision
         ):
-            if packed is None or in_force is not memo:
+            if packed is not None and in_force is memo:
+                passed_on = Memo(*packed)
+            else:
                 try:
-                    packed = pack_memo(in_force)
+                    passed_on = pack_memo(in_force)
                 except TypeError:
                     return in_force  # its readers get the error when they claim it
-            value = packed.value
+            value = passed_on.value
             if not isinstance(value, bytes) or len(value) <= NEWS_MAX_BYTES:
-                news.append((thread[0], name, key, packed))
+                news.append((thread[0], name, key, passed_on))
         return in_force
 
     def serve_news(self) -> None:
@@ -488,14 +491,14 @@ def _finish(
     name: str,
     key: tuple[Any, ...],
     thread: ThreadId,
-    memo: Memo,
+    fields: MemoFields,
     **options: Any,
 ) -> None:
-    packed: Memo | None = memo
+    packed: MemoFields | None = fields
     try:
-        memo = unpack_memo(memo)
+        memo = unpack_fields(fields)
     except Exception as exc:  # the owner cannot load what a worker computed
-        memo = memo.replace(state=ERROR, value=_unloadable(name, key, exc))
+        memo = Memo(ERROR, _unloadable(name, key, exc), *fields[2:])
         packed = None
     table.publish_packed(name, key, thread, memo, packed, **options)
 
