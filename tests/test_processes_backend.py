@@ -15,6 +15,7 @@ import os
 import pickle
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -524,3 +525,21 @@ def test_a_worker_dying_under_two_callers_fails_both_and_never_hangs() -> None:
             assert db.square(run) == run * run  # here: the next run must start a new pool
         # The pool is replaced: the database keeps working in new workers.
         assert dm.par_map(db.square, [3, 7], backend=b) == [9, 49]
+
+
+@pytest.mark.timeout(60)
+def test_a_client_gone_mid_handshake_does_not_stop_the_table_server() -> None:
+    # A broken pool terminates its workers, maybe one in the middle of connecting to the
+    # database owner's table server: the server must go on accepting the others (issue 11's
+    # A9 test hung when it did not).
+    from dualmode.backends.processes.job_table import RemoteJobTable
+    from dualmode.backends.processes.table_server import SharedJobTable
+
+    table = SharedJobTable({"q": False})
+    _, (address, ident, owner_pid) = table.__reduce__()
+    for _ in range(3):
+        with socket.socket(socket.AF_UNIX) as hung_up:
+            hung_up.connect(address)  # and gone before the handshake
+    client = RemoteJobTable(address, ident, owner_pid)
+    client.attach(["q"], lambda: [])
+    assert client.stats()[0]["q"][0] == 0  # answered: the server still accepts

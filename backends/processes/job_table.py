@@ -11,9 +11,11 @@ process role" in docs/architecture.md).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import pickle
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from multiprocessing import current_process
@@ -50,6 +52,7 @@ OK, ERROR_ONCE, RETRY = MemoState.OK, MemoState.ERROR_ONCE, MemoState.RETRY
 # message costs the two processes about as much as ten small publishes, and this bounds how
 # long a result waits on its way (a few ms of bodies).
 _BATCH = 64
+_BATCH_SECONDS = 0.002  # nor longer than this, counted at the next event
 
 
 class RemoteJobTable:
@@ -102,8 +105,14 @@ class RemoteJobTable:
         pending: list[tuple[Any, ...]] | None = getattr(local, "pending", None)
         if pending is None:
             pending = local.pending = []
+        if not pending:
+            local.since = time.monotonic()
         pending.append(event)
-        if not getattr(local, "batching", False) or len(pending) >= _BATCH:
+        if (
+            not getattr(local, "batching", False)
+            or len(pending) >= _BATCH
+            or time.monotonic() - local.since > _BATCH_SECONDS
+        ):
             self._flush()
 
     def _flush(self) -> None:
@@ -117,22 +126,26 @@ class RemoteJobTable:
         """Claim *keys* for this thread in one request (see ``SharedJobTable.reserve``);
         those given are this thread's reservations, to start when it comes to them."""
         answers, news = self._call("reserve", name, keys, thread, revision, self._unreported())
+        if getattr(self._local, "started", None) is None:
+            self._local.started = []
+        # Recorded before anything is loaded: a value that fails to load must not leave the
+        # owner holding reservations this thread no longer knows of.
+        reserved: dict[tuple[str, tuple[Any, ...]], tuple[int, Claim, Any]] = {}
+        for key, answer in zip(keys, answers, strict=True):
+            if answer is not None and answer[0] is not Claim.MEMO and answer[0] is not Claim.STALE:
+                reserved[(name, key)] = (revision, answer[0], answer[1])
+        self._local.reserved = reserved
         if news:
             self._learn(news)
-        reserved: dict[tuple[str, tuple[Any, ...]], tuple[int, Claim, Any]] = {}
         for key, answer in zip(keys, answers, strict=True):
             if answer is None:
                 continue  # another thread's job
             kind, memo = answer
             if kind is Claim.MEMO:
-                self._received(name, key, memo, None, old=False)
-            elif kind is not Claim.STALE:
-                if memo is not None:
-                    memo = self._received(name, key, memo, None, old=True)
-                reserved[(name, key)] = (revision, kind, memo)
-        self._local.reserved = reserved
-        if getattr(self._local, "started", None) is None:
-            self._local.started = []
+                self._learn_one(name, key, memo)
+            elif kind is Claim.VERIFY and memo is not None:
+                entry = (revision, kind, self._received(name, key, memo, None, old=True))
+                reserved[(name, key)] = entry
 
     def prefetching(
         self, name: str, keys: list[tuple[Any, ...]], thread: ThreadId, revision: int
@@ -140,23 +153,31 @@ class RemoteJobTable:
         """See :meth:`JobTable.prefetching`: the chunk's keys are claimed in one request
         (reserved: see ``SharedJobTable.reserve``), each started without a round trip when
         the thread comes to it, and what the thread publishes goes in batches."""
-        return self._prefetching(name, keys, thread, revision)
+        return self._prefetching(name, keys, self._link.thread_id(), revision)
 
     @contextlib.contextmanager
     def _prefetching(
         self, name: str, keys: list[tuple[Any, ...]], thread: ThreadId, revision: int
     ) -> Iterator[None]:
         local = self._local
-        self._reserve(name, keys, thread, revision)
+        if getattr(local, "batching", False):
+            # A prefetch inside a query of this thread's chunk (nested parallel calls run
+            # inline in a worker): its keys are claimed one by one, the chunk's stay reserved.
+            yield
+            return
         local.batching = True
         chunks = _chunk_tables()
         chunks.add(self)
         try:
+            self._reserve(name, keys, thread, revision)
             yield
         finally:
             chunks.discard(self)
             local.batching = False
             self._give_way(thread)
+            hits = self._unreported()  # served from this process's caches since its last claim
+            if hits:
+                self._event(("hits", hits))
 
     def _release(self, thread: ThreadId) -> None:
         """Give up this thread's unstarted reservations (the started ones reported first:
@@ -227,6 +248,7 @@ class RemoteJobTable:
         revision: int,
         scope: Hashable | None = None,
     ) -> tuple[Claim, Any]:
+        thread = self._link.thread_id()
         reserved = getattr(self._local, "reserved", None)
         if reserved:
             mine = reserved.pop((name, key), None)
@@ -245,6 +267,30 @@ class RemoteJobTable:
         kind, answer, news, settled, void = self._call(
             "claim", name, key, thread, revision, scope, self._unreported()
         )
+        try:
+            return self._claimed(
+                name, key, thread, revision, scope, kind, answer, news, settled, void
+            )
+        except BaseException:
+            if kind is Claim.RUN or kind is Claim.VERIFY:  # granted: give it back
+                self._forget_started(name, key)
+                self._event(("abandon", name, key, thread, scope))
+            raise
+
+    def _claimed(
+        self,
+        name: str,
+        key: tuple[Any, ...],
+        thread: ThreadId,
+        revision: int,
+        scope: Hashable | None,
+        kind: Claim,
+        answer: Any,
+        news: list[Any],
+        settled: list[Any],
+        void: bool,
+    ) -> tuple[Claim, Any]:
+        """The rest of :meth:`claim`, once the owner has answered."""
         if void:  # the owner gave up this thread's reservations while it waited
             voided = self._local.reserved
             self._local.reserved = {}
@@ -266,10 +312,20 @@ class RemoteJobTable:
         """Cache the results the other processes published (sent along with a claim): a
         query that reads one of them finds it here, with no claim."""
         for _pid, name, key, memo in news:
-            memos = self._memos[name]
-            mine = lookup(memos, key)
-            if mine is None or mine.verified_at < memo.verified_at:  # none, or an older one
-                memos[key] = unpack_memo(memo)
+            self._learn_one(name, key, memo)
+
+    def _learn_one(self, name: str, key: tuple[Any, ...], memo: Memo) -> None:
+        """Cache *memo*, a result valid in its revision, unless one as new is here. Only a
+        hint: a value that does not load here is skipped (a claim of it says why)."""
+        memos = self._memos[name]
+        mine = lookup(memos, key)
+        if mine is None or mine.verified_at < memo.verified_at:
+            try:
+                loaded = unpack_memo(memo)
+            except Exception:
+                return
+            if loaded.state is not ERROR_ONCE:
+                memos[key] = loaded
 
     def _settled(self) -> dict[tuple[str, tuple[Any, ...]], Memo]:
         """The calling thread's jobs that a cycle settled while they ran, as the table said
@@ -293,6 +349,7 @@ class RemoteJobTable:
         self_time: float = 0.0,
         scope: Hashable | None = None,
     ) -> Memo:
+        thread = self._link.thread_id()
         if verdict is Verdict.GREEN:
             if scope is None:
                 self._memos[name][key] = memo
@@ -324,6 +381,7 @@ class RemoteJobTable:
     def abandon(
         self, name: str, key: tuple[Any, ...], thread: ThreadId, scope: Hashable | None = None
     ) -> None:
+        thread = self._link.thread_id()
         self._forget_started(name, key)
         self._event(("abandon", name, key, thread, scope))
         if self._has_settled():
@@ -401,6 +459,17 @@ class _TableLink:
             return value
         raise value
 
+    def thread_id(self) -> ThreadId:
+        """The calling thread as the owner's table knows it: (pid, a number no other thread of
+        this process had). Not the thread identifier, which Linux reuses at once: a new
+        thread's requests could then run on the server thread still finishing an ended
+        one's, and the two would share one stack in the table."""
+        tid: ThreadId | None = getattr(self._tls, "tid", None)
+        if tid is None:
+            with _links_lock:
+                tid = self._tls.tid = (os.getpid(), next(_thread_serials))
+        return tid
+
     def send(self, ident: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """A one-way request: sent, not waited for (the server runs a thread's requests in
         order, so this one is done before the thread's next request is looked at)."""
@@ -439,6 +508,7 @@ class _TableLink:
 
 
 _links: dict[Any, _TableLink] = {}
+_thread_serials = itertools.count(1)
 _links_lock = threading.Lock()
 
 

@@ -16,11 +16,13 @@ docs/architecture.md#the-processes-backend-one-module-per-process-role.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import pickle
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Hashable, Iterable
 from multiprocessing import AuthenticationError, current_process
@@ -199,8 +201,7 @@ class SharedJobTable(InProcessJobTable):
                 memo = lookup(memos, key)
                 if memo is not None:
                     valid = self._valid(memo, qkey, revision, shard, memos, key)
-                    if valid is not None:
-                        counters.hits += 1
+                    if valid is not None:  # counted as a hit where it is read, in the client
                         answers.append((MEMO, valid))
                         continue
                 jobs = self._jobs[shard]
@@ -324,14 +325,21 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _accept(listener: Listener) -> None:
+    """Accept clients for as long as this process lives. A connection that fails while it
+    is being accepted fails alone: a worker killed during the handshake (a broken pool
+    terminates its workers) must not stop the server, or every later client would wait
+    in its handshake for ever (issue 11's A9 test caught exactly that)."""
     served = itertools.count(1)
     while True:
         try:
             conn = listener.accept()
-        except AuthenticationError:
-            continue  # not a process started from this one: refused
-        except OSError:
-            return  # closed
+        except (AuthenticationError, EOFError, ConnectionError):
+            continue  # refused (not started from this process), or gone mid-handshake
+        except OSError as exc:
+            if exc.errno in (errno.EBADF, errno.EINVAL):
+                return  # the listener itself is closed (after os.fork, say)
+            time.sleep(0.01)  # out of file descriptors, say: try again, not in a busy loop
+            continue
         threading.Thread(
             target=_serve_client,
             args=(conn,),
@@ -477,6 +485,8 @@ def _events(session: _Session, table: SharedJobTable, events: list[tuple[Any, ..
             )
         elif kind == "start":
             table.start_reserved(*event[1:])
+        elif kind == "hits":
+            table.add_hits(event[1])
         elif kind == "abandon":
             name, key, thread, scope = event[1:]
             table.start_reserved(thread, name, key, only_if_reserved=True)

@@ -679,6 +679,8 @@ class InProcessJobTable:
     # -- waiting and cycles --------------------------------------------------------------------
 
     def _wait(self, job: _Job, thread: ThreadId) -> Memo:
+        if job.result is not None:  # published, settled or given up meanwhile (_before_wait)
+            return job.result
         name = job.qkey[0]
         me: _ThreadJobs | None = None
         with self._graph_lock:
