@@ -75,7 +75,7 @@ class RemoteJobTable:
         self._ident = ident
         self._owner_pid = owner_pid
         self._link = _link_to(address, owner_pid)
-        self._local = threading.local()  # .settled: see _settled
+        self._local = _ThreadState()
 
     @classmethod
     def connect(cls, address: Any, ident: str, owner_pid: int) -> JobTable:
@@ -90,7 +90,7 @@ class RemoteJobTable:
         return RemoteJobTable.connect, (self._address, self._ident, self._owner_pid)
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        if getattr(self._local, "pending", None):
+        if self._local.pending:
             self._flush()  # the owner runs them first: this request may depend on them
         return self._link.call(self._ident, method, args, kwargs)
 
@@ -102,14 +102,12 @@ class RemoteJobTable:
         is about to wait sends them first (every wait is a claim), so a batch never holds
         back a result that someone waits for while this thread waits too."""
         local = self._local
-        pending: list[tuple[Any, ...]] | None = getattr(local, "pending", None)
-        if pending is None:
-            pending = local.pending = []
+        pending = local.pending
         if not pending:
             local.since = time.monotonic()
         pending.append(event)
         if (
-            not getattr(local, "batching", False)
+            not local.batching
             or len(pending) >= _BATCH
             or time.monotonic() - local.since > _BATCH_SECONDS
         ):
@@ -126,8 +124,6 @@ class RemoteJobTable:
         """Claim *keys* for this thread in one request (see ``SharedJobTable.reserve``);
         those given are this thread's reservations, to start when it comes to them."""
         answers, news = self._call("reserve", name, keys, thread, revision, self._unreported())
-        if getattr(self._local, "started", None) is None:
-            self._local.started = []
         # Recorded before anything is loaded: a value that fails to load must not leave the
         # owner holding reservations this thread no longer knows of.
         reserved: dict[tuple[str, tuple[Any, ...]], tuple[int, Claim, Any]] = {}
@@ -160,7 +156,7 @@ class RemoteJobTable:
         self, name: str, keys: list[tuple[Any, ...]], thread: ThreadId, revision: int
     ) -> Iterator[None]:
         local = self._local
-        if getattr(local, "batching", False):
+        if local.batching:
             # A prefetch inside a query of this thread's chunk (nested parallel calls run
             # inline in a worker): its keys are claimed one by one, the chunk's stay reserved.
             yield
@@ -183,12 +179,12 @@ class RemoteJobTable:
         """Give up this thread's unstarted reservations (the started ones reported first:
         the owner must not give those up)."""
         self._report_started(thread)
-        if getattr(self._local, "reserved", None):
+        if self._local.reserved:
             self._local.reserved = {}
             self._event(("release", thread))
 
     def _report_started(self, thread: ThreadId) -> None:
-        started = getattr(self._local, "started", None)
+        started = self._local.started
         if started:
             for name, key in started:
                 self._event(("start", thread, name, key))
@@ -199,7 +195,7 @@ class RemoteJobTable:
         Before the thread waits on another table (another database may be computed by the
         threads that wait for these), and at the end of a chunk."""
         self._release(thread)
-        if getattr(self._local, "pending", None):
+        if self._local.pending:
             self._flush()
 
     # -- this process's side -------------------------------------------------------------------
@@ -249,7 +245,7 @@ class RemoteJobTable:
         scope: Hashable | None = None,
     ) -> tuple[Claim, Any]:
         thread = self._link.thread_id()
-        reserved = getattr(self._local, "reserved", None)
+        reserved = self._local.reserved
         if reserved:
             mine = reserved.pop((name, key), None)
             if mine is not None:
@@ -294,14 +290,14 @@ class RemoteJobTable:
         if void:  # the owner gave up this thread's reservations while it waited
             voided = self._local.reserved
             self._local.reserved = {}
-            if voided and getattr(self._local, "batching", False):
+            if voided and self._local.batching:
                 # Still in the chunk: reserve what is left of it again, in one request.
                 chunk_name = next(iter(voided))[0]
                 self._reserve(chunk_name, [k for _, k in voided], thread, revision)
         if news:
             self._learn(news)
         if settled:
-            mine = self._settled()
+            mine = self._local.settled
             for settled_name, settled_key, memo in settled:
                 mine[(settled_name, settled_key)] = memo
         if kind is Claim.MEMO or kind is Claim.VERIFY:
@@ -326,15 +322,6 @@ class RemoteJobTable:
                 return
             if loaded.state is not ERROR_ONCE:
                 memos[key] = loaded
-
-    def _settled(self) -> dict[tuple[str, tuple[Any, ...]], Memo]:
-        """The calling thread's jobs that a cycle settled while they ran, as the table said
-        in its claim replies: their settlement replaces what their bodies give."""
-        try:
-            settled: dict[tuple[str, tuple[Any, ...]], Memo] = self._local.settled
-        except AttributeError:
-            settled = self._local.settled = {}
-        return settled
 
     def publish(
         self,
@@ -371,7 +358,7 @@ class RemoteJobTable:
         self._event(
             ("finish", name, key, thread, shipped, store, verdict, elapsed, self_time, scope)
         )
-        settlement = self._settled().pop((name, key), None) if self._has_settled() else None
+        settlement = self._local.settled.pop((name, key), None)
         if settlement is not None:  # a cycle through this query was settled meanwhile
             return self._received(name, key, settlement, scope, old=False)
         if store and verdict is not Verdict.GREEN:
@@ -384,17 +371,13 @@ class RemoteJobTable:
         thread = self._link.thread_id()
         self._forget_started(name, key)
         self._event(("abandon", name, key, thread, scope))
-        if self._has_settled():
-            self._settled().pop((name, key), None)
+        self._local.settled.pop((name, key), None)
 
     def _forget_started(self, name: str, key: tuple[Any, ...]) -> None:
         """A started reservation ends: its publish (or abandon) tells the owner it ran."""
-        started = getattr(self._local, "started", None)
+        started = self._local.started
         if started and started[-1] == (name, key):
             started.pop()
-
-    def _has_settled(self) -> bool:
-        return bool(getattr(self._local, "settled", None))
 
     def peek(
         self, name: str, key: tuple[Any, ...], revision: int, scope: Hashable | None = None
@@ -428,6 +411,21 @@ class RemoteJobTable:
         self, inputs: list[tuple[str, Hashable]], since: int, revision: int
     ) -> tuple[InputCheck, int]:
         return cast(tuple[InputCheck, int], self._call("input_changes", inputs, since, revision))
+
+
+class _ThreadState(threading.local):
+    """A client's state in one thread (``threading.local`` runs ``__init__`` once in each)."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Any, ...]] = []  # one-way requests not sent yet (_event)
+        self.since = 0.0  # when the oldest of them was made
+        self.batching = False  # inside a prefetch chunk (prefetching)
+        # This thread's reservations (_reserve) and those it started but has not reported.
+        self.reserved: dict[tuple[str, tuple[Any, ...]], tuple[int, Claim, Any]] = {}
+        self.started: list[tuple[str, tuple[Any, ...]]] = []
+        # Its jobs that a cycle settled while they ran, as the table said in its claim
+        # replies: their settlement replaces what their bodies give.
+        self.settled: dict[tuple[str, tuple[Any, ...]], Memo] = {}
 
 
 class _TableLink:
