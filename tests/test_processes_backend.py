@@ -543,3 +543,25 @@ def test_a_client_gone_mid_handshake_does_not_stop_the_table_server() -> None:
     client = RemoteJobTable(address, ident, owner_pid)
     client.attach(["q"], lambda: [])
     assert client.stats()[0]["q"][0] == 0  # answered: the server still accepts
+
+
+@pytest.mark.timeout(120)
+def test_a_dropped_database_leaves_no_results_in_its_owner(backend: ProcessesBackend) -> None:
+    # The owner passes each worker's results on to the other workers (news): once the
+    # database is dropped, nothing of that may stay in the owner (its server threads kept
+    # the last list of news of every table they had served, 10,000 memos for a 10,000-query
+    # run, and every later garbage collection walked them).
+    from dualmode.query.memo import Memo
+
+    def memos_in_this_process() -> int:
+        gc.collect()
+        return sum(type(o) is Memo for o in gc.get_objects())
+
+    counts = []
+    for _ in range(3):
+        db = w.DiesUnderTwoCallers(backend=backend)
+        db.square.prefetch(range(2_000))  # computed in the workers, in chunks
+        assert db.square(1_999) == 1_999 * 1_999
+        del db
+        counts.append(memos_in_this_process())
+    assert counts[2] <= counts[0] + 10, counts

@@ -35,10 +35,14 @@ from dualmode.query.job_table import (
 from dualmode.query.memo import LOW, Memo, MemoState, QKey, ThreadId, lookup
 
 from .packing import (
+    MemoFields,
     cannot_travel,
     memo_fields,
+    pack_entry,
     pack_value,
     packed_value,
+    unpack_entry,
+    unpack_fields,
     unpack_memo,
     unpack_value,
 )
@@ -138,7 +142,7 @@ class RemoteJobTable:
                 continue  # another thread's job
             kind, memo = answer
             if kind is Claim.MEMO:
-                self._learn_one(name, key, memo)
+                self._learn_one(name, key, memo_fields(memo, memo.value))
             elif kind is Claim.VERIFY and memo is not None:
                 entry = (revision, kind, self._received(name, key, memo, None, old=True))
                 reserved[(name, key)] = entry
@@ -307,17 +311,18 @@ class RemoteJobTable:
     def _learn(self, news: list[Any]) -> None:
         """Cache the results the other processes published (sent along with a claim): a
         query that reads one of them finds it here, with no claim."""
-        for _pid, name, key, memo in news:
-            self._learn_one(name, key, memo)
+        for _pid, entry in news:
+            self._learn_one(*unpack_entry(entry))
 
-    def _learn_one(self, name: str, key: tuple[Any, ...], memo: Memo) -> None:
-        """Cache *memo*, a result valid in its revision, unless one as new is here. Only a
-        hint: a value that does not load here is skipped (a claim of it says why)."""
+    def _learn_one(self, name: str, key: tuple[Any, ...], fields: MemoFields) -> None:
+        """Cache the memo of *fields*, a result valid in its revision, unless one as new is
+        here. Only a hint: a value that does not load here is skipped (a claim of it says
+        why)."""
         memos = self._memos[name]
         mine = lookup(memos, key)
-        if mine is None or mine.verified_at < memo.verified_at:
+        if mine is None or mine.verified_at < fields[3]:
             try:
-                loaded = unpack_memo(memo)
+                loaded = unpack_fields(fields)
             except Exception:
                 return
             if loaded.state is not ERROR_ONCE:
@@ -352,12 +357,11 @@ class RemoteJobTable:
                 memo = cannot_travel(memo, exc)
                 value = packed_value(memo)
             shipped = memo_fields(memo, value)
+        entry = pack_entry(name, key, shipped)  # the owner passes it on to the others as it is
         # One way: a settlement of this job would have come with one of this thread's claims
         # (only a claim of this thread waits while its jobs run, and cycles are settled then).
         self._forget_started(name, key)
-        self._event(
-            ("finish", name, key, thread, shipped, store, verdict, elapsed, self_time, scope)
-        )
+        self._event(("finish", thread, entry, store, verdict, elapsed, self_time, scope))
         settlement = self._local.settled.pop((name, key), None)
         if settlement is not None:  # a cycle through this query was settled meanwhile
             return self._received(name, key, settlement, scope, old=False)

@@ -22,10 +22,12 @@ __all__ = [
     "MemoFields",
     "check_travels",
     "memo_fields",
+    "pack_entry",
     "pack_memo",
     "pack_memo_or_error",
     "pack_value",
     "packed_value",
+    "unpack_entry",
     "unpack_fields",
     "unpack_memo",
     "unpack_value",
@@ -78,18 +80,33 @@ def packed_value(memo: Memo, keep_value: bool = True, *, by_reference: bool = Fa
     return pack_value(memo.value, by_reference=by_reference)
 
 
-# A memo as a client publishes it: its fields, the value packed. Sent as a plain tuple, it
-# costs the two processes less than a Memo to pickle and load (no constructor call).
-MemoFields = tuple[MemoState, Any, Any, int, int, int]
+# A memo as a client publishes it: its fields, the value packed, the state by its name. A
+# plain tuple of plain values costs less to pickle and load than a Memo (no constructor
+# call) and than its state (a class: pickled alone, as each entry is, every load of it looks
+# the class up by module and name, a few microseconds).
+MemoFields = tuple[str, Any, Any, int, int, int]
+_STATES = {state.value: state for state in MemoState}
 
 
 def memo_fields(memo: Memo, value: Any) -> MemoFields:
-    return memo.state, value, memo.deps, memo.verified_at, memo.changed_at, memo.durability
+    return memo.state.value, value, memo.deps, memo.verified_at, memo.changed_at, memo.durability
+
+
+def pack_entry(name: str, key: tuple[Any, ...], fields: MemoFields) -> bytes:
+    """A result as it travels from the client that published it through the owner to the
+    other clients (the owner passes it on as news without packing it again)."""
+    return pickle.dumps((name, key, fields), pickle.HIGHEST_PROTOCOL)
+
+
+def unpack_entry(entry: bytes) -> tuple[str, tuple[Any, ...], MemoFields]:
+    """What :func:`pack_entry` packed: the query's name, the key and the memo's fields
+    (the value still packed)."""
+    return cast(tuple[str, tuple[Any, ...], MemoFields], pickle.loads(entry))
 
 
 def unpack_fields(fields: MemoFields) -> Memo:
     """The memo a client published (see :data:`MemoFields`), its value loaded."""
-    state, value = fields[0], fields[1]
+    state, value = _STATES[fields[0]], fields[1]
     if state in _WITH_VALUE and isinstance(value, bytes):
         value = unpack_value(value)
     return Memo(state, value, *fields[2:])

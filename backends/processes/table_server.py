@@ -42,11 +42,13 @@ from dualmode.query.job_table import (
 from dualmode.query.memo import LOW, Memo, MemoState, ThreadId, lookup
 
 from .packing import (
-    MemoFields,
     check_travels,
+    memo_fields,
+    pack_entry,
     pack_memo,
     pack_memo_or_error,
     pack_value,
+    unpack_entry,
     unpack_fields,
     unpack_value,
 )
@@ -60,13 +62,16 @@ GREEN, EXECUTED, BACKDATED = Verdict.GREEN, Verdict.EXECUTED, Verdict.BACKDATED
 _NEWS_VERDICTS = (EXECUTED, BACKDATED)
 _NEWS_STATES = (OK, ERROR)
 
-# A result is passed on to every client with their next claim if its value packs to at most
-# this many bytes: a worker then finds most of what the others computed without asking. A
-# larger one is sent only to a client that asks for it (it may never need it).
+# A result is passed on to every client with their next claim if its entry (key, what it
+# read and its value, packed) is at most this many bytes: a worker then finds most of what
+# the others computed without asking. A larger one is sent only to a client that asks for it
+# (it may never need it).
 NEWS_MAX_BYTES = 4096
 
-# (pid of the publishing process, query name, key, packed memo)
-News = tuple[int, str, tuple[Any, ...], Memo]
+# (pid of the publishing process, its entry: ``pack_entry(name, key, fields)``). Bytes, as
+# the publishing client packed them: the owner keeps and forwards them as they came, and
+# bytes are nothing for its garbage collector to walk.
+News = tuple[int, bytes]
 
 
 class SharedJobTable(InProcessJobTable):
@@ -90,6 +95,10 @@ class SharedJobTable(InProcessJobTable):
         # for the server threads to pass on to every client (see _claim). A new list per
         # revision: a memo of an older one is of no use to a client without a claim.
         self.news: list[News] | None = None
+        # Per client thread, how much of the news it has had: (the list's generation, length).
+        # A generation, not the list: an old revision's list must not stay alive here.
+        self._news_generation = 0
+        self._news_seen: dict[ThreadId, tuple[int, int]] = {}
         # Per client thread, the jobs it reserved (claimed for a prefetch chunk in one
         # request) and has not started yet: not on its stack, so the wait-for graph sees no
         # edge through them. Only that thread's server thread uses its entry.
@@ -130,11 +139,11 @@ class SharedJobTable(InProcessJobTable):
         key: tuple[Any, ...],
         thread: ThreadId,
         memo: Memo,
-        packed: MemoFields | None,
+        packed: bytes | None,
         **options: Any,
     ) -> Memo:
-        """:meth:`publish`; *packed*: the memo as a client sent it, passed on as news as it
-        is (None: packed here when there is news to give)."""
+        """:meth:`publish`; *packed*: the entry a client sent (:func:`~.packing.pack_entry`),
+        passed on as news as it is (None: packed here when there is news to give)."""
         news = self.news
         revision = self.revision
         in_force = super().publish(name, key, thread, memo, **options)
@@ -146,16 +155,14 @@ class SharedJobTable(InProcessJobTable):
             and in_force.state in _NEWS_STATES
             and in_force.verified_at == revision
         ):
-            if packed is not None and in_force is memo:
-                passed_on = Memo(*packed)
-            else:
+            if packed is None or in_force is not memo:
                 try:
-                    passed_on = pack_memo(in_force)
+                    fields = pack_memo(in_force)
                 except TypeError:
                     return in_force  # its readers get the error when they claim it
-            value = passed_on.value
-            if not isinstance(value, bytes) or len(value) <= NEWS_MAX_BYTES:
-                news.append((thread[0], name, key, passed_on))
+                packed = pack_entry(name, key, memo_fields(fields, fields.value))
+            if len(packed) <= NEWS_MAX_BYTES:
+                news.append((thread[0], packed))
         return in_force
 
     def serve_news(self) -> None:
@@ -167,7 +174,23 @@ class SharedJobTable(InProcessJobTable):
         revision = super().set_input(name, key, value, durability)
         if self.news is not None:
             self.news = []  # the old revision's results are verified again by claims
+            self._news_generation += 1
         return revision
+
+    def news_since(self, thread: ThreadId) -> list[News]:
+        """The results published since *thread*'s last call, but its own process's (called
+        by the server thread of that client thread only)."""
+        news = self.news
+        if news is None:
+            return []
+        generation = self._news_generation
+        seen, done = self._news_seen.get(thread, (generation, 0))
+        if seen != generation:
+            done = 0  # a new revision's list
+        end = len(news)
+        self._news_seen[thread] = (generation, end)
+        pid = thread[0]
+        return [entry for entry in news[done:end] if entry[0] != pid]
 
     # -- reservations: a prefetch chunk claimed in one request --------------------------------
 
@@ -348,33 +371,9 @@ def _accept(listener: Listener) -> None:
         ).start()
 
 
-class _Session:
-    """What the server thread of one client thread remembers: per table, how much of its
-    news that client has had."""
-
-    __slots__ = ("cursors",)
-
-    def __init__(self) -> None:
-        self.cursors: dict[str, tuple[list[News], int]] = {}
-
-    def news(self, table: SharedJobTable, thread: ThreadId) -> list[News]:
-        """The results published since this client's last claim, but its own process's."""
-        news = table.news
-        if news is None:
-            return []
-        seen, done = self.cursors.get(table.ident, (news, 0))
-        if seen is not news:
-            done = 0  # a new revision's list
-        end = len(news)
-        self.cursors[table.ident] = (news, end)
-        pid = thread[0]
-        return [entry for entry in news[done:end] if entry[0] != pid]
-
-
 def _serve_client(conn: Connection) -> None:
     """Run one client thread's requests, in order, until it disconnects. A one-way request
     (``_ONE_WAY``) gets no reply: the client goes on while it runs here."""
-    session = _Session()
     with conn:
         while True:
             try:
@@ -391,7 +390,7 @@ def _serve_client(conn: Connection) -> None:
                         f"created it (pid {os.getpid()}): keep the database alive while other "
                         "processes use it"
                     )
-                reply: tuple[bool, Any] = (True, _REQUESTS[method](session, table, *args, **kwargs))
+                reply: tuple[bool, Any] = (True, _REQUESTS[method](table, *args, **kwargs))
             except Exception as exc:
                 reply = (False, exc)
             if method in _ONE_WAY:
@@ -421,12 +420,11 @@ def _report_one_way_failure(method: str, exc: BaseException) -> None:
 
 
 # What clients may ask, with their values packed: each runs the table's method of that name.
-# A claim's reply also carries the news (results of the others, see _Session.news) and the
-# settlements of the client thread's running jobs (so that its publish needs no reply).
+# A claim's reply also carries the news (results of the others, SharedJobTable.news_since)
+# and the settlements of the client thread's running jobs (so that its publish needs no reply).
 
 
 def _claim(
-    session: _Session,
     table: SharedJobTable,
     name: str,
     key: tuple[Any, ...],
@@ -439,11 +437,10 @@ def _claim(
     if kind is MEMO or kind is VERIFY:
         answer = pack_memo_or_error(answer, keep_value=scope is None)
     settled = [(n, k, pack_memo_or_error(memo)) for n, k, memo in table.settled_on_stack(thread)]
-    return kind, answer, session.news(table, thread), settled, table.voided(thread)
+    return kind, answer, table.news_since(thread), settled, table.voided(thread)
 
 
 def _reserve(
-    session: _Session,
     table: SharedJobTable,
     name: str,
     keys: list[tuple[Any, ...]],
@@ -459,24 +456,20 @@ def _reserve(
         else (answer[0], pack_memo_or_error(answer[1]))
         for answer in table.reserve(name, keys, thread, revision)
     ]
-    return packed, session.news(table, thread)
+    return packed, table.news_since(thread)
 
 
-def _events(session: _Session, table: SharedJobTable, events: list[tuple[Any, ...]]) -> None:
+def _events(table: SharedJobTable, events: list[tuple[Any, ...]]) -> None:
     """A client thread's one-way requests, in the order it made them (see
     RemoteJobTable._event): started reservations, publishes, abandons, releases."""
     for event in events:
         kind = event[0]
         if kind == "finish":
-            _, name, key, thread, memo, store, verdict, elapsed, self_time, scope = event
-            table.start_reserved(thread, name, key, only_if_reserved=True)
+            _, thread, entry, store, verdict, elapsed, self_time, scope = event
             _finish(
-                session,
                 table,
-                name,
-                key,
                 thread,
-                memo,
+                entry,
                 store=store,
                 verdict=verdict,
                 elapsed=elapsed,
@@ -495,16 +488,10 @@ def _events(session: _Session, table: SharedJobTable, events: list[tuple[Any, ..
             table.release_reservations(*event[1:])
 
 
-def _finish(
-    session: _Session,
-    table: SharedJobTable,
-    name: str,
-    key: tuple[Any, ...],
-    thread: ThreadId,
-    fields: MemoFields,
-    **options: Any,
-) -> None:
-    packed: MemoFields | None = fields
+def _finish(table: SharedJobTable, thread: ThreadId, entry: bytes, **options: Any) -> None:
+    packed: bytes | None = entry
+    name, key, fields = unpack_entry(entry)
+    table.start_reserved(thread, name, key, only_if_reserved=True)
     try:
         memo = unpack_fields(fields)
     except Exception as exc:  # the owner cannot load what a worker computed
@@ -513,15 +500,12 @@ def _finish(
     table.publish_packed(name, key, thread, memo, packed, **options)
 
 
-def _peek(
-    session: _Session, table: SharedJobTable, name: str, key: tuple[Any, ...], revision: int
-) -> Memo | None:
+def _peek(table: SharedJobTable, name: str, key: tuple[Any, ...], revision: int) -> Memo | None:
     memo = table.peek(name, key, revision)
     return None if memo is None else pack_memo_or_error(memo)
 
 
 def _set_input(
-    session: _Session,
     table: SharedJobTable,
     name: str,
     key: Hashable,
@@ -532,7 +516,7 @@ def _set_input(
 
 
 def _get_input(
-    session: _Session, table: SharedJobTable, name: str, key: Hashable, revision: int
+    table: SharedJobTable, name: str, key: Hashable, revision: int
 ) -> tuple[InputState, Any, int, int]:
     state, value, changed_at, durability = table.get_input(name, key, revision)
     if state is SET:
@@ -550,7 +534,7 @@ def _unloadable(name: str, key: tuple[Any, ...], exc: Exception) -> TypeError:
 
 def _plain(method: Any) -> Any:
     """A request that runs the table's *method* as it is."""
-    return lambda session, table, *args, **kwargs: method(table, *args, **kwargs)
+    return lambda table, *args, **kwargs: method(table, *args, **kwargs)
 
 
 _REQUESTS: dict[str, Any] = {
@@ -563,6 +547,6 @@ _REQUESTS: dict[str, Any] = {
     "set_input": _set_input,
     "get_input": _get_input,
     "input_changes": _plain(InProcessJobTable.input_changes),
-    "sync": lambda session, table: None,  # its reply says the requests before it are done
+    "sync": lambda table: None,  # its reply says the requests before it are done
 }
 _ONE_WAY = frozenset({"events"})
