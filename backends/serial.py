@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import dualmode.primitives as p
 from dualmode.backend import Backend, Outcome, builds, capture, run_chunk, run_now
 from dualmode.errors import BorrowError, BrokenBarrierError, QueueShutDown, WrongThreadError
+from dualmode.off_loop import async_timeout
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -35,9 +36,9 @@ _EMPTY, _RUNNING, _SET = 0, 1, 2  # OnceCell states
 
 def _would_block(what: str) -> BorrowError:
     return BorrowError(
-        f"{what}: on the serial backend no other thread exists to make progress, so this "
-        "would block forever; fix the logic, pass blocking=False or a timeout, or choose a "
-        "parallel backend"
+        f"{what}: on the serial backend no other thread exists to make progress (and no "
+        "other task is waited for: serial is one flow of control), so this would block "
+        "forever; fix the logic, pass blocking=False or a timeout, or choose a parallel backend"
     )
 
 
@@ -93,6 +94,10 @@ class Lock(_Owned, p.Lock):
     def locked(self) -> bool:
         self._check_thread()
         return self._held
+
+    async def async_acquire(self, timeout: float | None = None) -> bool:
+        # No other task could release it either: the serial backend is one flow of control.
+        return self.acquire(True, async_timeout(timeout))
 
     # `with lock:` is the hot path: one combined test, no call unless something is wrong.
     def __enter__(self) -> bool:
@@ -159,6 +164,10 @@ class Semaphore(_Owned, p.Semaphore):
         self._check_thread()
         self._value += n
 
+    async def async_acquire(self, timeout: float | None = None) -> bool:
+        limit = async_timeout(timeout)
+        return self.acquire(True, None if limit == -1 else limit)
+
 
 class BoundedSemaphore(Semaphore, p.BoundedSemaphore):
     """A Semaphore that refuses to rise above its initial value."""
@@ -204,6 +213,10 @@ class Event(_Owned, p.Event):
         if not self._flag and timeout is None:
             raise _would_block("waiting on an Event that is not set")
         return self._flag
+
+    async def async_wait(self, timeout: float | None = None) -> bool:
+        limit = async_timeout(timeout)
+        return self.wait(None if limit == -1 else limit)
 
 
 class Condition(_Owned, p.Condition):

@@ -30,6 +30,17 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 import dualmode.primitives as p
 from dualmode.backend import Backend, Outcome, builds, capture, run_chunk
 from dualmode.errors import BorrowError, QueueShutDown
+from dualmode.off_loop import async_timeout
+
+from .parking_lot import (
+    ParkingLot,
+    TaskWaiter,
+    ThreadWaiter,
+    Waiter,
+    park_task,
+    park_thread,
+    task_waiter,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -96,10 +107,6 @@ class _RawLock(Protocol):
     def _at_fork_reinit(self) -> None: ...
 
 
-class _RawMutex(_RawLock, Protocol):
-    def locked(self) -> bool: ...
-
-
 class _RawRLock(_RawLock, Protocol):
     """``_thread.RLock``'s private methods: ``threading.Condition`` waits on an RLock with them
     (so a wait releases every level of a nested hold), and ``threading`` tests use them."""
@@ -114,7 +121,7 @@ class _RawRLock(_RawLock, Protocol):
 
 
 class _RawLockWrapper(_Bound):
-    """Lock and RLock delegate to a raw ``_thread`` lock, which a Condition can use directly."""
+    """RLock delegates to a raw ``_thread`` lock, which a Condition can use directly."""
 
     __slots__ = ("_backend", "_raw")
     _raw: _RawLock
@@ -147,18 +154,116 @@ class _RawLockWrapper(_Bound):
         self._raw.release()
 
 
-class Lock(_RawLockWrapper, p.Lock):
-    """``threading.Lock`` itself: acquiring a held lock waits; any thread may release it."""
+class Lock(_Bound, p.Lock):
+    """A FIFO lock shared by threads and tasks: acquiring a held lock waits (a task, on its
+    event loop) in one queue, and ``release`` hands the lock, still held, to the first waiter.
+    Otherwise ``threading.Lock``: any thread or task may release it.
 
-    __slots__ = ()
-    _raw: _RawMutex
+    A caller that finds the lock free takes it at once, even if a waiter is about to be handed
+    it (that is the only way to pass a waiter, and is what ``threading.Lock`` always allows).
+    """
+
+    __slots__ = ("_backend", "_held", "_lot", "_mutex")
 
     def __init__(self, backend: ThreadsBackend, /) -> None:
         self._backend = backend
-        self._raw = cast("_RawMutex", _thread.allocate_lock())
+        self._held = _thread.allocate_lock()  # held exactly while this Lock is
+        self._mutex = _thread.allocate_lock()  # guards the queue and each hand-over
+        self._lot = ParkingLot()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if timeout != -1:
+            p.check_timeout(blocking, timeout)
+        if self._held.acquire(False):
+            return True
+        if not blocking:
+            return False
+        waiter = ThreadWaiter()
+        if self._queue(waiter):
+            return True
+        return park_thread(self._mutex, self._lot, waiter, timeout)
+
+    def _queue(self, waiter: Waiter) -> bool:
+        """Queue *waiter*, unless the lock is free by then: True, and it is taken."""
+        with self._mutex:
+            self._lot.enqueue(waiter)
+            # Tried after queueing: a release that looked at the queue before we joined it
+            # has let go of the lock by now.
+            if self._held.acquire(False):
+                self._lot.withdraw(waiter)
+                return True
+        return False
+
+    def release(self) -> None:
+        if self._lot:
+            self._hand_over()
+            return
+        self._held.release()
+        if self._lot:  # a waiter joined as we let go, and may have missed the lock
+            with self._mutex:
+                waiter = self._lot.grant_first() if self._held.acquire(False) else None
+            if waiter is not None:
+                waiter.wake()
+
+    def _hand_over(self, _waiter: Waiter | None = None) -> None:
+        """Give the held lock to the first waiter, or let it go if none is left."""
+        with self._mutex:
+            if not self._held.locked():
+                raise RuntimeError("release unlocked lock")
+            waiter = self._lot.grant_first()
+            if waiter is None:
+                self._held.release()
+        if waiter is not None:
+            waiter.wake()
+
+    async def async_acquire(self, timeout: float | None = None) -> bool:
+        limit = async_timeout(timeout)
+        if self._held.acquire(False):
+            return True
+        return await self._wait_async(limit)
+
+    async def _wait_async(self, limit: float) -> bool:
+        waiter = task_waiter()
+        if self._queue(waiter):
+            return True
+        return await park_task(self._mutex, self._lot, waiter, limit, self._hand_over)
+
+    # `with lock:` is the hot path: the free lock taken with no further call.
+    def __enter__(self) -> bool:
+        return self._held.acquire(False) or self.acquire()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    async def __aenter__(self) -> None:
+        if not self._held.acquire(False):
+            await self._wait_async(-1)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
 
     def locked(self) -> bool:
-        return self._raw.locked()
+        return self._held.locked()
+
+    def _at_fork_reinit(self) -> None:
+        # In a forked child only the forking thread exists: no waiter can be woken there.
+        self._held = _thread.allocate_lock()
+        self._mutex = _thread.allocate_lock()
+        self._lot = ParkingLot()
+
+    def __repr__(self) -> str:
+        state = "locked" if self._held.locked() else "unlocked"
+        return f"<{state} dualmode.Lock object at {id(self):#x} on threads>"
 
 
 class RLock(_RawLockWrapper, p.RLock):
@@ -184,25 +289,168 @@ class RLock(_RawLockWrapper, p.RLock):
         return self._raw._recursion_count()
 
 
-class Semaphore(_Bound, threading.Semaphore, p.Semaphore):
-    """``threading.Semaphore``: acquiring at zero waits for a ``release``."""
+class Semaphore(_Bound, p.Semaphore):
+    """``threading.Semaphore``, shared by threads and tasks: acquiring at zero waits (a task,
+    on its event loop) in one FIFO queue, and ``release`` hands each unit to the first waiter."""
+
+    __slots__ = ("_backend", "_lot", "_mutex", "_value")
 
     def __init__(self, backend: ThreadsBackend, /, value: int = 1) -> None:
-        # super() reaches threading.BoundedSemaphore first when building the subclass below.
-        super().__init__(value)
         self._backend = backend
+        self._value = value  # units nobody holds; while anyone waits, 0
+        self._mutex = _thread.allocate_lock()
+        self._lot = ParkingLot()
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        if not blocking and timeout is not None:
+            raise ValueError("can't specify timeout for non-blocking acquire")
+        waits = blocking and (timeout is None or timeout > 0)  # threading: <= 0 waits not
+        waiter = self._take_or_queue(ThreadWaiter if waits else None)
+        if waiter is None:
+            return True
+        if waiter is False:
+            return False
+        return park_thread(self._mutex, self._lot, waiter, -1 if timeout is None else timeout)
+
+    def _take_or_queue(self, make: Callable[[], Waiter] | None) -> Any:
+        """Take a unit: None; else queue ``make()`` and return it, or False if *make* is None."""
+        with self._mutex:
+            if self._value:
+                self._value -= 1
+                return None
+            if make is None:
+                return False
+            waiter = make()
+            self._lot.enqueue(waiter)
+            return waiter
+
+    def release(self, n: int = 1) -> None:
+        if n < 1:
+            raise ValueError("n must be one or more")
+        with self._mutex:
+            self._check_release(n)
+            self._value += n
+            woken = []
+            while self._value and self._lot:
+                self._value -= 1
+                woken.append(self._lot.grant_first())
+        for waiter in woken:
+            cast("Waiter", waiter).wake()
+
+    def _check_release(self, n: int) -> None:
+        """BoundedSemaphore's bound (mutex held)."""
+
+    def _give_back(self, _waiter: Waiter) -> None:
+        self.release()
+
+    async def async_acquire(self, timeout: float | None = None) -> bool:
+        limit = async_timeout(timeout)
+        waiter = self._take_or_queue(task_waiter if limit != 0 else None)
+        if waiter is None:
+            return True
+        if waiter is False:
+            return False
+        return await park_task(self._mutex, self._lot, waiter, limit, self._give_back)
+
+    async def __aenter__(self) -> None:
+        await self.async_acquire()
+
+    def __repr__(self) -> str:
+        return f"<dualmode.{type(self).__name__} at {id(self):#x} on threads: {self._shown()}>"
+
+    def _shown(self) -> str:
+        return f"value={self._value}"
 
 
-class BoundedSemaphore(Semaphore, threading.BoundedSemaphore, p.BoundedSemaphore):
+class BoundedSemaphore(Semaphore, p.BoundedSemaphore):
     """``threading.BoundedSemaphore``: releasing past the initial value raises ValueError."""
 
+    __slots__ = ("_initial",)
 
-class Event(_Bound, threading.Event, p.Event):
-    """``threading.Event``: ``set`` wakes every waiter."""
+    def __init__(self, backend: ThreadsBackend, /, value: int = 1) -> None:
+        super().__init__(backend, value)
+        self._initial = value
+
+    def _check_release(self, n: int) -> None:
+        # Units handed to waiters are held, so free units plus n must stay within the bound.
+        if self._value + n > self._initial:
+            raise ValueError("Semaphore released too many times")
+
+    def _shown(self) -> str:
+        return f"value={self._value}/{self._initial}"
+
+
+class Event(_Bound, p.Event):
+    """``threading.Event``, shared by threads and tasks: ``set`` wakes every waiter, each
+    thread on its lock and each task on its event loop."""
+
+    __slots__ = ("_backend", "_flag", "_lot", "_mutex")
 
     def __init__(self, backend: ThreadsBackend, /) -> None:
-        super().__init__()
         self._backend = backend
+        self._flag = False
+        self._mutex = _thread.allocate_lock()
+        self._lot = ParkingLot()
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        with self._mutex:
+            self._flag = True
+            woken = self._lot.grant_all()
+        for waiter in woken:
+            waiter.wake()
+
+    def clear(self) -> None:
+        with self._mutex:
+            self._flag = False
+
+    def _queue(self, make: Callable[[], Waiter]) -> Waiter | None:
+        """Queue ``make()`` and return it, unless the flag is set: None."""
+        with self._mutex:
+            if self._flag:
+                return None
+            waiter = make()
+            self._lot.enqueue(waiter)
+            return waiter
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._flag:
+            return True
+        if timeout is not None and timeout <= 0:
+            return False
+        waiter = self._queue(ThreadWaiter)
+        if waiter is None:
+            return True
+        return park_thread(
+            self._mutex, self._lot, cast("ThreadWaiter", waiter), -1 if timeout is None else timeout
+        )
+
+    async def async_wait(self, timeout: float | None = None) -> bool:
+        limit = async_timeout(timeout)
+        if self._flag:
+            return True
+        if limit == 0:
+            return False
+        waiter = self._queue(task_waiter)
+        if waiter is None:
+            return True
+        return await park_task(
+            self._mutex, self._lot, cast("TaskWaiter", waiter), limit, _nothing_to_give_back
+        )
+
+    def _at_fork_reinit(self) -> None:
+        self._mutex = _thread.allocate_lock()
+        self._lot = ParkingLot()
+
+    def __repr__(self) -> str:
+        state = "set" if self._flag else "unset"
+        return f"<dualmode.Event at {id(self):#x} on threads: {state}>"
+
+
+def _nothing_to_give_back(_waiter: Waiter) -> None:
+    """An Event's wake-up takes nothing that another waiter would need."""
 
 
 def _condition_lock(lock: p.AnyLock | None) -> p.AnyLock:

@@ -38,6 +38,7 @@ import abc
 import inspect
 import numbers
 import operator
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol, SupportsIndex, TypeVar, cast
@@ -45,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol, SupportsInde
 from .backend import Backend
 from .config import resolve_backend
 from .errors import BorrowError
+from .off_loop import wait_off_loop
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -243,6 +245,8 @@ def check_timeout(blocking: bool, timeout: float | None) -> None:
         raise ValueError("can't specify a timeout for a non-blocking call")
     if timeout < 0:
         raise ValueError("timeout value must be a non-negative number")
+    if timeout > threading.TIMEOUT_MAX:
+        raise OverflowError("timeout value is too large")
 
 
 class _LockLike(Primitive):
@@ -289,6 +293,32 @@ class Lock(_LockLike):
         """True if some thread holds the lock."""
         raise NotImplementedError
 
+    async def async_acquire(self, timeout: float | None = None) -> bool:
+        """Acquire from async code (asyncio or trio) without blocking the event loop.
+
+        True once acquired; False if *timeout* seconds (None: no limit) passed first.
+        Cancelled while it waits, it holds nothing afterwards. Tasks and threads
+        (``acquire()``) wait for the same lock (threads: in one FIFO queue). An uncontended
+        acquire does not yield to the loop, as ``asyncio.Lock``'s does not.
+
+        - serial: a held lock raises :class:`BorrowError` (no timeout) or returns False at once.
+        - parallel: waits for a ``release`` from any thread or task.
+        """
+        return await wait_off_loop(
+            lambda seconds: self.acquire(True, seconds), self.release, timeout
+        )
+
+    async def __aenter__(self) -> None:
+        await self.async_acquire()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
 
 class RLock(_LockLike):
     """A reentrant lock, ``threading.RLock``-compatible: the holder may acquire it again.
@@ -326,10 +356,35 @@ class Semaphore(Primitive):
         """Give back *n* units. BoundedSemaphore raises ValueError past its initial value."""
         raise NotImplementedError
 
+    async def async_acquire(self, timeout: float | None = None) -> bool:
+        """Take one unit from async code (asyncio or trio) without blocking the event loop.
+
+        True once taken; False if *timeout* seconds (None: no limit) passed first. Cancelled
+        while it waits, it has taken nothing. Tasks and threads wait for the same units
+        (threads: in one FIFO queue).
+
+        - serial: at zero raises :class:`BorrowError` (no timeout) or returns False at once.
+        - parallel: waits for a ``release`` from any thread or task.
+        """
+        return await wait_off_loop(
+            lambda seconds: self.acquire(True, seconds), self.release, timeout
+        )
+
     def __enter__(self) -> bool:
         return self.acquire()
 
     def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    async def __aenter__(self) -> None:
+        await self.async_acquire()
+
+    async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
@@ -378,6 +433,15 @@ class Event(Primitive):
     def wait(self, timeout: float | None = None) -> bool:
         """True once the flag is set; False if the timeout passed first."""
         raise NotImplementedError
+
+    async def async_wait(self, timeout: float | None = None) -> bool:
+        """``wait`` from async code (asyncio or trio), without blocking the event loop: True
+        once the flag is set, False if *timeout* seconds (None: no limit) passed first.
+
+        - serial: unset with no timeout raises :class:`BorrowError`; with one, False at once.
+        - parallel: ``set`` from any thread or task wakes it.
+        """
+        return await wait_off_loop(self.wait, None, timeout)
 
 
 class Condition(_LockLike):

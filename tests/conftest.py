@@ -13,6 +13,12 @@ import pytest
 from _concurrency import Stress
 
 
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Every ``pytest.mark.anyio`` test runs under asyncio and under trio (anyio's plugin)."""
+    return str(request.param)
+
+
 @pytest.fixture
 def switch_often() -> Iterator[None]:
     """On a GIL build, switch threads every 10 us rather than every 5 ms, so races show."""

@@ -1,0 +1,251 @@
+"""Where threads and tasks wait on a threads-backend primitive: one FIFO queue for both.
+
+A primitive keeps its state behind a mutex of its own (a ``_thread`` lock held for a few lines,
+never while anyone waits). A caller that must wait queues a :class:`Waiter` in the primitive's
+:class:`ParkingLot` under that mutex, lets go of the mutex, and parks:
+
+- a thread on a lock of its own, as ``threading.Condition``'s waiters do;
+- an asyncio task on a future of its loop; a trio task in ``wait_task_rescheduled``.
+
+Whoever changes the state, from any thread or event loop, *grants* waiters under the mutex
+(taking them off the queue, in order) and wakes them after letting go of it. A grant is what
+the waiter waited for: the lock handed over still held, a permit, a notification. A waiter that
+times out or is cancelled *withdraws* under the same mutex, which settles the race with a grant
+once: either it is still queued and leaves having taken nothing, or it was granted first and
+the grant stands (a timed-out wait then succeeds; a cancelled task gives the grant back through
+the primitive's ``give_back`` before the cancellation goes on). So a grant is never lost and
+never given twice, and a thread blocked in ``acquire()`` and a task awaiting
+``async_acquire()`` are served in the order they queued (docs/async.md#fairness).
+
+A task never blocks its event loop: it parks on the loop's own machinery, and a wake-up from
+another thread reaches the loop through its thread-safe entry (``call_soon_threadsafe``, a trio
+token's ``run_sync_soon``). Which library runs the task is asked of ``sniffio``, which asyncio
+(through anyio) and trio both answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from _thread import allocate_lock, get_ident
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import sniffio
+
+if TYPE_CHECKING:
+    import asyncio
+    from _thread import LockType as _RawLock
+
+__all__ = [
+    "ParkingLot",
+    "TaskWaiter",
+    "ThreadWaiter",
+    "Waiter",
+    "park_task",
+    "park_thread",
+    "task_waiter",
+]
+
+
+class Waiter:
+    """One queued caller. ``want`` says what it waits for, for primitives whose waiters differ
+    (a reader or a writer); ``granted`` is set, under the primitive's mutex, by the grant."""
+
+    __slots__ = ("granted", "want")
+
+    def __init__(self, want: Any = None) -> None:
+        self.want = want
+        self.granted = False
+
+    def wake(self) -> None:
+        """Resume the granted waiter; from any thread, after the mutex is let go."""
+        raise NotImplementedError
+
+
+class ParkingLot(deque[Waiter]):
+    """The queue of a primitive's waiters, in arrival order: a deque, so that ``bool(lot)``,
+    which hot paths read without the mutex (a hint, rechecked under it), costs no call. The
+    methods below are called with the primitive's mutex held."""
+
+    __slots__ = ()
+
+    def enqueue(self, waiter: Waiter) -> None:
+        self.append(waiter)
+
+    def grant_first(self) -> Waiter | None:
+        """Take the first waiter off the queue, granted; the caller wakes it."""
+        if not self:
+            return None
+        waiter = self.popleft()
+        waiter.granted = True
+        return waiter
+
+    def grant_all(self) -> list[Waiter]:
+        waiters = list(self)
+        self.clear()
+        for waiter in waiters:
+            waiter.granted = True
+        return waiters
+
+    def withdraw(self, waiter: Waiter) -> bool:
+        """Take *waiter* off the queue: True if it was not granted (it may have left already),
+        False if it was granted."""
+        if waiter.granted:
+            return False
+        with contextlib.suppress(ValueError):  # it left before (a trio abort)
+            self.remove(waiter)
+        return True
+
+
+class ThreadWaiter(Waiter):
+    """A thread parked on a lock of its own, released by the grant's wake-up."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, want: Any = None) -> None:
+        super().__init__(want)
+        self._lock = allocate_lock()
+        self._lock.acquire()
+
+    def wake(self) -> None:
+        self._lock.release()
+
+
+def park_thread(mutex: _RawLock, lot: ParkingLot, waiter: ThreadWaiter, timeout: float) -> bool:
+    """Block until *waiter* (queued in *lot*, *mutex* let go) is granted: True; or until
+    *timeout* seconds (-1: none) pass with no grant: False, and it is off the queue."""
+    if waiter._lock.acquire(True, timeout):
+        return True
+    with mutex:
+        return not lot.withdraw(waiter)  # granted just as the time ran out: the grant stands
+
+
+class TaskWaiter(Waiter):
+    """A task parked on its event loop (see :func:`task_waiter`)."""
+
+    __slots__ = ()
+
+    async def park(self, mutex: _RawLock, lot: ParkingLot, timeout: float) -> bool:
+        """Wait until granted (True) or *timeout* seconds (-1: none) pass (False)."""
+        raise NotImplementedError
+
+
+class _AsyncioWaiter(TaskWaiter):
+    __slots__ = ("_future", "_loop", "_thread")
+
+    def __init__(self, want: Any) -> None:
+        import asyncio
+
+        super().__init__(want)
+        self._loop = asyncio.get_running_loop()
+        self._future: asyncio.Future[None] = self._loop.create_future()
+        self._thread = get_ident()
+
+    def wake(self) -> None:
+        if get_ident() == self._thread:
+            _resolve(self._future)
+        else:
+            self._loop.call_soon_threadsafe(_resolve, self._future)
+
+    async def park(self, mutex: _RawLock, lot: ParkingLot, timeout: float) -> bool:
+        timer = None
+        if timeout >= 0:
+            timer = self._loop.call_later(timeout, self._time_out, mutex, lot)
+        try:
+            await self._future
+        finally:
+            if timer is not None:
+                timer.cancel()
+        return self.granted
+
+    def _time_out(self, mutex: _RawLock, lot: ParkingLot) -> None:
+        with mutex:
+            withdrawn = lot.withdraw(self)
+        if withdrawn:
+            _resolve(self._future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # a cancelled task's future is done already
+        future.set_result(None)
+
+
+class _TrioWaiter(TaskWaiter):
+    __slots__ = ("_task", "_thread", "_token")
+
+    def __init__(self, want: Any) -> None:
+        import trio
+
+        super().__init__(want)
+        self._task = trio.lowlevel.current_task()
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread = get_ident()
+
+    def wake(self) -> None:
+        import trio
+
+        if get_ident() == self._thread:
+            trio.lowlevel.reschedule(self._task)
+        else:
+            self._token.run_sync_soon(trio.lowlevel.reschedule, self._task)
+
+    async def park(self, mutex: _RawLock, lot: ParkingLot, timeout: float) -> bool:
+        import trio
+
+        def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
+            with mutex:
+                withdrawn = lot.withdraw(self)
+            # Not withdrawn: granted, the wake-up is on its way, and the task takes it; the
+            # cancellation is delivered at its next checkpoint, as trio does for any operation
+            # that completed.
+            return trio.lowlevel.Abort.SUCCEEDED if withdrawn else trio.lowlevel.Abort.FAILED
+
+        deadline = math.inf if timeout < 0 else trio.current_time() + timeout
+        with trio.CancelScope(deadline=deadline):
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        return self.granted
+
+
+_TASK_WAITERS: dict[str, Callable[[Any], TaskWaiter]] = {
+    "asyncio": _AsyncioWaiter,
+    "trio": _TrioWaiter,
+}
+
+
+def task_waiter(want: Any = None) -> TaskWaiter:
+    """A waiter for the running task, of the event loop that runs it."""
+    library = sniffio.current_async_library()
+    try:
+        make = _TASK_WAITERS[library]
+    except KeyError:
+        raise RuntimeError(
+            f"dualmode's async operations run under asyncio or trio (directly or through "
+            f"anyio), not under {library!r}"
+        ) from None
+    return make(want)
+
+
+async def park_task(
+    mutex: _RawLock,
+    lot: ParkingLot,
+    waiter: TaskWaiter,
+    timeout: float,
+    give_back: Callable[[Waiter], None],
+) -> bool:
+    """Wait, without blocking the loop, until *waiter* (queued in *lot*, *mutex* let go) is
+    granted: True; or until *timeout* seconds (-1: none) pass with no grant: False.
+
+    Cancelled while still queued, it leaves the queue and the cancellation goes on. Cancelled
+    when the grant had already been made (asyncio: the two raced), it calls *give_back* with
+    the waiter, so that what it was granted goes to the next waiter, then re-raises.
+    """
+    try:
+        return await waiter.park(mutex, lot, timeout)
+    except BaseException:
+        with mutex:
+            withdrawn = lot.withdraw(waiter)
+        if not withdrawn:
+            give_back(waiter)
+        raise

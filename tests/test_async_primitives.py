@@ -1,0 +1,351 @@
+"""The async twins of the primitives (``async with lock``, ``await sem.async_acquire()``,
+``await event.async_wait()``), under asyncio and trio (anyio's plugin), on every backend.
+
+Tasks and threads share the same objects: a task that waits never blocks its event loop, a
+thread blocked in ``acquire()`` and a task in ``async_acquire()`` wait for the same lock, and a
+cancelled or timed-out wait leaves nothing taken (docs/async.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import pytest
+from _concurrency import JOIN_TIMEOUT, start_thread, wait_until
+
+import dualmode as dm
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
+
+# (name, build, take, give back): take is the async twin, called with timeout=.
+LOCKS: list[tuple[str, Callable[[str], Any]]] = [
+    ("Lock", lambda backend: dm.Lock(backend=backend)),
+    ("Semaphore", lambda backend: dm.Semaphore(1, backend=backend)),
+    ("BoundedSemaphore", lambda backend: dm.BoundedSemaphore(1, backend=backend)),
+]
+lock_kinds = pytest.mark.parametrize("build", [b for _, b in LOCKS], ids=[n for n, _ in LOCKS])
+
+
+def _is_free(lock: Any) -> bool:
+    """True if *lock* (a Lock or a one-unit semaphore) can be taken now; leaves it as it was."""
+    if lock.acquire(False):
+        lock.release()
+        return True
+    return False
+
+
+class Ticker:
+    """Counts the event loop's turns while a test waits: a loop that a waiting task blocked
+    would not turn."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+
+    async def run(self) -> None:
+        while True:
+            await anyio.sleep(0.005)
+            self.ticks += 1
+
+
+async def _with_ticker(body: Callable[[], Awaitable[None]]) -> int:
+    ticker = Ticker()
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(ticker.run)
+        await body()
+        tasks.cancel_scope.cancel()
+    return ticker.ticks
+
+
+# -- every backend ---------------------------------------------------------------------------
+
+
+@lock_kinds
+async def test_async_with_takes_and_gives_back(dualmode_backend: str, build: Any) -> None:
+    lock = build(dualmode_backend)
+    for _ in range(3):
+        async with lock:
+            assert not _is_free(lock)
+        assert _is_free(lock)
+    assert await lock.async_acquire() is True
+    lock.release()
+    assert _is_free(lock)
+
+
+async def test_event_async_wait_on_a_set_event(dualmode_backend: str) -> None:
+    event = dm.Event(backend=dualmode_backend)
+    event.set()
+    assert await event.async_wait() is True
+    assert await event.async_wait(timeout=0) is True
+    event.clear()
+    assert await event.async_wait(timeout=0) is False
+
+
+@lock_kinds
+@pytest.mark.parametrize(
+    ("timeout", "error", "words"),
+    [(-1, ValueError, ">= 0 seconds"), ("soon", TypeError, "number of seconds")],
+)
+async def test_a_bad_timeout_is_refused(
+    dualmode_backend: str, build: Any, timeout: Any, error: type[Exception], words: str
+) -> None:
+    lock = build(dualmode_backend)
+    with pytest.raises(error, match=words):
+        await lock.async_acquire(timeout=timeout)
+    with pytest.raises(error, match=words):
+        await dm.Event(backend=dualmode_backend).async_wait(timeout=timeout)
+    assert _is_free(lock)
+
+
+@lock_kinds
+async def test_a_wait_that_times_out_returns_false_and_takes_nothing(
+    dualmode_backend: str, build: Any
+) -> None:
+    lock = build(dualmode_backend)
+    lock.acquire()
+    started = time.monotonic()
+    assert await lock.async_acquire(timeout=0.05) is False
+    elapsed = time.monotonic() - started
+    # serial: at once (no one could release it); parallel: after the timeout.
+    assert elapsed < 0.05 if dualmode_backend == "serial" else elapsed >= 0.04
+    lock.release()
+    assert _is_free(lock)
+    assert await dm.Event(backend=dualmode_backend).async_wait(timeout=0.05) is False
+
+
+# -- serial: one flow of control -------------------------------------------------------------
+
+
+@lock_kinds
+async def test_serial_waits_no_one_could_end_raise_borrow_error(build: Any) -> None:
+    lock = build("serial")
+    lock.acquire()
+    with pytest.raises(dm.BorrowError, match="would block forever"):
+        await lock.async_acquire()
+    with pytest.raises(dm.BorrowError, match="would block forever"):
+        async with lock:
+            pass
+    with pytest.raises(dm.BorrowError, match="Event that is not set"):
+        await dm.Event(backend="serial").async_wait()
+    lock.release()
+
+
+async def test_serial_primitives_stay_with_their_thread() -> None:
+    lock = dm.Lock(backend="serial")
+    with pytest.raises(dm.WrongThreadError, match="created by thread"):
+        await anyio.to_thread.run_sync(lambda: anyio.run(lock.async_acquire))
+
+
+# -- parallel backends: tasks and threads share the objects ----------------------------------
+
+
+@lock_kinds
+async def test_a_waiting_task_does_not_block_its_loop(
+    dualmode_parallel_backend: str, build: Any
+) -> None:
+    lock = build(dualmode_parallel_backend)
+    lock.acquire()
+    got: list[bool] = []
+
+    async def body() -> None:
+        releaser = threading.Timer(0.3, lock.release)
+        releaser.start()
+        with anyio.fail_after(JOIN_TIMEOUT):
+            got.append(await lock.async_acquire())
+        releaser.join()
+
+    ticks = await _with_ticker(body)
+    assert got == [True]
+    assert ticks >= 10  # the loop turned while the task waited for a thread's release
+    lock.release()
+    assert _is_free(lock)
+
+
+async def test_event_set_by_a_thread_wakes_every_task(dualmode_parallel_backend: str) -> None:
+    event = dm.Event(backend=dualmode_parallel_backend)
+    woken: list[int] = []
+
+    async def waiter(i: int) -> None:
+        assert await event.async_wait()
+        woken.append(i)
+
+    async def body() -> None:
+        async with anyio.create_task_group() as tasks:
+            for i in range(5):
+                tasks.start_soon(waiter, i)
+            await anyio.sleep(0.05)
+            assert woken == []
+            await anyio.to_thread.run_sync(event.set)
+
+    with anyio.fail_after(JOIN_TIMEOUT):
+        ticks = await _with_ticker(body)
+    assert sorted(woken) == list(range(5))
+    assert ticks >= 5
+
+
+async def test_a_thread_waits_for_a_lock_a_task_holds(dualmode_parallel_backend: str) -> None:
+    lock = dm.Lock(backend=dualmode_parallel_backend)
+    async with lock:
+        done = threading.Event()
+        worker = start_thread(lambda: (lock.acquire(), lock.release(), done.set()))
+        await anyio.sleep(0.05)
+        assert not done.is_set()  # the thread waits for the task
+    with anyio.fail_after(JOIN_TIMEOUT):
+        while not done.is_set():
+            await anyio.sleep(0.005)
+    worker.join(JOIN_TIMEOUT)
+    assert _is_free(lock)
+
+
+async def test_semaphore_release_n_serves_threads_and_tasks(
+    dualmode_parallel_backend: str,
+) -> None:
+    sem = dm.Semaphore(0, backend=dualmode_parallel_backend)
+    got: list[str] = []
+    threads = [start_thread(lambda: (sem.acquire(), got.append("thread"))) for _ in range(2)]
+
+    async def task() -> None:
+        assert await sem.async_acquire()
+        got.append("task")
+
+    with anyio.fail_after(JOIN_TIMEOUT):
+        async with anyio.create_task_group() as tasks:
+            for _ in range(2):
+                tasks.start_soon(task)
+            await anyio.sleep(0.05)
+            sem.release(4)
+    for worker in threads:
+        worker.join(JOIN_TIMEOUT)
+    assert sorted(got) == ["task", "task", "thread", "thread"]
+    assert not sem.acquire(False)  # every unit was taken once
+
+
+async def test_threads_and_tasks_are_served_in_the_order_they_queued() -> None:
+    """threads only: its Lock and Semaphore keep one FIFO queue for both kinds of waiter
+    (processes' objects live in the coordinator, whose waits tasks reach in slices)."""
+    for lock in (dm.Lock(backend="threads"), dm.Semaphore(1, backend="threads")):
+        assert await _serve_alternately(lock) == [
+            "task0",
+            "thread1",
+            "task2",
+            "thread3",
+            "task4",
+            "thread5",
+        ]
+        assert _is_free(lock)
+
+
+async def _serve_alternately(lock: Any) -> list[str]:
+    """Queue tasks and threads in turn behind a held *lock*, release it: who got it, in order."""
+    lock.acquire()
+    order: list[str] = []
+
+    def thread(name: str) -> None:
+        with lock:
+            order.append(name)
+
+    async def task(name: str) -> None:
+        async with lock:
+            order.append(name)
+
+    threads = []
+    with anyio.fail_after(JOIN_TIMEOUT):
+        async with anyio.create_task_group() as tasks:
+            for i in range(6):
+                if i % 2:
+                    threads.append(start_thread(lambda i=i: thread(f"thread{i}")))
+                else:
+                    tasks.start_soon(task, f"task{i}")
+                while len(lock._lot) <= i:  # queued before the next one comes
+                    await anyio.sleep(0.001)
+            lock.release()
+    for worker in threads:
+        worker.join(JOIN_TIMEOUT)
+    return order
+
+
+@lock_kinds
+async def test_cancelled_waits_leave_nothing_taken(
+    dualmode_parallel_backend: str, build: Any
+) -> None:
+    """Cancel a waiting task at random moments around a thread's release, so that the
+    cancellation races the hand-over: afterwards the lock is free, or held by the task that
+    got it, and the next caller succeeds: 1,000 trials per event loop and backend."""
+    lock = build(dualmode_parallel_backend)
+    trials = 1000
+    rng = random.Random(1)
+    outcomes = {"acquired": 0, "cancelled": 0}
+    for _ in range(trials):
+        lock.acquire()
+        delay = rng.random() * 0.002
+        releaser = threading.Timer(delay, lock.release)
+        acquired = False
+        with anyio.move_on_after(rng.random() * 0.002):
+            releaser.start()
+            acquired = await lock.async_acquire()
+        releaser.join(JOIN_TIMEOUT)
+        if acquired:
+            lock.release()
+        outcomes["acquired" if acquired else "cancelled"] += 1
+        with anyio.fail_after(JOIN_TIMEOUT):
+            assert await lock.async_acquire()  # the next caller succeeds
+        lock.release()
+    assert _is_free(lock)
+    assert outcomes["acquired"] and outcomes["cancelled"]  # both sides of the race were hit
+
+
+async def test_cancelled_event_waits_leave_no_waiter(dualmode_parallel_backend: str) -> None:
+    event = dm.Event(backend=dualmode_parallel_backend)
+    for _ in range(100):
+        with anyio.move_on_after(0.001):
+            await event.async_wait()
+    if dualmode_parallel_backend == "threads":
+        assert len(event._lot) == 0  # type: ignore[attr-defined]
+    await anyio.to_thread.run_sync(event.set)
+    assert await event.async_wait(timeout=1)
+
+
+async def test_asyncio_task_cancel_gives_the_lock_back(
+    anyio_backend: str, dualmode_parallel_backend: str
+) -> None:
+    """``asyncio.Task.cancel`` (not only anyio's cancel scopes) while a task waits."""
+    if anyio_backend != "asyncio":
+        pytest.skip("asyncio.Task.cancel is asyncio's")
+    lock = dm.Lock(backend=dualmode_parallel_backend)
+    lock.acquire()
+    waiting = asyncio.ensure_future(lock.async_acquire())
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    lock.release()
+    # threads: free at once. processes: a wait's slice still in flight on its helper thread
+    # may take the lock just released, and gives it back as it ends (dualmode/off_loop.py).
+    wait_until(lambda: _is_free(lock), timeout=5)
+    # The grant and the cancellation at once: the task was handed the lock, and gives it back.
+    lock.acquire()
+    waiting = asyncio.ensure_future(lock.async_acquire())
+    await asyncio.sleep(0.05)
+    lock.release()
+    waiting.cancel()
+    try:
+        assert await waiting is True
+        lock.release()
+    except asyncio.CancelledError:
+        pass
+    wait_until(lambda: _is_free(lock), timeout=5)
+
+
+async def test_threads_event_survives_at_fork_reinit() -> None:
+    """What ``threading`` does to its Events in a forked child: new internal locks, no waiters."""
+    event = dm.Event(backend="threads")
+    event.set()
+    event._at_fork_reinit()  # type: ignore[attr-defined]
+    assert event.is_set()
+    event.clear()
+    assert await event.async_wait(timeout=0.01) is False
