@@ -592,11 +592,11 @@ class FreezeLock(_Owned, p.FreezeLock):
 class Queue(_Owned, p.Queue):
     """A deque: a get/put/join that would wait forever raises BorrowError."""
 
-    __slots__ = ("_items", "_maxsize", "_shutdown", "_unfinished")
+    __slots__ = ("_items", "_shutdown", "_unfinished", "maxsize")
 
     def __init__(self, backend: SerialBackend, /, maxsize: int = 0) -> None:
         super().__init__(backend)
-        self._maxsize = maxsize
+        self.maxsize = maxsize
         self._items: deque[Any] = deque()
         self._unfinished = 0
         self._shutdown = False
@@ -606,7 +606,7 @@ class Queue(_Owned, p.Queue):
         if self._shutdown:
             raise QueueShutDown
         # queue.Queue's order: a bounded queue checks the timeout before looking for room.
-        if self._maxsize > 0 and block and timeout is not None and timeout < 0:
+        if self.maxsize > 0 and block and timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
         if self._full():
             if block and timeout is None:
@@ -627,8 +627,16 @@ class Queue(_Owned, p.Queue):
             raise Empty
         return self._items.popleft()
 
+    async def async_put(self, item: Any, timeout: float | None = None) -> None:
+        limit = async_timeout(timeout)
+        self.put(item, True, None if limit == -1 else limit)
+
+    async def async_get(self, timeout: float | None = None) -> Any:
+        limit = async_timeout(timeout)
+        return self.get(True, None if limit == -1 else limit)
+
     def _full(self) -> bool:
-        return 0 < self._maxsize <= len(self._items)
+        return 0 < self.maxsize <= len(self._items)
 
     def qsize(self) -> int:
         self._check_thread()

@@ -6,7 +6,11 @@
 Figures (issue 13's targets):
 - uncontended ``async with dm.Lock()`` on threads vs ``async with asyncio.Lock()``
   (target <= 2.0), and the same under trio vs ``trio.Lock``;
-- what the hybrid lock costs sync code: threads ``with dm.Lock()`` vs ``with threading.Lock()``.
+- what the hybrid lock costs sync code: threads ``with dm.Lock()`` vs ``with threading.Lock()``;
+- a thread producing and a task consuming *n* items, and a task producing and a thread
+  consuming, through ``dm.Queue`` (threads) vs janus (target: >= 2x janus's throughput, so a
+  time ratio <= 0.5), and vs aiologic.SimpleQueue for reference (janus and aiologic come with
+  the ``bench`` extra; a row is left out where one is missing).
 
 Each figure is the best of several repeats, taken in turns, to damp the noise of a shared
 2-core machine.
@@ -55,6 +59,92 @@ def lock_loop(lock: Any, n: int) -> Callable[[], None]:
     return run
 
 
+class _Ends:
+    """One queue's two ends as the hand-off loops below use them, for each library."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def make(self) -> Any:  # called inside the running loop (janus needs one)
+        if self.kind == "dualmode":
+            return dm.Queue(backend="threads")
+        if self.kind == "janus":
+            import janus
+
+            return janus.Queue()
+        import aiologic
+
+        return aiologic.SimpleQueue()
+
+    def sync_put(self, q: Any) -> Callable[[Any], None]:
+        return q.sync_q.put if self.kind == "janus" else q.put
+
+    def sync_get(self, q: Any) -> Callable[[], Any]:
+        if self.kind == "janus":
+            return q.sync_q.get  # type: ignore[no-any-return]
+        return q.green_get if self.kind == "aiologic" else q.get  # type: ignore[no-any-return]
+
+    def async_put(self, q: Any) -> Callable[[Any], Any]:
+        return q.async_q.put if self.kind == "janus" else q.async_put
+
+    def async_get(self, q: Any) -> Callable[[], Any]:
+        return q.async_q.get if self.kind == "janus" else q.async_get
+
+
+def hand_off(ends: _Ends, n: int, thread_to_task: bool) -> Callable[[], None]:
+    """*n* items from a thread to a task (or from a task to a thread) under asyncio."""
+
+    async def loop() -> None:
+        q = ends.make()
+        if thread_to_task:
+            put = ends.sync_put(q)
+            worker = threading.Thread(target=lambda: [put(i) for i in range(n)])
+            worker.start()
+            get = ends.async_get(q)
+            for _ in range(n):
+                await get()
+        else:
+            get_sync = ends.sync_get(q)
+            worker = threading.Thread(target=lambda: [get_sync() for _ in range(n)])
+            worker.start()
+            put_async = ends.async_put(q)
+            for i in range(n):
+                await put_async(i)
+        await asyncio.get_running_loop().run_in_executor(None, worker.join)
+        if ends.kind == "janus":
+            q.close()
+            await q.wait_closed()
+
+    return lambda: asyncio.run(loop())
+
+
+def _installed(name: str) -> bool:
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
+
+
+def queue_rows(n: int) -> list[Row]:
+    rows = []
+    for thread_to_task, direction in ((True, "thread -> task"), (False, "task -> thread")):
+        ours = _Ends("dualmode")
+        for peer, meaning in (
+            ("janus", "time ratio; target <= 0.5 (>= 2x janus's throughput)"),
+            ("aiologic", "time ratio, for reference"),
+        ):
+            if not _installed(peer):
+                continue
+            a, b = best_of_pairs(
+                timed(hand_off(ours, n, thread_to_task)),
+                timed(hand_off(_Ends(peer), n, thread_to_task)),
+                repeats=3,
+            )
+            rows.append(Row(f"{n:,} items {direction}: dm.Queue vs {peer}", a, b, meaning))
+    return rows
+
+
 def measure(n: int) -> list[Row]:
     rows = []
     threads = dm.Lock(backend="threads")
@@ -98,7 +188,7 @@ def measure(n: int) -> list[Row]:
             "time ratio: what the hybrid FIFO lock costs sync code",
         )
     )
-    return rows
+    return rows + queue_rows(n // 2)
 
 
 def main() -> None:

@@ -22,7 +22,19 @@ from .errors import (
     WorkerCrashed,
     WrongThreadError,
 )
-from .parallel import Scope, TaskHandle, broadcast, join, par_for_each, par_map, scope
+from .parallel import (
+    Scope,
+    TaskHandle,
+    async_join,
+    async_par_for_each,
+    async_par_map,
+    broadcast,
+    join,
+    par_for_each,
+    par_map,
+    run_in_worker,
+    scope,
+)
 from .primitives import (
     AtomicInt,
     Barrier,
@@ -93,6 +105,9 @@ __all__ = [
     "WorkerLocal",
     "WriteGuard",
     "WrongThreadError",
+    "async_join",
+    "async_par_for_each",
+    "async_par_map",
     "available_backends",
     "broadcast",
     "configure",
@@ -102,6 +117,7 @@ __all__ = [
     "par_for_each",
     "par_map",
     "query",
+    "run_in_worker",
     "scope",
     "use",
 ]

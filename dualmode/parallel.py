@@ -28,11 +28,15 @@ from .progress import Progress, Reporter
 __all__ = [
     "Scope",
     "TaskHandle",
+    "async_join",
+    "async_par_for_each",
+    "async_par_map",
     "auto_chunksize",
     "broadcast",
     "join",
     "par_for_each",
     "par_map",
+    "run_in_worker",
     "scope",
 ]
 
@@ -150,26 +154,48 @@ def _par_map(
     progress: Progress,
     backend: BackendSpec | None,
 ) -> list[T]:
-    _check_callable(call, "fn", fn, items)
-    listed = _listed(call, items)
-    resolved = resolve_backend(backend)
-    if chunksize is None:
-        chunksize = auto_chunksize(len(listed), resolved.workers)
-    _check_chunksize(chunksize)
-    starts = range(0, len(listed), chunksize)
-    chunks = [listed[start : start + chunksize] for start in starts]
-    futures = resolved.map_chunks(fn, chunks)
-    reporter = Reporter(progress, len(listed), getattr(fn, "__name__", call))
+    started = _Map(call, fn, items, chunksize, progress, backend)
     try:
-        _wait_all(resolved, futures, [len(c) for c in chunks], reporter)
+        _wait_all(started.backend, started.futures, started.sizes, started.reporter)
     finally:
-        reporter.close()
-    # A chunk lost as a whole (its worker died) counts as one failure, at its first item.
-    chunks_done = (
-        (start, _settled(future, lambda exc: [(False, exc)]))
-        for start, future in zip(starts, futures, strict=True)
-    )
-    return _gather(chunks_done, call, len(listed))
+        started.reporter.close()
+    return started.results()
+
+
+class _Map:
+    """One ``par_map`` call, its chunks handed to the backend: what its sync and async
+    versions share."""
+
+    def __init__(
+        self,
+        call: str,
+        fn: Callable[[Any], Any],
+        items: Iterable[Any],
+        chunksize: int | None,
+        progress: Progress,
+        backend: BackendSpec | None,
+    ) -> None:
+        _check_callable(call, "fn", fn, items)
+        listed = _listed(call, items)
+        self.backend = resolved = resolve_backend(backend)
+        if chunksize is None:
+            chunksize = auto_chunksize(len(listed), resolved.workers)
+        _check_chunksize(chunksize)
+        self.call, self.total = call, len(listed)
+        self.starts = range(0, len(listed), chunksize)
+        chunks = [listed[start : start + chunksize] for start in self.starts]
+        self.sizes = [len(chunk) for chunk in chunks]
+        self.futures = resolved.map_chunks(fn, chunks)
+        self.reporter = Reporter(progress, len(listed), getattr(fn, "__name__", call))
+
+    def results(self) -> list[Any]:
+        """Once every chunk is done: the values in item order, or one ParallelError."""
+        # A chunk lost as a whole (its worker died) counts as one failure, at its first item.
+        chunks_done = (
+            (start, _settled(future, lambda exc: [(False, exc)]))
+            for start, future in zip(self.starts, self.futures, strict=True)
+        )
+        return _gather(chunks_done, self.call, self.total)
 
 
 def par_for_each(
@@ -206,6 +232,95 @@ def join(
     resolved.wait([future_b])
     a_value, b_value = _gather([(0, [a, _settled(future_b, _lost)])], "join", 2)
     return a_value, b_value
+
+
+# -- from async code: the same calls, awaited ---------------------------------------------------
+# The work runs on the backend's workers (serial: on the calling thread, as in sync code); the
+# task waits on its event loop (asyncio or trio) for the futures to finish, never blocking it.
+# Cancelled, a call cancels what has not started; what runs finishes on its worker, its result
+# dropped (docs/async.md#parallel-iteration-from-async-code).
+
+
+async def _finish_async(
+    futures: Sequence[Future[Any]], sizes: Sequence[int], reporter: Reporter
+) -> None:
+    from .parking_lot import wait_done
+
+    size_of = dict(zip(map(id, futures), sizes, strict=True))
+    pending = list(futures)
+    try:
+        while pending:
+            await wait_done(pending, first=True)
+            done = [f for f in pending if f.done()]
+            pending = [f for f in pending if not f.done()]
+            reporter.advance(sum(size_of[id(f)] for f in done))
+    except BaseException:
+        for future in pending:
+            future.cancel()
+        raise
+    finally:
+        reporter.close()
+
+
+async def async_par_map(
+    fn: Callable[[Any], T],
+    items: Iterable[Any],
+    *,
+    chunksize: int | None = None,
+    progress: Progress = False,
+    backend: BackendSpec | None = None,
+) -> list[T]:
+    """:func:`par_map` from async code (asyncio or trio): the same results, order and
+    :class:`ParallelError`, computed on the backend's workers while the event loop runs on.
+    Cancelled, chunks not started are not run (those running finish, their results dropped).
+    """
+    started = _Map("async_par_map", fn, items, chunksize, progress, backend)
+    await _finish_async(started.futures, started.sizes, started.reporter)
+    return started.results()
+
+
+async def async_par_for_each(
+    fn: Callable[[Any], object],
+    items: Iterable[Any],
+    *,
+    chunksize: int | None = None,
+    progress: Progress = False,
+    backend: BackendSpec | None = None,
+) -> None:
+    """:func:`par_for_each` from async code; see :func:`async_par_map`."""
+    started = _Map("async_par_for_each", fn, items, chunksize, progress, backend)
+    await _finish_async(started.futures, started.sizes, started.reporter)
+    started.results()
+
+
+async def async_join(
+    fa: Callable[[], A], fb: Callable[[], B], *, backend: BackendSpec | None = None
+) -> tuple[A, B]:
+    """:func:`join` from async code: ``(fa(), fb())``, both on the backend's workers (not on
+    the event loop's thread), failures as one :class:`ParallelError` (``fa``'s first)."""
+    _check_callable("async_join", "fa", fa)
+    _check_callable("async_join", "fb", fb)
+    resolved = resolve_backend(backend)
+    futures = [resolved.submit(fa), resolved.submit(fb)]
+    await _finish_async(futures, [1, 1], Reporter(False, 2, "async_join"))
+    a_value, b_value = _gather([(0, [_settled(f, _lost) for f in futures])], "async_join", 2)
+    return a_value, b_value
+
+
+async def run_in_worker(
+    fn: Callable[..., T], /, *args: Any, backend: BackendSpec | None = None
+) -> T:
+    """``fn(*args)`` on one of the backend's workers, awaited: its value, or its exception
+    raised here (as ``anyio.to_thread.run_sync``, on dualmode's workers: a thread of the
+    threads pool, a worker process, the calling thread on serial). Cancelled before it
+    starts, it does not run; once running, it finishes on its worker, its result dropped."""
+    _check_callable("run_in_worker", "fn", fn)
+    future = resolve_backend(backend).submit(fn, *args)
+    await _finish_async([future], [1], Reporter(False, 1, "run_in_worker"))
+    ok, value = _settled(future, _lost)
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 class TaskHandle(Generic[T]):

@@ -41,12 +41,13 @@ import operator
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from queue import Empty, Full
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol, SupportsIndex, TypeVar, cast
 
 from .backend import Backend
 from .config import resolve_backend
 from .errors import BorrowError
-from .off_loop import wait_off_loop
+from .off_loop import NOT_YET, get_off_loop, wait_off_loop
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -991,9 +992,12 @@ class Queue(Primitive):
       unfinished tasks) that would block with no timeout raises :class:`BorrowError`; with a
       timeout it raises Empty/Full at once.
     - parallel: blocking calls wait; on processes the queue lives in the coordinator.
+
+    ``maxsize`` is the bound (<= 0: none), as ``queue.Queue``'s attribute: it may be changed.
     """
 
     __slots__ = ()
+    maxsize: int
 
     def __new__(cls, maxsize: int = 0, *, backend: BackendSpec | None = None) -> Queue:
         return resolve_backend(backend).create_queue(_int_argument("Queue", "maxsize", maxsize))
@@ -1005,6 +1009,51 @@ class Queue(Primitive):
     @_abstract
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         raise NotImplementedError
+
+    async def async_put(self, item: Any, timeout: float | None = None) -> None:
+        """``put`` from async code (asyncio or trio), without blocking the event loop: waits
+        for room as long as *timeout* seconds allow (None: no limit), then raises
+        ``queue.Full``; :data:`dualmode.QueueShutDown` once shut down.
+
+        - serial: a full queue raises :class:`BorrowError` (no timeout) or Full at once.
+        - threads: a task and a thread waiting for room are served in the order they came;
+          a cancelled put has put nothing.
+        - processes: waits in slices on a helper thread; a put cancelled in the instant its
+          slice put the item has put it.
+        """
+
+        def attempt(seconds: float) -> Any:
+            try:
+                self.put(item, True, seconds)
+            except Full:
+                return NOT_YET
+            return True
+
+        if await get_off_loop(attempt, None, timeout) is NOT_YET:
+            raise Full
+
+    async def async_get(self, timeout: float | None = None) -> Any:
+        """``get`` from async code (asyncio or trio), without blocking the event loop: the
+        next item, waiting as long as *timeout* seconds allow (None: no limit), then raises
+        ``queue.Empty``; :data:`dualmode.QueueShutDown` once shut down and empty.
+
+        - serial: an empty queue raises :class:`BorrowError` (no timeout) or Empty at once.
+        - threads: tasks and threads waiting for items are served in the order they came; a
+          cancelled get has taken nothing (the item it was offered goes to the next getter).
+        - processes: waits in slices on a helper thread; an item a cancelled get's slice took
+          is put back (at the end of the queue).
+        """
+
+        def attempt(seconds: float) -> Any:
+            try:
+                return self.get(True, seconds)
+            except Empty:
+                return NOT_YET
+
+        item = await get_off_loop(attempt, self.put, timeout)
+        if item is NOT_YET:
+            raise Empty
+        return item
 
     def put_nowait(self, item: Any) -> None:
         self.put(item, block=False)

@@ -74,7 +74,7 @@ NOT_APPLICABLE: dict[str, dict[str, dict[str, str]]] = {
         },
         "Event": {
             "test_at_fork_reinit": "reaches into threading.Event's private _cond; dualmode's "
-            "Event has a parking lot instead (backends/parking_lot.py)"
+            "Event has a parking lot instead (dualmode/parking_lot.py)"
         },
     },
     "processes": {

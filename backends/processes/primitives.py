@@ -343,6 +343,7 @@ class FreezeLock(Hosted, p.FreezeLock):
 
 class Queue(Hosted, p.Queue):
     __slots__ = ()
+    extra_exposed = ("__getattribute__", "__setattr__")  # maxsize, read and set
     put = remote("put")
     get = remote("get")
     qsize = remote("qsize")
@@ -350,6 +351,16 @@ class Queue(Hosted, p.Queue):
     task_done = remote("task_done")
     join = remote("join")
     shutdown = remote("shutdown")
+
+    @property
+    def maxsize(self) -> int:
+        """``queue.Queue``'s attribute: the bound (<= 0: none), which may be changed."""
+        maxsize: int = self._ref.call("__getattribute__", ("maxsize",))
+        return maxsize
+
+    @maxsize.setter
+    def maxsize(self, value: int) -> None:
+        self._ref.call("__setattr__", ("maxsize", value))
 
 
 # -- WorkerLocal: one value per process, copies published to the coordinator ------------------

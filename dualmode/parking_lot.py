@@ -1,4 +1,4 @@
-"""Where threads and tasks wait on a threads-backend primitive: one FIFO queue for both.
+"""Where threads and tasks wait on a threads-backend primitive, or for futures: one FIFO queue.
 
 A primitive keeps its state behind a mutex of its own (a ``_thread`` lock held for a few lines,
 never while anyone waits). A caller that must wait queues a :class:`Waiter` in the primitive's
@@ -29,7 +29,8 @@ import contextlib
 import math
 from _thread import allocate_lock, get_ident
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import sniffio
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ParkingLot",
+    "wait_done",
     "TaskWaiter",
     "ThreadWaiter",
     "Waiter",
@@ -51,13 +53,15 @@ __all__ = [
 
 class Waiter:
     """One queued caller. ``want`` says what it waits for, for primitives whose waiters differ
-    (a reader or a writer); ``granted`` is set, under the primitive's mutex, by the grant."""
+    (a reader or a writer); ``granted`` is False until the grant, under the primitive's mutex,
+    sets it to True or to what was granted, for primitives that grant different things (a
+    Queue's item or shutdown)."""
 
     __slots__ = ("granted", "want")
 
     def __init__(self, want: Any = None) -> None:
         self.want = want
-        self.granted = False
+        self.granted: Any = False
 
     def wake(self) -> None:
         """Resume the granted waiter; from any thread, after the mutex is let go."""
@@ -74,19 +78,19 @@ class ParkingLot(deque[Waiter]):
     def enqueue(self, waiter: Waiter) -> None:
         self.append(waiter)
 
-    def grant_first(self) -> Waiter | None:
-        """Take the first waiter off the queue, granted; the caller wakes it."""
+    def grant_first(self, what: Any = True) -> Waiter | None:
+        """Take the first waiter off the queue, granted *what* (truthy); the caller wakes it."""
         if not self:
             return None
         waiter = self.popleft()
-        waiter.granted = True
+        waiter.granted = what
         return waiter
 
-    def grant_all(self) -> list[Waiter]:
+    def grant_all(self, what: Any = True) -> list[Waiter]:
         waiters = list(self)
         self.clear()
         for waiter in waiters:
-            waiter.granted = True
+            waiter.granted = what
         return waiters
 
     def withdraw(self, waiter: Waiter) -> bool:
@@ -158,7 +162,7 @@ class _AsyncioWaiter(TaskWaiter):
         finally:
             if timer is not None:
                 timer.cancel()
-        return self.granted
+        return bool(self.granted)
 
     def _time_out(self, mutex: _RawLock, lot: ParkingLot) -> None:
         with mutex:
@@ -173,7 +177,7 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 class _TrioWaiter(TaskWaiter):
-    __slots__ = ("_task", "_thread", "_token")
+    __slots__ = ("_parked", "_task", "_thread", "_token")
 
     def __init__(self, want: Any) -> None:
         import trio
@@ -182,17 +186,25 @@ class _TrioWaiter(TaskWaiter):
         self._task = trio.lowlevel.current_task()
         self._token = trio.lowlevel.current_trio_token()
         self._thread = get_ident()
+        self._parked = False
 
     def wake(self) -> None:
         import trio
 
-        if get_ident() == self._thread:
-            trio.lowlevel.reschedule(self._task)
-        else:
+        if get_ident() != self._thread:
+            # Runs on the trio thread once the task yields, and it yields only in park().
             self._token.run_sync_soon(trio.lowlevel.reschedule, self._task)
+        elif self._parked:
+            trio.lowlevel.reschedule(self._task)
+        # else: granted on the task's own thread before it parked (a future already done):
+        # park() sees the grant and does not wait.
 
     async def park(self, mutex: _RawLock, lot: ParkingLot, timeout: float) -> bool:
         import trio
+
+        if self.granted:
+            return True
+        self._parked = True
 
         def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
             with mutex:
@@ -205,7 +217,7 @@ class _TrioWaiter(TaskWaiter):
         deadline = math.inf if timeout < 0 else trio.current_time() + timeout
         with trio.CancelScope(deadline=deadline):
             await trio.lowlevel.wait_task_rescheduled(abort)
-        return self.granted
+        return bool(self.granted)
 
 
 _TASK_WAITERS: dict[str, Callable[[Any], TaskWaiter]] = {
@@ -249,3 +261,31 @@ async def park_task(
         if not withdrawn:
             give_back(waiter)
         raise
+
+
+async def wait_done(futures: Sequence[Future[Any]], *, first: bool = False) -> None:
+    """Wait, without blocking the loop, until every one of *futures* is done (*first*: until
+    one is). The futures' done callbacks, from whichever thread completes them, wake the task.
+    Cancelled, it returns nothing and leaves the futures as they are."""
+    if not futures:
+        return
+    mutex = allocate_lock()
+    lot = ParkingLot()
+    waiter = task_waiter()
+    lot.enqueue(waiter)
+    left = [len(futures)]
+
+    def done(_future: Future[Any]) -> None:
+        with mutex:
+            left[0] -= 1
+            woken = lot.grant_first() if first or not left[0] else None
+        if woken is not None:
+            woken.wake()
+
+    for future in futures:
+        future.add_done_callback(done)  # at once, here, when it is done already
+    await park_task(mutex, lot, waiter, -1, _nothing)
+
+
+def _nothing(_waiter: Waiter) -> None:
+    """A futures wait is granted nothing that another waiter would need."""
