@@ -375,6 +375,10 @@ class RwLock(_Owned, p.RwLock):
             raise RuntimeError("release_write() without the write hold on this RwLock")
         self._writing = False
 
+    async def _async_acquire(self, how: str, timeout: float | None) -> bool:
+        acquire = self.acquire_read if how == "read" else self.acquire_write
+        return acquire(True, async_timeout(timeout))
+
 
 class Mutex(_Owned, p.Mutex):
     """A value and a borrow flag: a second live guard raises BorrowError."""
@@ -400,6 +404,9 @@ class Mutex(_Owned, p.Mutex):
         if not self._held:
             raise RuntimeError("release of an unlocked Mutex")
         self._held = False
+
+    async def _async_acquire(self, timeout: float | None) -> bool:
+        return self._acquire(async_timeout(timeout) == -1)
 
     def _load(self) -> Any:
         self._check_thread()

@@ -18,6 +18,7 @@ backend-protocol methods from one server thread per client thread, so thread ide
 from __future__ import annotations
 
 import _thread
+import contextlib
 import operator
 import os
 import threading
@@ -595,17 +596,24 @@ class RwLock(_Bound, p.RwLock):
 
 
 class Mutex(_Bound, p.Mutex):
-    """A value guarded by a ``threading.Lock``; ``lock()`` waits for the holder."""
+    """A value guarded by this backend's Lock: ``lock()`` and ``async_lock()`` wait for the
+    holder in its FIFO queue of threads and tasks."""
 
     __slots__ = ("_backend", "_lock", "_value")
 
     def __init__(self, backend: ThreadsBackend, /, value: Any = None) -> None:
         self._backend = backend
-        self._lock = _thread.allocate_lock()
+        self._lock = Lock(backend)
         self._value = value
 
     def _acquire(self, blocking: bool) -> bool:
         return self._lock.acquire(blocking)
+
+    def _acquire_for(self, seconds: float) -> bool:
+        return self._lock.acquire(True, seconds)
+
+    async def _async_acquire(self, timeout: float | None) -> bool:
+        return await self._lock.async_acquire(timeout)
 
     def _release(self) -> None:
         self._lock.release()
@@ -1117,12 +1125,10 @@ class Queue(_Bound, p.Queue):
             self._is_shutdown = True
             if immediate:
                 # Dropped items count as done, so join() returns (3.13's rule).
-                while self._items:
-                    try:
-                        self._items.popleft()
+                for _ in range(len(self._items)):
+                    with contextlib.suppress(IndexError):  # a task_done() raced us to it
                         self._unfinished.pop()
-                    except IndexError:
-                        break
+                self._items.clear()
             # Every waiting caller re-checks: putters raise, getters once the queue is empty.
             for waiter in [*self._getters.grant_all(_SHUT), *self._putters.grant_all(_SHUT)]:
                 waiter.wake()

@@ -39,8 +39,8 @@ import inspect
 import numbers
 import operator
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from queue import Empty, Full
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol, SupportsIndex, TypeVar, cast
 
@@ -604,6 +604,36 @@ class RwLock(Primitive):
         finally:
             self.release_write()
 
+    def async_read(self, timeout: float | None = None) -> AbstractAsyncContextManager[None]:
+        """``async with rw.async_read():`` holds a read lock for the block, taken from async
+        code (asyncio or trio) without blocking the event loop. Raises TimeoutError if
+        *timeout* seconds (None: no limit) pass first; cancelled while it waits, it holds
+        nothing. serial: BorrowError (no timeout) or TimeoutError at once, as ``read()``."""
+        return self._async_hold("read", timeout)
+
+    def async_write(self, timeout: float | None = None) -> AbstractAsyncContextManager[None]:
+        """``async with rw.async_write():``: the write lock for the block; see
+        :meth:`async_read`."""
+        return self._async_hold("write", timeout)
+
+    @asynccontextmanager
+    async def _async_hold(self, how: str, timeout: float | None) -> AsyncIterator[None]:
+        if not await self._async_acquire(how, timeout):
+            raise TimeoutError(f"could not {how}-lock the RwLock within {timeout} s")
+        try:
+            yield
+        finally:
+            (self.release_read if how == "read" else self.release_write)()
+
+    # backend protocol, with a default
+    async def _async_acquire(self, how: str, timeout: float | None) -> bool:
+        """Take the *how* ("read" or "write") hold from async code: True, or False once
+        *timeout* passed. By default, waits off the loop in slices (dualmode/off_loop.py):
+        holds are counted, not owned, so a helper thread may take one for a task."""
+        acquire = self.acquire_read if how == "read" else self.acquire_write
+        release = self.release_read if how == "read" else self.release_write
+        return await wait_off_loop(lambda seconds: acquire(True, seconds), release, timeout)
+
 
 class MutexGuard(Generic[T]):
     """Access to a locked :class:`Mutex`'s value; releases on ``with`` exit or ``release()``."""
@@ -646,6 +676,43 @@ class MutexGuard(Generic[T]):
             self.release()
 
 
+class _AsyncGuard:
+    """What :meth:`Mutex.async_lock` returns: awaited, the guard; ``async with``, the guard
+    for the block, released at its end."""
+
+    __slots__ = ("_guard", "_mutex", "_timeout")
+
+    def __init__(self, mutex: Mutex, timeout: float | None) -> None:
+        self._mutex = mutex
+        self._timeout = timeout
+        self._guard: MutexGuard[Any] | None = None
+
+    async def _lock(self) -> MutexGuard[Any]:
+        if not await self._mutex._async_acquire(self._timeout):
+            raise TimeoutError(
+                f"could not lock the Mutex within {self._timeout} s: another thread or task "
+                "holds it"
+            )
+        return MutexGuard(self._mutex)
+
+    def __await__(self) -> Generator[Any, None, MutexGuard[Any]]:
+        return self._lock().__await__()
+
+    async def __aenter__(self) -> MutexGuard[Any]:
+        self._guard = await self._lock()
+        return self._guard
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        guard, self._guard = self._guard, None
+        if guard is not None and guard._held:
+            guard.release()
+
+
 class Mutex(Primitive):
     """A value behind a lock (rustc's ``Lock<T>``): ``with m.lock() as g: g.value += 1``.
 
@@ -670,6 +737,30 @@ class Mutex(Primitive):
     def try_lock(self) -> MutexGuard[Any] | None:
         """Lock without waiting: a guard on success, None if held elsewhere."""
         return MutexGuard(self) if self._acquire(False) else None
+
+    def async_lock(self, timeout: float | None = None) -> _AsyncGuard:
+        """Lock from async code (asyncio or trio) without blocking the event loop:
+        ``async with m.async_lock() as g: g.value += 1``, or ``g = await m.async_lock()``.
+
+        Raises TimeoutError if *timeout* seconds (None: no limit) pass first; cancelled while
+        it waits, it holds nothing.
+
+        - serial: a live guard raises :class:`BorrowError` (no timeout), TimeoutError at once.
+        - parallel: waits for the holder, thread or task (threads: in one FIFO queue).
+        """
+        return _AsyncGuard(self, timeout)
+
+    # backend protocol, with defaults
+    async def _async_acquire(self, timeout: float | None) -> bool:
+        """Acquire from async code: True, or False once *timeout* passed. By default, waits
+        off the loop in slices of ``_acquire_for`` (see dualmode/off_loop.py)."""
+        return await wait_off_loop(self._acquire_for, self._release, timeout)
+
+    def _acquire_for(self, seconds: float) -> bool:
+        """Acquire, waiting at most *seconds*: what the default ``_async_acquire`` calls."""
+        raise NotImplementedError(
+            f"{type(self).__qualname__} defines neither _async_acquire nor _acquire_for"
+        )
 
     # backend protocol
     @_abstract

@@ -23,11 +23,64 @@ import dualmode as dm
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
-# (name, build, take, give back): take is the async twin, called with timeout=.
+
+class _Held:
+    """A Mutex or one side of an RwLock, seen as a lock (acquire, release, async_acquire,
+    ``async with``), so that every test below runs on them too."""
+
+    def __init__(self, acquire: Any, release: Any, take: Any) -> None:
+        self._acquire, self._release, self._take = acquire, release, take
+
+    def acquire(self, blocking: bool = True) -> bool:
+        return bool(self._acquire(blocking))
+
+    def release(self) -> None:
+        self._release()
+
+    async def async_acquire(self, timeout: float | None = None) -> bool:
+        return bool(await self._take(timeout))
+
+    async def __aenter__(self) -> None:
+        await self.async_acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _mutex(backend: str) -> _Held:
+    mutex = dm.Mutex(0, backend=backend)
+    guards: list[Any] = []
+
+    def acquire(blocking: bool) -> bool:
+        guard = mutex.lock() if blocking else mutex.try_lock()
+        if guard is not None:
+            guards.append(guard)
+        return guard is not None
+
+    async def take(timeout: float | None) -> bool:
+        try:
+            guards.append(await mutex.async_lock(timeout))
+        except TimeoutError:
+            return False
+        return True
+
+    return _Held(acquire, lambda: guards.pop().release(), take)
+
+
+def _rw_write(backend: str) -> _Held:
+    rw = dm.RwLock(backend=backend)
+    return _Held(
+        rw.acquire_write, rw.release_write, lambda timeout: rw._async_acquire("write", timeout)
+    )
+
+
+# (name, build): each builds a lock-like object of the backend named.
 LOCKS: list[tuple[str, Callable[[str], Any]]] = [
     ("Lock", lambda backend: dm.Lock(backend=backend)),
     ("Semaphore", lambda backend: dm.Semaphore(1, backend=backend)),
     ("BoundedSemaphore", lambda backend: dm.BoundedSemaphore(1, backend=backend)),
+    ("Mutex", _mutex),
+    ("RwLock-write", _rw_write),
 ]
 lock_kinds = pytest.mark.parametrize("build", [b for _, b in LOCKS], ids=[n for n, _ in LOCKS])
 
@@ -349,3 +402,41 @@ async def test_threads_event_survives_at_fork_reinit() -> None:
     assert event.is_set()
     event.clear()
     assert await event.async_wait(timeout=0.01) is False
+
+
+async def test_mutex_async_lock_guards_the_value(dualmode_backend: str) -> None:
+    mutex = dm.Mutex(1, backend=dualmode_backend)
+    async with mutex.async_lock() as guard:
+        guard.value = guard.value + 1
+    guard = await mutex.async_lock(timeout=1)
+    assert guard.value == 2
+    guard.release()
+    with mutex.lock() as held:
+        assert held.value == 2
+
+
+async def test_rwlock_async_read_and_write(dualmode_backend: str) -> None:
+    rw = dm.RwLock(backend=dualmode_backend)
+    async with rw.async_read(), rw.async_read():  # readers share
+        with pytest.raises((TimeoutError, dm.BorrowError)):
+            async with rw.async_write(timeout=0.01):
+                pass
+    async with rw.async_write():
+        with pytest.raises(TimeoutError):
+            async with rw.async_read(timeout=0):
+                pass
+    assert rw.acquire_write(False)
+    rw.release_write()
+
+
+async def test_a_task_reads_once_a_thread_stops_writing(dualmode_parallel_backend: str) -> None:
+    rw = dm.RwLock(backend=dualmode_parallel_backend)
+    rw.acquire_write()
+    releaser = threading.Timer(0.2, rw.release_write)
+    releaser.start()
+    with anyio.fail_after(JOIN_TIMEOUT):
+        async with rw.async_read():
+            assert not rw.acquire_write(False)
+    releaser.join()
+    assert rw.acquire_write(False)
+    rw.release_write()

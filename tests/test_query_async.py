@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -17,10 +18,13 @@ class Slow(dm.Database):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.threads: list[int] = []
+        # Where each body ran, seen from any process (a queue of the database's backend).
+        self.places = dm.Queue(backend=self.backend)
 
     @dm.query
     def square(self, n: int) -> int:
         self.threads.append(threading.get_ident())
+        self.places.put((os.getpid(), threading.get_ident()))
         time.sleep(0.2)
         return n * n
 
@@ -49,7 +53,9 @@ async def test_async_get_runs_off_the_event_loop_and_memoizes(
                 askers.start_soon(lambda: _append(results, db.square.async_get(7)))
         tasks.cancel_scope.cancel()
     assert results == [49] * 4
-    assert len(db.threads) == 1 and db.threads[0] != threading.get_ident()  # once, off the loop
+    place = db.places.get(timeout=5)
+    assert db.places.empty()  # once...
+    assert place != (os.getpid(), threading.get_ident())  # ...on a worker, off the loop
     assert ticks >= 5  # the loop kept running while the body slept
     assert await db.square.async_get(7) == 49  # a valid memo: no thread needed
     assert db.stats()["square"].executions == 1

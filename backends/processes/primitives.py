@@ -254,6 +254,7 @@ class RwLock(Hosted, p.RwLock):
 class Mutex(Hosted, p.Mutex):
     __slots__ = ()
     _acquire = remote("_acquire")
+    _acquire_for = remote("_acquire_for")
     _release = remote("_release")
     _load = remote("_load")
     _store = remote("_store")

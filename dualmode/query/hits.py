@@ -339,11 +339,13 @@ class BoundQuery(functools.partial[T]):
         """``self(*key)`` from async code, under asyncio or trio (through anyio).
 
         A memo that is still valid is returned (or its exception raised) at once. Otherwise,
-        on a parallel backend the query runs in a worker thread
-        (``anyio.to_thread.run_sync``), so the event loop never blocks on a body or on another
-        caller's execution; cancelling the await abandons the wait, not the computation: the
-        body finishes and is memoized. On the serial backend, whose database belongs to the
-        thread that created it, the query runs on the event loop's thread, after a
+        on a parallel backend the query runs on one of the backend's workers
+        (:func:`dualmode.run_in_worker`: a thread of the threads pool, a worker process; a
+        ``local=True`` query on processes, on a thread of this process), so the event loop
+        never blocks on a body or on another caller's execution. Cancelling the await before
+        the work starts cancels it; once it runs, it abandons the wait, not the computation:
+        the body finishes and is memoized. On the serial backend, whose database belongs to
+        the thread that created it, the query runs on the event loop's thread, after a
         checkpoint (so a cancelled caller does not start it), as every serial call does.
         """
         return await self._binding._rt.async_get(self, key)

@@ -315,10 +315,17 @@ class Runtime:
 
             await anyio.lowlevel.checkpoint()
             return bound(*key)
-        import anyio.to_thread
+        name = bound._binding._name
+        if self.queries[name].local and self.table.shared:
+            # Its value stays in the process that computes it, which must be this one.
+            import anyio.to_thread
 
-        call: Callable[[], T] = functools.partial(bound, *key)
-        return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+            call: Callable[[], T] = functools.partial(bound, *key)
+            return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+        from ..parallel import run_in_worker
+
+        value: T = await run_in_worker(_call_query, self.db, name, key, backend=self.db.backend)
+        return value
 
     def prefetch(self, name: str, keys: Iterable[Any]) -> None:
         """Compute every missing key of query *name* in parallel on the database's backend."""
@@ -398,3 +405,9 @@ def _prefetch_one(db: Database, name: str, key: tuple[Any, ...]) -> None:
         except Cancelled:  # an input changed meanwhile: bring it up to date in the new one
             continue
         return
+
+
+def _call_query(db: Database, name: str, key: tuple[Any, ...]) -> Any:
+    """``db.<name>(*key)`` on a worker (the database travels to a worker process as
+    ``dualmode.query.shipping`` ships it)."""
+    return getattr(db, name)(*key)

@@ -223,10 +223,48 @@ def test_backend_keyword(dualmode_backend: str) -> None:
 
 
 def test_primitives_are_the_public_classes(dualmode_backend: str) -> None:
-    """What the type checker is told (``dm.Lock()`` is a ``dm.Lock``) holds at run time, and
-    the primitives have no async twins yet (``async_acquire``...): nothing types or documents
-    them until they exist."""
+    """What the type checker is told (``dm.Lock()`` is a ``dm.Lock``) holds at run time."""
     for cls in (dm.Lock, dm.Event, dm.Queue, dm.OnceCell):
         obj = cls()
         assert isinstance(obj, cls) and type(obj) is not cls
-        assert not [attr for attr in dir(obj) if attr.startswith(("async_", "__aenter__"))]
+
+
+def _double(x: int) -> int:
+    return 2 * x
+
+
+async def async_twins(backend: str) -> None:
+    lock = dm.Lock(backend=backend)
+    async with lock:
+        assert_type(lock.locked(), bool)
+    assert_type(await lock.async_acquire(timeout=0.5), bool)
+    lock.release()
+    semaphore = dm.Semaphore(1, backend=backend)
+    async with semaphore:
+        pass
+    assert_type(await semaphore.async_acquire(), bool)
+    semaphore.release()
+    event = dm.Event(backend=backend)
+    event.set()
+    assert_type(await event.async_wait(timeout=0.5), bool)
+    queue = dm.Queue(backend=backend)
+    await queue.async_put(1)
+    assert_type(await queue.async_get(timeout=0.5), Any)
+    mutex = dm.Mutex(0, backend=backend)
+    async with mutex.async_lock() as guard:
+        assert_type(guard, dm.MutexGuard[Any])
+        guard.value = 1
+    rw = dm.RwLock(backend=backend)
+    async with rw.async_read():
+        pass
+    async with rw.async_write(timeout=0.5):
+        pass
+    assert_type(await dm.async_par_map(_double, [-1], backend=backend), list[int])
+    assert_type(await dm.run_in_worker(_double, 7, backend=backend), int)
+    assert_type(await dm.async_join(lambda: 1, lambda: "b", backend=backend), tuple[int, str])
+
+
+def test_async_twins_work_as_typed(dualmode_backend: str) -> None:
+    import anyio
+
+    anyio.run(async_twins, dualmode_backend)
