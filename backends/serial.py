@@ -310,6 +310,10 @@ class Barrier(_Owned, p.Barrier):
                 raise
         return 0
 
+    async def async_wait(self, timeout: float | None = None) -> int:
+        limit = async_timeout(timeout)
+        return self.wait(None if limit == -1 else limit)
+
     def reset(self) -> None:
         self._check_thread()
         self._broken = False
@@ -644,6 +648,17 @@ class Queue(_Owned, p.Queue):
 
     def _full(self) -> bool:
         return 0 < self.maxsize <= len(self._items)
+
+    # queue.Queue's attributes, read-only here.
+    @property
+    def unfinished_tasks(self) -> int:
+        self._check_thread()
+        return self._unfinished
+
+    @property
+    def is_shutdown(self) -> bool:
+        self._check_thread()
+        return self._shutdown
 
     def qsize(self) -> int:
         self._check_thread()

@@ -1095,6 +1095,15 @@ class Queue(_Bound, p.Queue):
     def full(self) -> bool:
         return 0 < self.maxsize <= len(self._items)
 
+    # queue.Queue's attributes, read-only here.
+    @property
+    def unfinished_tasks(self) -> int:
+        return len(self._unfinished)
+
+    @property
+    def is_shutdown(self) -> bool:
+        return self._is_shutdown
+
     def task_done(self) -> None:
         try:
             self._unfinished.pop()
@@ -1125,10 +1134,14 @@ class Queue(_Bound, p.Queue):
             self._is_shutdown = True
             if immediate:
                 # Dropped items count as done, so join() returns (3.13's rule).
-                for _ in range(len(self._items)):
+                # One by one: a get may take an item meanwhile, and it counts as undone.
+                while True:
+                    try:
+                        self._items.popleft()
+                    except IndexError:
+                        break
                     with contextlib.suppress(IndexError):  # a task_done() raced us to it
                         self._unfinished.pop()
-                self._items.clear()
             # Every waiting caller re-checks: putters raise, getters once the queue is empty.
             for waiter in [*self._getters.grant_all(_SHUT), *self._putters.grant_all(_SHUT)]:
                 waiter.wake()

@@ -251,8 +251,9 @@ async def _finish_async(
     try:
         while pending:
             await wait_done(pending, first=True)
-            done = [f for f in pending if f.done()]
-            pending = [f for f in pending if not f.done()]
+            finished = [f.done() for f in pending]  # once each: one may finish meanwhile
+            done = [f for f, is_done in zip(pending, finished, strict=True) if is_done]
+            pending = [f for f, is_done in zip(pending, finished, strict=True) if not is_done]
             reporter.advance(sum(size_of[id(f)] for f in done))
     except BaseException:
         for future in pending:

@@ -177,7 +177,7 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 class _TrioWaiter(TaskWaiter):
-    __slots__ = ("_parked", "_task", "_thread", "_token")
+    __slots__ = ("_parked", "_task", "_thread", "_token", "_woken_here")
 
     def __init__(self, want: Any) -> None:
         import trio
@@ -186,23 +186,25 @@ class _TrioWaiter(TaskWaiter):
         self._task = trio.lowlevel.current_task()
         self._token = trio.lowlevel.current_trio_token()
         self._thread = get_ident()
-        self._parked = False
+        self._parked = self._woken_here = False
 
     def wake(self) -> None:
         import trio
 
         if get_ident() != self._thread:
-            # Runs on the trio thread once the task yields, and it yields only in park().
+            # Runs on the trio thread once the task yields, and it yields only in park(),
+            # which therefore always waits for it: returning early there would leave this
+            # reschedule to wake the task later, in some other wait.
             self._token.run_sync_soon(trio.lowlevel.reschedule, self._task)
         elif self._parked:
             trio.lowlevel.reschedule(self._task)
-        # else: granted on the task's own thread before it parked (a future already done):
-        # park() sees the grant and does not wait.
+        else:  # granted on the task's own thread before it parked (a future already done)
+            self._woken_here = True
 
     async def park(self, mutex: _RawLock, lot: ParkingLot, timeout: float) -> bool:
         import trio
 
-        if self.granted:
+        if self._woken_here:
             return True
         self._parked = True
 

@@ -40,14 +40,15 @@ import numbers
 import operator
 import threading
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from concurrent.futures import Future
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from queue import Empty, Full
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol, SupportsIndex, TypeVar, cast
 
 from .backend import Backend
 from .config import resolve_backend
-from .errors import BorrowError
-from .off_loop import NOT_YET, get_off_loop, wait_off_loop
+from .errors import BorrowError, BrokenBarrierError
+from .off_loop import NOT_YET, async_timeout, get_off_loop, wait_off_loop
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -528,8 +529,58 @@ class Barrier(Primitive):
         """Wait for every party; returns a distinct index in ``range(parties)``."""
         raise NotImplementedError
 
-    @_abstract
-    def reset(self) -> None:
+    async def async_wait(self, timeout: float | None = None) -> int:
+        """``wait`` from async code (asyncio or trio), without blocking the event loop:
+        tasks and threads are parties alike. *timeout* (None: the barrier's own) breaks the
+        barrier when it passes, as ``wait``'s does; so does cancelling the task while it
+        waits (``abort()``: the other parties get ``BrokenBarrierError`` rather than wait for
+        a party that left). A cancellation that comes in the instant the parties met may
+        leave the barrier broken for the next round: ``reset()`` mends it.
+
+        - serial: with more than one party, BorrowError (no timeout) or a broken barrier at
+          once, as ``wait``.
+        - parallel: the wait runs on a helper thread of its own (one per waiting task, none
+          shared with other waits, so any number of parties may wait), as a thread's would.
+        """
+        import anyio
+        import anyio.to_thread
+
+        from .parking_lot import wait_done
+
+        limit = async_timeout(timeout)
+        finished: Future[None] = Future()
+        guard = threading.Lock()
+        started = gone = False
+
+        def wait() -> int:
+            nonlocal started
+            with guard:
+                if gone:  # cancelled before this thread got to it: not a party
+                    raise BrokenBarrierError
+                started = True
+            try:
+                return self.wait(None if limit == -1 else limit)
+            finally:
+                finished.set_result(None)
+
+        # A limiter of its own: anyio's default (40 threads) would let the 41st party wait
+        # for a thread that the first 40, waiting for it, never give back.
+        own = anyio.CapacityLimiter(1)
+        try:
+            return await anyio.to_thread.run_sync(wait, abandon_on_cancel=True, limiter=own)
+        except BaseException as exc:
+            if isinstance(exc, Exception) or finished.done():
+                raise  # the wait's own error; or it had passed: nothing waits for it
+            with guard:
+                gone = True  # if its helper thread has not started, it never will
+                waiting = started
+            # A party left: the others must not wait for it.
+            self.abort()
+            if waiting:  # let its helper end first, lest it arrive in a later round
+                with anyio.CancelScope(shield=True):
+                    await wait_done([finished])
+            raise
+
         raise NotImplementedError
 
     @_abstract
@@ -1085,6 +1136,7 @@ class Queue(Primitive):
     - parallel: blocking calls wait; on processes the queue lives in the coordinator.
 
     ``maxsize`` is the bound (<= 0: none), as ``queue.Queue``'s attribute: it may be changed.
+    ``unfinished_tasks`` and ``is_shutdown`` read as ``queue.Queue``'s do.
     """
 
     __slots__ = ()

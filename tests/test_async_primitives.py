@@ -440,3 +440,88 @@ async def test_a_task_reads_once_a_thread_stops_writing(dualmode_parallel_backen
     releaser.join()
     assert rw.acquire_write(False)
     rw.release_write()
+
+
+# -- Barrier ---------------------------------------------------------------------------------
+
+
+async def test_a_barrier_of_one_passes_at_once(dualmode_backend: str) -> None:
+    assert await dm.Barrier(1, backend=dualmode_backend).async_wait() == 0
+
+
+async def test_serial_barrier_waits_no_one_could_end() -> None:
+    with pytest.raises(dm.BorrowError, match="would block forever"):
+        await dm.Barrier(2, backend="serial").async_wait()
+    barrier = dm.Barrier(2, backend="serial")
+    with pytest.raises(dm.BrokenBarrierError):
+        await barrier.async_wait(timeout=1)
+    assert barrier.broken
+
+
+async def test_tasks_and_threads_meet_at_a_barrier(dualmode_parallel_backend: str) -> None:
+    """More tasks than anyio's default thread limit (40) on threads: each waits on a helper
+    thread of its own, so none waits for a thread."""
+    tasks_n = 45 if dualmode_parallel_backend == "threads" else 4
+    barrier = dm.Barrier(tasks_n + 2, backend=dualmode_parallel_backend)
+    indices: list[int] = []
+
+    def late_party() -> None:
+        time.sleep(0.1)  # the tasks wait meanwhile, and the loop turns
+        indices.append(barrier.wait())
+
+    threads = [start_thread(late_party) for _ in range(2)]
+
+    async def party() -> None:
+        indices.append(await barrier.async_wait())
+
+    async def body() -> None:
+        async with anyio.create_task_group() as tasks:
+            for _ in range(tasks_n):
+                tasks.start_soon(party)
+
+    with anyio.fail_after(JOIN_TIMEOUT):
+        ticks = await _with_ticker(body)
+    for worker in threads:
+        worker.join(JOIN_TIMEOUT)
+    assert sorted(indices) == list(range(tasks_n + 2))
+    assert ticks >= 5
+
+
+async def test_a_cancelled_barrier_wait_breaks_the_barrier(dualmode_parallel_backend: str) -> None:
+    """1,000 trials: a task waits with a thread that comes at a random moment, and is
+    cancelled at another. Either both passed, or the barrier is broken for the thread too
+    (no party waits for one that left); after reset() the next wait succeeds."""
+    barrier = dm.Barrier(2, backend=dualmode_parallel_backend)
+    rng = random.Random(4)
+    outcomes = {"passed": 0, "broken": 0}
+    for _ in range(1000):
+        thread_got: list[object] = []
+
+        def thread_party(got: list[object]) -> None:
+            try:
+                got.append(barrier.wait(timeout=JOIN_TIMEOUT))
+            except threading.BrokenBarrierError as exc:
+                got.append(exc)
+
+        arrival = threading.Timer(rng.random() * 0.002, thread_party, (thread_got,))
+        passed = False
+        with anyio.move_on_after(rng.random() * 0.002):
+            arrival.start()
+            await barrier.async_wait()
+            passed = True
+        arrival.join(JOIN_TIMEOUT)
+        assert thread_got
+        if passed:
+            assert isinstance(thread_got[0], int)
+            outcomes["passed"] += 1
+        elif isinstance(thread_got[0], int):
+            outcomes["passed"] += 1  # both had met just as the cancellation came
+        else:
+            assert barrier.broken
+            outcomes["broken"] += 1
+        barrier.reset()
+    assert outcomes["passed"] and outcomes["broken"]
+    both = [start_thread(barrier.wait) for _ in range(1)]
+    with anyio.fail_after(JOIN_TIMEOUT):
+        assert await barrier.async_wait() in (0, 1)
+    both[0].join(JOIN_TIMEOUT)

@@ -363,6 +363,15 @@ class Queue(Hosted, p.Queue):
     def maxsize(self, value: int) -> None:
         self._ref.call("__setattr__", ("maxsize", value))
 
+    @property
+    def unfinished_tasks(self) -> int:
+        unfinished: int = self._ref.call("__getattribute__", ("unfinished_tasks",))
+        return unfinished
+
+    @property
+    def is_shutdown(self) -> bool:
+        return bool(self._ref.call("__getattribute__", ("is_shutdown",)))
+
 
 # -- WorkerLocal: one value per process, copies published to the coordinator ------------------
 
