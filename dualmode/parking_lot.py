@@ -41,13 +41,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ParkingLot",
-    "wait_done",
     "TaskWaiter",
     "ThreadWaiter",
     "Waiter",
     "park_task",
     "park_thread",
     "task_waiter",
+    "wait_done",
 ]
 
 

@@ -581,6 +581,8 @@ class Barrier(Primitive):
                     await wait_done([finished])
             raise
 
+    @_abstract
+    def reset(self) -> None:
         raise NotImplementedError
 
     @_abstract
