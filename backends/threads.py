@@ -201,7 +201,12 @@ class Lock(_Bound, p.Lock):
         self._held.release()
         if self._lot:  # a waiter joined as we let go, and may have missed the lock
             with self._mutex:
-                waiter = self._lot.grant_first() if self._held.acquire(False) else None
+                # Checked again under the mutex, before taking the lock for it: the waiter
+                # may have taken it itself and left the queue (taking it for no one then
+                # left it held forever: found by tests/test_stress.py on 3.13t).
+                waiter = None
+                if self._lot and self._held.acquire(False):
+                    waiter = self._lot.grant_first()
             if waiter is not None:
                 waiter.wake()
 
