@@ -233,29 +233,14 @@ class Lock(_Bound, p.Lock):
             return True
         return await park_task(self._mutex, self._lot, waiter, limit, self._hand_over)
 
-    # `with lock:` is the hot path: the free lock taken with no further call.
+    # `with lock:` / `async with lock:` are the hot paths: the free lock taken with no
+    # further call (the exits are the public class's: release()).
     def __enter__(self) -> bool:
         return self._held.acquire(False) or self.acquire()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
 
     async def __aenter__(self) -> None:
         if not self._held.acquire(False):
             await self._wait_async(-1)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
 
     def locked(self) -> bool:
         return self._held.locked()
@@ -356,9 +341,6 @@ class Semaphore(_Bound, p.Semaphore):
         if waiter is False:
             return False
         return await park_task(self._mutex, self._lot, waiter, limit, self._give_back)
-
-    async def __aenter__(self) -> None:
-        await self.async_acquire()
 
     def __repr__(self) -> str:
         return f"<dualmode.{type(self).__name__} at {id(self):#x} on threads: {self._shown()}>"

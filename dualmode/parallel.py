@@ -275,9 +275,7 @@ async def async_par_map(
     :class:`ParallelError`, computed on the backend's workers while the event loop runs on.
     Cancelled, chunks not started are not run (those running finish, their results dropped).
     """
-    started = _Map("async_par_map", fn, items, chunksize, progress, backend)
-    await _finish_async(started.futures, started.sizes, started.reporter)
-    return started.results()
+    return await _async_par_map("async_par_map", fn, items, chunksize, progress, backend)
 
 
 async def async_par_for_each(
@@ -289,9 +287,21 @@ async def async_par_for_each(
     backend: BackendSpec | None = None,
 ) -> None:
     """:func:`par_for_each` from async code; see :func:`async_par_map`."""
-    started = _Map("async_par_for_each", fn, items, chunksize, progress, backend)
+    await _async_par_map("async_par_for_each", fn, items, chunksize, progress, backend)
+
+
+async def _async_par_map(
+    call: str,
+    fn: Callable[[Any], T],
+    items: Iterable[Any],
+    chunksize: int | None,
+    progress: Progress,
+    backend: BackendSpec | None,
+) -> list[T]:
+    """:func:`_par_map`, awaited: the chunks' futures waited for on the loop."""
+    started = _Map(call, fn, items, chunksize, progress, backend)
     await _finish_async(started.futures, started.sizes, started.reporter)
-    started.results()
+    return started.results()
 
 
 async def async_join(
