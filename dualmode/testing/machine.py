@@ -13,8 +13,9 @@ docs/architecture.md#the-conformance-kit.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -25,10 +26,12 @@ from ..config import BackendSpec, resolve_backend
 from .observation import Divergence, Observation, identity, opaque
 
 __all__ = [
+    "EVENT_LOOPS",
     "RULE_MIXINS",
     "TINY",
     "ConformanceMachine",
     "Instance",
+    "in_task",
     "register_rules",
     "returning",
 ]
@@ -47,6 +50,30 @@ ACQUIRE_ARGS: dict[str, dict[str, Any]] = {
     "bad-args": {"blocking": False, "timeout": 1.0},
     "negative-timeout": {"timeout": -2},  # ValueError for locks; a semaphore treats it as 0
 }
+
+
+# The same variants for an async twin (ConformanceMachine.async_acquire): its ``timeout`` only.
+ASYNC_ACQUIRE_ARGS: dict[str, dict[str, Any]] = {
+    "nowait": {"timeout": 0},
+    "timeout": {"timeout": TINY},
+    "blocking": {},
+    "negative-timeout": {"timeout": -2},  # ValueError for every async twin
+}
+
+#: The event loops an async rule drives its step from: asyncio, and trio where it is installed
+#: (the kit needs only anyio, a dependency of dualmode).
+EVENT_LOOPS: tuple[str, ...] = ("asyncio",) + (
+    ("trio",) if importlib.util.find_spec("trio") is not None else ()
+)
+
+
+def in_task(loop: str, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+    """``await fn(*args, **kwargs)`` in a task of a new *loop* event loop ("asyncio" or
+    "trio") run in this thread, as a program's async code would; its value, or its exception.
+    One loop per step: a step's observation cannot depend on an earlier step's loop."""
+    import anyio  # imported on first use: the sync rules never need it
+
+    return anyio.run(functools.partial(fn, *args, **kwargs), backend=loop)
 
 
 def _const(value: Any) -> Any:
@@ -219,6 +246,18 @@ class ConformanceMachine(RuleBasedStateMachine):
         objs = tuple(o.value for o in observations)
         return Instance(f"{cls.__name__}#{next(self._labels)}", objs, kind=cls)
 
+    def call_async(
+        self, inst: Instance, loop: str, method: str, *args: Any, **kwargs: Any
+    ) -> Observation:
+        """``await inst.method(*args, **kwargs)`` from a task on a *loop* event loop, on every
+        backend; the (agreed) reference's observation."""
+        observations = self.each(
+            inst,
+            f"{render_call(method, args, kwargs)} awaited on {loop}",
+            lambda obj: in_task(loop, getattr(obj, method), *args, **kwargs),
+        )
+        return observations[0]
+
     def read(self, inst: Instance, attr: str) -> Any:
         """The property ``inst.attr`` on every backend; the (agreed) reference value."""
         return self.each(inst, attr, lambda obj: getattr(obj, attr))[0].value
@@ -242,6 +281,23 @@ class ConformanceMachine(RuleBasedStateMachine):
         if how == "blocking" and not may_block:
             how = "timeout"
         return self.call(inst, method, **ACQUIRE_ARGS[how]).value is True
+
+    def async_acquire(
+        self,
+        inst: Instance,
+        loop: str,
+        how: str,
+        *,
+        may_block: bool,
+        method: str = "async_acquire",
+    ) -> bool:
+        """One variant of an async twin's acquire (``await inst.method(timeout=...)``) from a
+        task on *loop*, on every backend; True if it succeeded. *how*: ``nowait`` (0 s),
+        ``timeout`` (1 ms), ``blocking`` (no timeout: only if *may_block*, else 1 ms) or
+        ``negative-timeout`` (ValueError)."""
+        if how == "blocking" and not may_block:
+            how = "timeout"
+        return self.call_async(inst, loop, method, **ASYNC_ACQUIRE_ARGS[how]).value is True
 
 
 #: Rule mixins added to every machine that :func:`~dualmode.testing.conformance_machine`

@@ -21,7 +21,15 @@ from .. import parallel
 from .. import primitives as p
 from ..backend import Backend
 from ..errors import ParallelError
-from .machine import ConformanceMachine, Instance, register_rules, render, render_call
+from .machine import (
+    EVENT_LOOPS,
+    ConformanceMachine,
+    Instance,
+    in_task,
+    register_rules,
+    render,
+    render_call,
+)
 from .observation import Divergence, Failure, Observation, identity, same
 
 __all__ = [
@@ -71,6 +79,7 @@ _ITEM = st.integers(-20, 20)
 # into several chunks of several items
 _ITEMS = st.lists(_ITEM, max_size=40) | st.lists(_ITEM, min_size=10, max_size=40)
 _WORKLOAD_ERROR = st.sampled_from(WORKLOAD_ERRORS)
+_LOOPS = st.sampled_from(EVENT_LOOPS)
 _CHUNKSIZE = st.none() | st.integers(1, 10)
 # one-argument functions: par_map(fn, items)
 _FNS: st.SearchStrategy[functools.partial[int]] = st.one_of(
@@ -182,6 +191,42 @@ class ParallelRules(ConformanceMachine):
         what = f"par_for_each({work}, {items!r}, chunksize={chunksize!r})"
         self.compare(what, observations, errors=Failure.of)
         self.call(counter, "load")
+
+    @rule(fn=_FNS, items=_ITEMS, chunksize=_CHUNKSIZE, loop=_LOOPS)
+    def async_par_map(
+        self, fn: Callable[[int], int], items: list[int], chunksize: int | None, loop: str
+    ) -> None:
+        """``await async_par_map(fn, items, chunksize=c)`` from a task on *loop*: what
+        ``par_map`` gives, values and ParallelError alike."""
+        self.each_backend(
+            f"{render_call('async_par_map', (fn, items), {'chunksize': chunksize})} on {loop}",
+            lambda b: in_task(
+                loop,
+                functools.partial(parallel.async_par_map, chunksize=chunksize, backend=b),
+                fn,
+                items,
+            ),
+            errors=Failure.of,
+        )
+
+    @rule(fa=_THUNKS, fb=_THUNKS, loop=_LOOPS)
+    def async_join(self, fa: Callable[[], int], fb: Callable[[], int], loop: str) -> None:
+        """``await async_join(fa, fb)`` from a task on *loop*: what ``join`` gives."""
+        self.each_backend(
+            f"{render_call('async_join', (fa, fb), {})} on {loop}",
+            lambda b: in_task(loop, functools.partial(parallel.async_join, backend=b), fa, fb),
+            errors=Failure.of,
+        )
+
+    @rule(fn=_FNS, item=_ITEM, loop=_LOOPS)
+    def run_in_worker(self, fn: Callable[[int], int], item: int, loop: str) -> None:
+        """``await run_in_worker(fn, x)`` from a task on *loop*: ``fn(x)``, or its exception
+        as itself (no ParallelError: one call)."""
+        self.each_backend(
+            f"{render_call('run_in_worker', (fn, item), {})} on {loop}",
+            lambda b: in_task(loop, functools.partial(parallel.run_in_worker, backend=b), fn, item),
+            errors=Failure.of,
+        )
 
     @rule(fa=_THUNKS, fb=_THUNKS)
     def join(self, fa: Callable[[], int], fb: Callable[[], int]) -> None:

@@ -21,7 +21,17 @@ import hypothesis.strategies as st
 from hypothesis.stateful import Bundle, MultipleResults, multiple, rule
 
 from .. import primitives as p
-from .machine import ACQUIRE_ARGS, TINY, ConformanceMachine, Instance, leaves, returning
+from .machine import (
+    ACQUIRE_ARGS,
+    ASYNC_ACQUIRE_ARGS,
+    EVENT_LOOPS,
+    TINY,
+    ConformanceMachine,
+    Instance,
+    in_task,
+    leaves,
+    returning,
+)
 from .observation import as_dict, opaque
 
 __all__ = [
@@ -52,6 +62,9 @@ _QUEUE_ARGS: dict[str, dict[str, Any]] = {
     "bad-args": {"timeout": -1},
 }
 _ACQUIRE = st.sampled_from(list(ACQUIRE_ARGS))
+_ASYNC_ACQUIRE = st.sampled_from(list(ASYNC_ACQUIRE_ARGS))
+# The event loop an async twin is awaited on: each async rule draws one per step.
+_LOOPS = st.sampled_from(EVENT_LOOPS)
 _QUEUE_MODE = st.sampled_from(list(_QUEUE_ARGS))
 _INTS = st.integers(-8, 8) | st.sampled_from([2**31, 2**63 - 1, -(2**63), 2**64])
 # picklable (the processes backend ships them), hashable, no NaN; 1, 1.0 and True are one key
@@ -65,6 +78,19 @@ class _Planned(Exception):
 
 def _fail() -> None:
     raise _Planned("barrier action")
+
+
+async def _held_in_block(lock: p.Lock) -> tuple[bool, bool]:
+    """``async with lock:``: whether it was held inside the block, and after it."""
+    async with lock:
+        inside = lock.locked()
+    return inside, lock.locked()
+
+
+async def _rwlock_block(rw: p.RwLock, how: str, timeout: float | None) -> None:
+    """``async with rw.async_read(timeout):`` (or ``async_write``) around an empty block."""
+    async with getattr(rw, f"async_{how}")(timeout):
+        pass
 
 
 # A Barrier's action: none, one that returns, one that raises (it runs in the coordinator on
@@ -93,6 +119,21 @@ class LockRules(ConformanceMachine):
     def lock_acquire(self, lock: Instance, how: str) -> None:
         """``acquire``: True if free; False if held (non-blocking, or after the timeout)."""
         self.acquire(lock, how, may_block=not self.call(lock, "locked").value)
+
+    @rule(lock=locks, loop=_LOOPS, how=_ASYNC_ACQUIRE)
+    def lock_async_acquire(self, lock: Instance, loop: str, how: str) -> None:
+        """``await async_acquire(timeout)`` from a task: what ``acquire`` answers from a
+        thread (True if free; False at once, or after the timeout, if held); ValueError for
+        a negative timeout."""
+        self.async_acquire(lock, loop, how, may_block=not self.call(lock, "locked").value)
+
+    @rule(lock=locks, loop=_LOOPS)
+    def lock_async_with(self, lock: Instance, loop: str) -> None:
+        """``async with lock:`` from a task: held inside the block, released after it. (Only
+        on a free lock: a held one would make serial raise BorrowError where a parallel
+        backend waits forever.)"""
+        if not self.call(lock, "locked").value:
+            self.each(lock, f"async with (on {loop})", lambda o: in_task(loop, _held_in_block, o))
 
     @rule(lock=locks)
     def lock_release(self, lock: Instance) -> None:
@@ -210,6 +251,13 @@ class SemaphoreRules(ConformanceMachine):
         if self.acquire(sem, how, may_block=sem.state["value"] > 0):
             sem.state["value"] -= 1
 
+    @rule(sem=semaphores, loop=_LOOPS, how=_ASYNC_ACQUIRE)
+    def semaphore_async_acquire(self, sem: Instance, loop: str, how: str) -> None:
+        """``await async_acquire(timeout)`` from a task: True and one unit fewer if any is
+        free, else False; ValueError for a negative timeout."""
+        if self.async_acquire(sem, loop, how, may_block=sem.state["value"] > 0):
+            sem.state["value"] -= 1
+
     @rule(sem=semaphores, n=st.integers(1, 2))
     def semaphore_release(self, sem: Instance, n: int) -> None:
         """``release(n)``: n more units; a BoundedSemaphore raises ValueError (and changes
@@ -252,6 +300,14 @@ class EventRules(ConformanceMachine):
             timeout = TINY
         self.call(event, "wait", timeout=timeout)
 
+    @rule(event=events, loop=_LOOPS, timeout=st.sampled_from([None, 0, TINY, -1]))
+    def event_async_wait(self, event: Instance, loop: str, timeout: float | None) -> None:
+        """``await async_wait(timeout)`` from a task: True if set; False after the timeout;
+        ValueError for a negative one. No timeout only when set, as for ``wait``."""
+        if timeout is None and not self.call(event, "is_set").value:
+            timeout = TINY
+        self.call_async(event, loop, "async_wait", timeout=timeout)
+
 
 class BarrierRules(ConformanceMachine):
     """``dm.Barrier``: from one thread only ``parties=1`` passes; more parties time out."""
@@ -280,6 +336,15 @@ class BarrierRules(ConformanceMachine):
         raises, that exception propagates and the barrier breaks); with more parties the wait
         times out, breaks the barrier and raises BrokenBarrierError; a broken barrier raises
         it at once. No timeout at all only where it cannot wait (one party, or broken)."""
+        self.call(barrier, "wait", timeout=self._timeout(barrier, timeout))
+
+    @rule(barrier=barriers, loop=_LOOPS, timeout=st.sampled_from([None, TINY]))
+    def barrier_async_wait(self, barrier: Instance, loop: str, timeout: float | None) -> None:
+        """``await async_wait(timeout)`` from a task: what ``wait`` answers from a thread."""
+        self.call_async(barrier, loop, "async_wait", timeout=self._timeout(barrier, timeout))
+
+    def _timeout(self, barrier: Instance, timeout: float | None) -> float | None:
+        """*timeout*, or 1 ms where no timeout at all could wait forever."""
         state = barrier.state
         if (
             timeout is None
@@ -287,8 +352,8 @@ class BarrierRules(ConformanceMachine):
             and state["parties"] > 1
             and not self.read(barrier, "broken")
         ):
-            timeout = TINY
-        self.call(barrier, "wait", timeout=timeout)
+            return TINY
+        return timeout
 
     @rule(barrier=barriers)
     def barrier_reset(self, barrier: Instance) -> None:
@@ -346,6 +411,20 @@ class RwLockRules(ConformanceMachine):
         if self.call(rw, "release_write").ok:
             rw.state["writes"] -= 1
 
+    @rule(rw=rwlocks, loop=_LOOPS, how=st.sampled_from(["read", "write"]), wait=st.booleans())
+    def rwlock_async_hold(self, rw: Instance, loop: str, how: str, wait: bool) -> None:
+        """``async with async_read(timeout)`` / ``async_write(timeout)`` from a task, around
+        an empty block: entered if the lock can be had (a read unless a write is held, a
+        write if nothing is), else TimeoutError after the timeout. No timeout (*wait*) only
+        where it can be had at once."""
+        free = rw.state["writes"] == 0 and (how == "read" or rw.state["reads"] == 0)
+        timeout = None if wait and free else TINY
+        self.each(
+            rw,
+            f"async with async_{how}({timeout!r}) (on {loop})",
+            lambda o: in_task(loop, _rwlock_block, o, how, timeout),
+        )
+
 
 class MutexRules(ConformanceMachine):
     """``dm.Mutex``: a value behind a lock, reached through a guard."""
@@ -375,6 +454,24 @@ class MutexRules(ConformanceMachine):
         if mutex.state["locked"]:
             return multiple()
         return self._guard(mutex, "lock")
+
+    @rule(target=mutex_guards, mutex=mutexes, loop=_LOOPS, wait=st.booleans())
+    def mutex_async_lock(
+        self, mutex: Instance, loop: str, wait: bool
+    ) -> Instance | MultipleResults[Instance]:
+        """``await async_lock(timeout)`` from a task: a guard when unlocked; TimeoutError
+        while a guard lives (after the timeout). No timeout (*wait*) only when unlocked."""
+        timeout = None if wait and not mutex.state["locked"] else TINY
+        outcomes = self.each(
+            mutex,
+            f"async_lock({timeout!r}) awaited on {loop}",
+            lambda m: in_task(loop, m.async_lock, timeout),
+            opaque,
+        )
+        if not outcomes[0].ok:
+            return multiple()
+        mutex.state["locked"] = True
+        return self.twins("MutexGuard", outcomes, mutex=mutex)
 
     @rule(target=mutex_guards, mutex=mutexes)
     def mutex_try_lock(self, mutex: Instance) -> Instance | MultipleResults[Instance]:
@@ -680,6 +777,24 @@ class QueueRules(ConformanceMachine):
         when shut down and empty; ValueError for a negative timeout."""
         may_block = q.state["shut"] or self.call(q, "qsize").value > 0
         self.call(q, "get", **self._mode(mode, may_block))
+
+    @rule(q=queues, loop=_LOOPS, item=_VALUES, wait=st.booleans())
+    def queue_async_put(self, q: Instance, loop: str, item: Any, wait: bool) -> None:
+        """``await async_put(item, timeout)`` from a task: what ``put`` answers from a
+        thread. No timeout (*wait*) only where it cannot wait (room, or shut down)."""
+        may_block = q.state["shut"] or not self.call(q, "full").value
+        timeout = None if wait and may_block else TINY
+        if self.call_async(q, loop, "async_put", item, timeout=timeout).ok and (
+            q.state["unfinished"] is not None
+        ):
+            q.state["unfinished"] += 1
+
+    @rule(q=queues, loop=_LOOPS, wait=st.booleans())
+    def queue_async_get(self, q: Instance, loop: str, wait: bool) -> None:
+        """``await async_get(timeout)`` from a task: what ``get`` answers from a thread. No
+        timeout (*wait*) only where it cannot wait (an item, or shut down)."""
+        may_block = q.state["shut"] or self.call(q, "qsize").value > 0
+        self.call_async(q, loop, "async_get", timeout=None if wait and may_block else TINY)
 
     @rule(q=queues)
     def queue_sizes(self, q: Instance) -> None:

@@ -20,7 +20,7 @@ from hypothesis.stateful import Bundle, MultipleResults, rule
 from .. import parallel
 from ..config import BackendSpec
 from ..query import Database, Durability, input, query
-from .machine import ConformanceMachine, Instance, register_rules
+from .machine import EVENT_LOOPS, ConformanceMachine, Instance, in_task, register_rules
 from .observation import Divergence, Failure
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "QueryGraph",
     "QueryRules",
     "ask_every_node",
+    "ask_in_tasks",
     "ask_node",
     "query_graphs",
 ]
@@ -102,6 +103,13 @@ class GraphDatabase(Database):
         if i in graph.guarded:
             return self.guarded(i)
         return (self.changing if i in graph.volatile else self.node)(i)
+
+    async def async_ask(self, i: int) -> Any:
+        """:meth:`ask` from async code: the same query's ``async_get``."""
+        graph = self.graph
+        if i in graph.guarded:
+            return await self.guarded.async_get(i)
+        return await (self.changing if i in graph.volatile else self.node).async_get(i)
 
     def _evaluate(self, name: str, i: int) -> int:
         graph = self.graph
@@ -198,12 +206,32 @@ def ask_node(db: GraphDatabase, i: int) -> tuple[str, Any]:
         return "raised", repr(Failure.of(exc))
 
 
+async def ask_in_tasks(db: GraphDatabase, keys: list[int]) -> list[tuple[str, Any]]:
+    """Each of *keys* asked from a task of its own, all at once, as :func:`ask_node` answers
+    (in the order of *keys*)."""
+    import anyio
+
+    answers: list[tuple[str, Any]] = [("", None)] * len(keys)
+
+    async def ask(position: int, i: int) -> None:
+        try:
+            answers[position] = "value", await db.async_ask(i)
+        except Exception as exc:
+            answers[position] = "raised", repr(Failure.of(exc))
+
+    async with anyio.create_task_group() as tasks:
+        for position, i in enumerate(keys):
+            tasks.start_soon(ask, position, i)
+    return answers
+
+
 def ask_every_node(db: GraphDatabase) -> list[tuple[str, Any]]:
     """Every node's value (or exception), asked one after another from this thread."""
     return [ask_node(db, i) for i in range(len(db.graph.deps))]
 
 
 _DURABILITY = st.sampled_from(list(Durability))
+_LOOPS = st.sampled_from(EVENT_LOOPS)
 
 
 @register_rules
@@ -237,6 +265,20 @@ class QueryRules(ConformanceMachine):
             lambda obj: parallel.par_map(
                 functools.partial(ask_node, obj), keys, backend=obj.backend
             ),
+        )
+        self._check_executions(db)
+
+    @rule(db=databases, loop=_LOOPS, keys=st.lists(st.integers(0, 11), min_size=1, max_size=8))
+    def query_batch_in_tasks(self, db: Instance, loop: str, keys: list[int]) -> None:
+        """Each key awaited (``async_get``) from a task of its own, all at once, on *loop*:
+        what the same batch asked from threads gives (``query_batch``), and the same
+        executions."""
+        n = len(db.objs[0].graph.deps)
+        keys = [k % n for k in keys]
+        self.each(
+            db,
+            f"ask_in_tasks({keys}) on {loop}",
+            lambda obj: in_task(loop, ask_in_tasks, obj, keys),
         )
         self._check_executions(db)
 
