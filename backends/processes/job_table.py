@@ -219,6 +219,9 @@ class RemoteJobTable:
     def unchanged(self, qkey: QKey, memo: Memo, revision: int) -> bool:
         return False  # only the owner's table knows: ask it with a claim
 
+    def changes(self, since: int) -> set[QKey] | None:
+        return None  # likewise: this process's threads start each revision afresh
+
     def _received(
         self, name: str, key: tuple[Any, ...], memo: Memo, scope: Hashable | None, old: bool
     ) -> Memo:

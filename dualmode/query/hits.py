@@ -94,7 +94,19 @@ def _primer(thread: ThreadState, rt: Runtime, name: str, index: int) -> Callable
         if value is not _NO_ARG:
             thread.prime = _NO_ARG
             return value
-        memo = rt.fetch_hot(name, (arg,), thread, index)
+        key = (arg,)
+        mine = thread.memos[index]
+        carried = thread.carried[index]
+        memo: Memo | None
+        if key in mine:  # fetched in this revision without the cache (by a verification)
+            memo = mine[key]
+            thread.hits[index] += 1
+        elif key in carried:  # valid as it was in an earlier revision: ThreadState.advance
+            memo = mine[key] = carried.pop(key)
+            thread.greens += 1
+            thread.hits[index] += 1
+        else:
+            memo = rt.fetch_hot(name, key, thread, index)
         if memo is None or memo.state is not OK:
             raise _Miss
         return memo.value
@@ -137,9 +149,11 @@ class ThreadState:
         "bound",
         "caches",
         "calls",
+        "carried",
         "greens",
         "hits",
         "id",
+        "index",
         "lock",
         "memos",
         "names",
@@ -149,6 +163,7 @@ class ThreadState:
         "revision",
         "rt",
         "stack",
+        "unknown_deps",
     )
 
     def __init__(self, rt: Runtime, names: list[str], revision: int) -> None:
@@ -157,8 +172,13 @@ class ThreadState:
         self.id = (os.getpid(), threading.get_ident())
         self.lock = threading.Lock()  # see Runtime.install
         self.names = names
+        self.index = {name: i for i, name in enumerate(names)}
         # Dicts this thread owns: see dualmode.query.memo.lookup for why hits avoid shared ones.
         self.memos: list[dict[tuple[Any, ...], Memo]] = [{} for _ in range(n)]
+        # Copies from earlier revisions, still valid in this one and not read in it yet.
+        self.carried: list[dict[tuple[Any, ...], Memo]] = [{} for _ in range(n)]
+        # (query index, key) of copies whose dependencies are unknown: never carried over.
+        self.unknown_deps: list[tuple[int, tuple[Any, ...]]] = []
         self.revision = revision
         self.stack: list[Frame] = []
         self.hits = [0] * n  # besides those the caches count
@@ -193,14 +213,45 @@ class ThreadState:
     def all_hits(self) -> list[int]:
         return [n + c.cache_info().hits for n, c in zip(self.hits, self.caches, strict=False)]
 
-    def advance(self, revision: int) -> None:
-        """Move to a newer revision: the memos copied in the old one may be out of date."""
+    def advance(self, revision: int, changes: set[QKey] | None) -> None:
+        """Move to a newer revision. The copies of memos this thread holds are carried over
+        but for *changes*, what may have changed since its revision (``JobTable.changes``;
+        None: anything, so none is carried): the others are valid in the new revision as
+        they were (salsa's green), and reading one again takes no claim, only a move from
+        ``carried`` to ``memos`` (:meth:`take_carried`), counted green once.
+
+        ``memos`` is a new dict: a body of the old revision that finishes after this stores
+        its memo into the old revision's dict (see ``Runtime.fetch``), never into this one."""
         if self.greens:
             self.past_greens[self.revision] = self.greens
             self.greens = 0
         self.revision = revision
+        if changes is None:
+            self.carried = [{} for _ in self.memos]
+        else:
+            for carried, mine in zip(self.carried, self.memos, strict=True):
+                carried.update(mine)
+            for i, key in self.unknown_deps:
+                self.carried[i].pop(key, None)
+            index = self.index
+            for name, key in changes:
+                if name in index:  # not an input's
+                    self.carried[index[name]].pop(key, None)
+        self.unknown_deps = []
         self.memos = [{} for _ in self.memos]
         self._new_caches()
+
+    def take_carried(self, index: int, key: tuple[Any, ...]) -> Memo | None:
+        """The memo of query *index* and *key* carried over from an earlier revision (see
+        :meth:`advance`), now this revision's copy and counted green and as a hit; None if
+        none is carried."""
+        carried = self.carried[index]
+        if key not in carried:
+            return None
+        memo = self.memos[index][key] = carried.pop(key)
+        self.greens += 1
+        self.hits[index] += 1
+        return memo
 
     def enter(self, frame: Frame) -> None:
         """Push a frame; with the first, calls record their dependency edges."""
@@ -277,8 +328,11 @@ class _Binding(Generic[T]):
         except TypeError:
             raise unhashable(self._name, key) from None
         if memo is None:
-            return self._rt.get(self._name, key, thread)  # type: ignore[no-any-return]
-        thread.hits[self._index] += 1
+            memo = thread.take_carried(self._index, key)
+            if memo is None:
+                return self._rt.get(self._name, key, thread)  # type: ignore[no-any-return]
+        else:
+            thread.hits[self._index] += 1
         if memo.state is OK:
             return memo.value  # type: ignore[no-any-return]
         raise memo.value

@@ -52,6 +52,9 @@ __all__ = [
 ]
 
 _SHARDS = 64  # claims on different keys rarely share a lock
+# Revisions whose dirty marks are kept listed for JobTable.changes: a thread further behind
+# forgets its copies of the memos (see ThreadState.advance).
+_LISTED_REVISIONS = 64
 _OWNER_CHECK = 0.5  # seconds between checks that a waited-for owner's process is alive
 
 OK, ERROR, FALLBACK, ERROR_ONCE, RETRY = (
@@ -164,6 +167,13 @@ class JobTable(Protocol):
     def unchanged(self, qkey: QKey, memo: Memo, revision: int) -> bool:
         """Whether *memo*, from :attr:`memos`, is valid in *revision* although it was
         verified in an older one, known without a claim; False when that takes a claim."""
+        ...
+
+    def changes(self, since: int) -> set[QKey] | None:
+        """Every (query, key) that may have changed after revision *since*: a memo valid in
+        *since* and not among them is valid in every later revision (until more inputs
+        change). None when the table cannot tell without claims (then nothing may be
+        assumed)."""
         ...
 
     def publish(
@@ -357,6 +367,8 @@ class InProcessJobTable:
         # since then is green without looking at its dependencies.
         self._dependents: list[dict[QKey, set[QKey]]] = [{} for _ in range(_SHARDS)]
         self._dirty: dict[QKey, int] = {}
+        # Per shard (written under its lock): revision -> the keys marked in it, for changes().
+        self._marked_in: list[dict[int, list[QKey]]] = [{} for _ in range(_SHARDS)]
         # The revision whose marks are all made. Until it reaches self.revision, no memo is
         # found green from the marks: one not yet marked would look unchanged.
         self._marked = 1
@@ -455,7 +467,7 @@ class InProcessJobTable:
                 or self._last_changed[memo.durability] <= memo.verified_at
             )
         ):
-            memo = memos[memo_key] = memo.replace(verified_at=revision)
+            memo = memos[memo_key] = memo.verified(revision)
             self._count(shard, revision, GREEN)
             return memo
         return None
@@ -475,6 +487,20 @@ class InProcessJobTable:
         if qkey not in dirty:  # in and [], not .get: see lookup()
             return True
         return dirty[qkey] <= since or self._last_changed[memo.durability] <= since
+
+    def changes(self, since: int) -> set[QKey] | None:
+        """See :meth:`JobTable.changes`: what was marked after *since*; None while a
+        revision's marks are being made, or when they are no longer listed."""
+        latest = self._marked
+        if latest != self.revision or since < latest - _LISTED_REVISIONS:
+            return None
+        changed: set[QKey] = set()
+        for marked_in, lock in zip(self._marked_in, self._locks, strict=True):
+            with lock:
+                for revision in range(since + 1, latest + 1):
+                    if revision in marked_in:
+                        changed.update(marked_in[revision])
+        return changed
 
     def publish(
         self,
@@ -518,7 +544,7 @@ class InProcessJobTable:
             if verdict is not None:
                 self._count(shard, job.revision, verdict)
             if verdict is GREEN and job.old is not None:
-                memo = job.old.replace(verified_at=job.revision)
+                memo = job.old.verified(job.revision)
             if settlement is not None:
                 if settlement.deps is None and memo.deps is not None:
                     settlement.deps = memo.deps  # what the body read: a later revision verifies it
@@ -617,6 +643,9 @@ class InProcessJobTable:
             self.revision = revision  # before the marks: see publish()
             self._mark_dependents(sources, revision)
             self._marked = revision
+            for marked_in, lock in zip(self._marked_in, self._locks, strict=True):
+                with lock:
+                    marked_in.pop(revision - _LISTED_REVISIONS - 1, None)
         return revision
 
     def _add_dependents(self, qkey: QKey, deps: Iterable[QKey]) -> None:
@@ -630,9 +659,15 @@ class InProcessJobTable:
                 readers.add(qkey)
 
     def _mark_dirty(self, qkey: QKey, revision: int) -> None:
-        with self._shard(qkey):
+        shard = hash(qkey) % _SHARDS
+        with self._locks[shard]:
             if lookup(self._dirty, qkey, 0) < revision:
                 self._dirty[qkey] = revision
+                marked_in = self._marked_in[shard]
+                listed = lookup(marked_in, revision)
+                if listed is None:
+                    listed = marked_in[revision] = []
+                listed.append(qkey)
 
     def _mark_dependents(self, sources: list[QKey], revision: int) -> None:
         """Mark everything that (transitively) read *sources* as changed in *revision*."""

@@ -132,6 +132,11 @@ class Memo:
             get("durability", self.durability),
         )
 
+    def verified(self, revision: int) -> Memo:
+        """This memo as verified in *revision* (``replace(verified_at=revision)``, at half its
+        cost: re-validation re-stamps one per memo found green)."""
+        return Memo(self.state, self.value, self.deps, revision, self.changed_at, self.durability)
+
     def __reduce__(self) -> tuple[Any, ...]:
         return Memo, (
             self.state,

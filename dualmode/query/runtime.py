@@ -125,22 +125,26 @@ class Runtime:
         would serve stale values until the next revision.)"""
         with thread.lock:
             if not thread.stack and thread.revision != self.revision:
-                thread.advance(self.revision)
+                thread.advance(self.revision, self.table.changes(thread.revision))
             thread.switch()
 
     def learn_revision(self, revision: int) -> None:
         """Move this process to *revision*: every thread's next hit takes the slow path (its
-        bound queries are reset after the revision is published; see install)."""
+        bound queries are reset after the revision is published; see install). Returns once
+        they are reset, also when another thread is resetting them for the same revision:
+        the caller of ``db.source[k] = v`` may tell other threads that their next call sees
+        the change (a thread that learned the revision from a stale claim could otherwise
+        still be resetting them)."""
         with self.revision_lock:
             if revision <= self.revision:
                 return
             self.revision = revision
-        with self.states_lock:
-            states = list(self.states)
-        for thread in states:
-            with thread.lock:
-                for bound in list(thread.bound):
-                    bound._call = None
+            with self.states_lock:
+                states = list(self.states)
+            for thread in states:
+                with thread.lock:
+                    for bound in list(thread.bound):
+                        bound._call = None
 
     def stale(self, thread: ThreadState, revision: int) -> None:
         """The table says *thread*'s revision is over: cancel its queries, or, between
@@ -172,6 +176,8 @@ class Runtime:
         memos = thread.memos[index]
         if mine:
             memo = memos.get(key)
+            if memo is None:
+                memo = thread.take_carried(index, key)
             if memo is not None:
                 return memo
         while True:
@@ -187,6 +193,8 @@ class Runtime:
             if found.state is ERROR_ONCE:
                 return found  # delivered, kept nowhere
         memos[key] = found
+        if found.deps is None:
+            thread.unknown_deps.append((index, key))
         return found
 
     def fetch_hot(
@@ -205,6 +213,8 @@ class Runtime:
             if not self.table.unchanged((name, key), memo, revision):
                 return None
             thread.greens += 1  # green: nothing it read changed since it was verified
+        elif memo.deps is None:
+            thread.unknown_deps.append((index, key))
         thread.hits[index] += 1
         thread.memos[index][key] = memo
         return memo
@@ -254,7 +264,7 @@ class Runtime:
         thread.leave()
         if green:
             assert old is not None
-            memo = old.replace(verified_at=revision)
+            memo = old.verified(revision)
             return self.table.publish(name, key, thread.id, memo, verdict=GREEN, scope=scope)
         verdict = backdate(old, memo)
         store = memo.state is OK or descriptor.cache_errors
