@@ -393,3 +393,24 @@ def test_carried_copies_never_serve_a_value_of_an_older_revision(repeat: int) ->
     assert [db.page(n) for n in keys] == ["V39", "V0"] * (pages // 2)
     # (A changed page may execute more than once in a revision: cancelled, then asked again.)
     assert db.executed().count("page 1000+") == pages // 2
+
+
+def test_an_input_change_reaches_results_computed_in_worker_processes() -> None:
+    """On processes the edges of results published by worker processes are added to the
+    owner's graph at the next input change (SharedJobTable._record_edges): that change still
+    re-executes exactly the queries that read it, and only them."""
+    db = Chain(backend="processes", workers=2)
+    keys = [f"k{n}" for n in range(12)]
+    for key in keys:
+        db.source[key] = key
+    db.c.prefetch(keys)  # every a, b and c executed in a worker process
+    assert sorted(db.executed()) == sorted(["a", "b", "c"] * len(keys))
+    for changed in ("k3", "k7"):
+        db.source[changed] = "a longer value"
+        assert [db.c(key) for key in keys] == [
+            (len("a longer value") if key in ("k3", "k7")[: 1 + (changed == "k7")] else len(key))
+            * 2
+            + 1
+            for key in keys
+        ]
+        assert db.executed() == ["a", "b", "c"]

@@ -39,7 +39,7 @@ from dualmode.query.job_table import (
     _Job,
     _ThreadJobs,
 )
-from dualmode.query.memo import LOW, Memo, MemoState, ThreadId, lookup
+from dualmode.query.memo import LOW, Memo, MemoState, QKey, ThreadId, lookup
 
 from .packing import (
     check_travels,
@@ -72,6 +72,8 @@ NEWS_MAX_BYTES = 4096
 # the publishing client packed them: the owner keeps and forwards them as they came, and
 # bytes are nothing for its garbage collector to walk.
 News = tuple[int, bytes]
+# What SharedJobTable._record_edges defers: its arguments.
+_Edges = tuple[ThreadId, QKey, tuple[QKey, ...], tuple[QKey, ...]]
 
 
 class SharedJobTable(InProcessJobTable):
@@ -104,6 +106,11 @@ class SharedJobTable(InProcessJobTable):
         # edge through them. Only that thread's server thread uses its entry.
         self._reserved: dict[ThreadId, dict[Any, _Job]] = {}
         self._voided: set[ThreadId] = set()  # reservations given up while waiting: say so
+        # Per shard (appended under its lock): the edges of results published by other
+        # processes, added to the dependents graph at the next set_input. The server threads
+        # that publish them compete with the workers for the CPU during a parallel
+        # computation; the graph is needed only once an input changes.
+        self._deferred: list[list[_Edges]] = [[] for _ in range(_SHARDS)]
 
     def publish(
         self,
@@ -132,6 +139,27 @@ class SharedJobTable(InProcessJobTable):
             self_time=self_time,
             scope=scope,
         )
+
+    def _record_edges(
+        self, thread: ThreadId, qkey: QKey, deps: tuple[QKey, ...], known: tuple[QKey, ...]
+    ) -> None:
+        """A result of another process: its edges wait for the next set_input. Appended
+        under the shard's lock, before publish reads the revision: a set_input either takes
+        them (it takes every shard's lock after it moved the revision, before it marks), or
+        has moved the revision by then, and publish marks the result dirty itself."""
+        if thread[0] == self.owner_pid:
+            super()._record_edges(thread, qkey, deps, known)
+            return
+        shard = hash(qkey) % _SHARDS
+        with self._locks[shard]:
+            self._deferred[shard].append((thread, qkey, deps, known))
+
+    def _take_deferred_edges(self) -> None:
+        for shard, lock in enumerate(self._locks):
+            with lock:
+                deferred, self._deferred[shard] = self._deferred[shard], []
+            for edges in deferred:
+                super()._record_edges(*edges)
 
     def publish_packed(
         self,

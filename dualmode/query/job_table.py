@@ -529,7 +529,8 @@ class InProcessJobTable:
         if (executed or settlement is not None) and memo.deps:
             known = job.old.deps if job.old is not None and job.old.deps else ()
             # Edges are never taken away (an extra one only costs a verification later).
-            self._add_dependents(job.qkey, memo.deps if not known else set(memo.deps) - set(known))
+            self._record_edges(thread, job.qkey, memo.deps, known)
+        # After the edges: a set_input that found none of them has moved the revision by now.
         if self.revision != job.revision:
             # Inputs changed while it ran: its edges may have been added after the change
             # marked their dependents, so treat it as affected by the change.
@@ -641,12 +642,24 @@ class InProcessJobTable:
             for volatile in self._volatile:
                 sources += [(volatile, k) for k in list(self.memos[volatile])]
             self.revision = revision  # before the marks: see publish()
+            self._take_deferred_edges()
             self._mark_dependents(sources, revision)
             self._marked = revision
             for marked_in, lock in zip(self._marked_in, self._locks, strict=True):
                 with lock:
                     marked_in.pop(revision - _LISTED_REVISIONS - 1, None)
         return revision
+
+    def _record_edges(
+        self, thread: ThreadId, qkey: QKey, deps: tuple[QKey, ...], known: tuple[QKey, ...]
+    ) -> None:
+        """*qkey* read *deps*, of which *known* were recorded before: the new edges go into the
+        dependents graph that set_input marks through (a subclass may defer them until the
+        next set_input, see _take_deferred_edges)."""
+        self._add_dependents(qkey, deps if not known else set(deps) - set(known))
+
+    def _take_deferred_edges(self) -> None:
+        """Add the edges a subclass deferred (called by set_input before it marks)."""
 
     def _add_dependents(self, qkey: QKey, deps: Iterable[QKey]) -> None:
         for dep in deps:
