@@ -69,6 +69,52 @@ def wait_until(predicate: Callable[[], bool], timeout: float = JOIN_TIMEOUT) -> 
         time.sleep(0.001)
 
 
+def read_while_changing(
+    read: Callable[[Any], T],
+    keys: list[Any],
+    change: Callable[[int], None],
+    versions: int,
+    is_stale: Callable[[Any, int, T], bool],
+    *,
+    readers: int = 2,
+    retry: tuple[type[BaseException], ...] = (),
+) -> list[tuple[Any, int, T]]:
+    """*readers* threads call ``read(key)`` for every key, over and over, while this thread
+    calls ``change(v)`` for v = 1 .. versions - 1 (a 2 ms pause after each). A read that
+    starts after ``change(v)`` returned has floor v (0 before the first): returns each
+    ``(key, floor, value)`` for which ``is_stale(key, floor, value)``. A read that raises one
+    of *retry* is made again."""
+    version = [0]
+    stop = threading.Event()
+    stale: list[tuple[Any, int, T]] = []
+
+    def hammer() -> None:
+        while not stop.is_set():
+            for key in keys:
+                floor = version[0]
+                try:
+                    value = read(key)
+                except retry:
+                    continue
+                if is_stale(key, floor, value):
+                    stale.append((key, floor, value))
+
+    threads = [threading.Thread(target=hammer) for _ in range(readers)]
+    for t in threads:
+        t.start()
+    try:
+        for v in range(1, versions):
+            change(v)
+            version[0] = v
+            time.sleep(0.002)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(JOIN_TIMEOUT)
+    assert not any(t.is_alive() for t in threads), "a reader thread hung"
+    return stale
+
+
 @dataclass(frozen=True)
 class Stress:
     """How hard a stress test pushes the parallel backend it runs on (the ``stress`` fixture).

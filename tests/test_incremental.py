@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import pytest
+from _concurrency import read_while_changing
 
 import dualmode as dm
 
@@ -359,36 +360,17 @@ def test_carried_copies_never_serve_a_value_of_an_older_revision(repeat: int) ->
     # Executed once before the changes begin (a body running when any input changes is
     # cancelled and runs again, by contract); from then on the unchanged never execute.
     assert {db.page(n) for n in keys} == {"V0"}
-    version = [0]  # the last version set on the even pages
-    stop = threading.Event()
-    stale: list[tuple[int, int, str]] = []
 
-    def hammer() -> None:
-        while not stop.is_set():
-            for n in keys:
-                floor = version[0]
-                try:
-                    value = db.page(n)
-                except dm.Cancelled:  # executing while an input changed: ask again
-                    continue
-                if n % 2 == 0 and int(value[1:]) < floor:
-                    stale.append((n, floor, value))
-                if n % 2 == 1 and value != "V0":  # one of the unchanged
-                    stale.append((n, 0, value))
+    def change(v: int) -> None:
+        for n in range(0, pages, 2):
+            db.text[n] = f"v{v}"
 
-    readers = [threading.Thread(target=hammer) for _ in range(3)]
-    for t in readers:
-        t.start()
-    try:
-        for v in range(1, 40):
-            for n in range(0, pages, 2):
-                db.text[n] = f"v{v}"
-            version[0] = v
-            time.sleep(0.002)
-    finally:
-        stop.set()
-        for t in readers:
-            t.join(30)
+    def is_stale(n: int, floor: int, value: str) -> bool:
+        return int(value[1:]) < floor if n % 2 == 0 else value != "V0"
+
+    stale = read_while_changing(
+        db.page, keys, change, 40, is_stale, readers=3, retry=(dm.Cancelled,)
+    )
     assert not stale, stale[:5]
     assert [db.page(n) for n in keys] == ["V39", "V0"] * (pages // 2)
     # (A changed page may execute more than once in a revision: cancelled, then asked again.)

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from _concurrency import in_thread
+from _concurrency import in_thread, read_while_changing
 
 import dualmode as dm
 
@@ -275,40 +275,25 @@ def test_a_value_computed_across_an_input_change_stays_in_its_revision(
 @pytest.mark.parametrize("repeat", range(3))
 def test_threads_hitting_cached_keys_see_every_new_revision(repeat: int) -> None:
     """Hits race with input changes: a call started after an input was set never returns a
-    value from before it (each thread's own copy of the memos is dropped with the revision).
+    value from before it (a thread's own copies of what changed are dropped with the revision).
     A call that executes the query while an input changes raises Cancelled, by contract."""
     db = Analyzer(backend="threads", workers=2)
     keys = [f"{n}.py" for n in range(20)]
     for key in keys:
         db.source[key] = "v0"
-    version = [0]  # the last version set: hits that start after reading it must see it
-    stop = threading.Event()
-    stale: list[tuple[str, int, str]] = []
 
-    def hammer() -> None:
-        while not stop.is_set():
-            for key in keys:
-                floor = version[0]
-                try:
-                    value = db.parse(key)
-                except dm.Cancelled:  # it was executing when an input changed: ask again
-                    continue
-                if int(value[1:]) < floor:
-                    stale.append((key, floor, value))
+    def change(v: int) -> None:
+        for key in keys:
+            db.source[key] = f"v{v}"
 
-    readers = [threading.Thread(target=hammer) for _ in range(2)]
-    for t in readers:
-        t.start()
-    try:
-        for v in range(1, 40):
-            for key in keys:
-                db.source[key] = f"v{v}"
-            version[0] = v
-            time.sleep(0.002)
-    finally:
-        stop.set()
-        for t in readers:
-            t.join(30)
+    stale = read_while_changing(
+        db.parse,
+        keys,
+        change,
+        40,
+        lambda key, floor, value: int(value[1:]) < floor,
+        retry=(dm.Cancelled,),  # it was executing when an input changed: ask again
+    )
     assert not stale, stale[:5]
     assert all(db.parse(key) == "V39" for key in keys)
 
