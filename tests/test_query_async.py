@@ -1,13 +1,21 @@
-"""``BoundQuery.async_get``: queries from async code, under asyncio and trio (anyio's plugin)."""
+"""Queries from async code (``BoundQuery.async_get``) and async queries (``@dm.query async
+def``), under asyncio and trio (anyio's plugin) and on every backend.
+
+The classes are at module level so that worker processes can import them."""
 
 from __future__ import annotations
 
+import functools
 import os
+import random
+import sys
 import threading
 import time
+from pathlib import Path
 
 import anyio
 import pytest
+from test_query import Analyzer
 
 import dualmode as dm
 
@@ -102,3 +110,307 @@ async def test_cancelling_the_await_leaves_the_body_to_finish() -> None:
         await anyio.sleep(0.02)
     assert db.square.peek(5) == 25
     assert db.stats()["square"].executions == 1
+
+
+# -- async queries: ``@dm.query async def`` -------------------------------------------------
+
+
+class Fetcher(Analyzer):
+    """Async queries beside test_query's Analyzer (its ``source`` input and execution log)."""
+
+    @dm.query
+    async def fetch(self, path: str) -> int:
+        self._note("fetch", path)
+        await anyio.sleep(0.001)
+        return len(str(self.source[path]))
+
+    @dm.query
+    async def report(self, path: str) -> str:
+        self._note("report", path)
+        size = await self.fetch.async_get(path)
+        return f"{path}: {size} ({await self.length.async_get(path)})"
+
+    @dm.query
+    def sync_report(self, path: str) -> str:
+        self._note("sync_report", path)
+        return f"{path}: {self.fetch(path)}"
+
+    @dm.query
+    async def slow_async(self, n: int) -> int:
+        self._note("slow_async", n)
+        await anyio.sleep(0.1)
+        return n * 3
+
+    @dm.query
+    async def afails(self, n: int) -> int:
+        self._note("afails", n)
+        await anyio.sleep(0)
+        raise ValueError(f"async no {n}")
+
+    @dm.query
+    async def aping(self, n: int) -> int:
+        return await self.apong.async_get(n)
+
+    @dm.query
+    def apong(self, n: int) -> int:
+        return self.aping(n)  # a sync body asking for an async query: a thread's claim
+
+    @dm.query
+    async def place(self, n: int) -> tuple[int, str]:
+        import sniffio
+
+        await anyio.sleep(0)
+        return os.getpid(), sniffio.current_async_library()
+
+    @dm.query
+    async def nap(self, n: int) -> int:
+        self._note("nap", n)
+        await anyio.sleep(random.random() * 0.002)
+        return n + 1
+
+
+@pytest.fixture
+def fdb(dualmode_backend: str) -> Fetcher:
+    return Fetcher(backend=dualmode_backend, workers=2)
+
+
+def _count(db: Fetcher, name: str, key: object) -> int:
+    return db.executed.count((name, key))
+
+
+def test_sync_code_calls_async_queries(fdb: Fetcher) -> None:
+    """``db.q(key)`` from sync code works for an async query (its body runs on a private
+    event loop of the calling thread), and inside a sync body."""
+    fdb.source["a.py"] = "abcd"
+    assert fdb.fetch("a.py") == 4 and fdb.fetch("a.py") == 4
+    assert fdb.sync_report("a.py") == "a.py: 4"
+    assert fdb.report("a.py") == "a.py: 4 (4)"
+    assert _count(fdb, "fetch", "a.py") == 1 and _count(fdb, "report", "a.py") == 1
+    for _ in range(2):
+        with pytest.raises(ValueError, match="async no 2"):
+            fdb.afails(2)
+    assert _count(fdb, "afails", 2) == 1  # the error is memoized
+
+
+async def test_async_code_awaits_sync_and_async_queries(fdb: Fetcher) -> None:
+    fdb.source["a.py"] = "abc"
+    assert await fdb.report.async_get("a.py") == "a.py: 3 (3)"
+    assert await fdb.length.async_get("a.py") == 3
+    assert await fdb.sync_report.async_get("a.py") == "a.py: 3"
+    assert fdb.report("a.py") == "a.py: 3 (3)" if fdb.backend.name == "processes" else True
+    assert [e for e in fdb.executed if e[0] in ("fetch", "report", "length")] == [
+        ("report", "a.py"),
+        ("fetch", "a.py"),
+        ("length", "a.py"),
+    ]
+
+
+async def test_an_async_body_runs_on_an_event_loop_of_the_process_that_computes_it(
+    fdb: Fetcher, anyio_backend: str
+) -> None:
+    pid, library = await fdb.place.async_get(1)
+    if fdb.backend.name == "processes":  # on a worker process, on a private asyncio loop
+        assert pid != os.getpid() and library == "asyncio"
+    else:  # on the caller's own loop
+        assert pid == os.getpid() and library == anyio_backend
+
+
+async def test_many_tasks_and_threads_run_an_async_body_once(fdb: Fetcher) -> None:
+    results: list[int] = []
+
+    async def task() -> None:
+        results.append(await fdb.slow_async.async_get(4))
+
+    def thread() -> None:
+        results.append(fdb.slow_async(4))
+
+    async with anyio.create_task_group() as group:
+        for i in range(16):
+            if i % 2 and fdb.backend.parallel:
+                group.start_soon(anyio.to_thread.run_sync, thread)
+            else:
+                group.start_soon(task)
+    assert results == [12] * 16
+    assert _count(fdb, "slow_async", 4) == 1
+    assert fdb.stats()["slow_async"].executions == 1
+
+
+async def test_an_async_error_is_memoized(fdb: Fetcher) -> None:
+    for _ in range(3):
+        with pytest.raises(ValueError, match="async no 5"):
+            await fdb.afails.async_get(5)
+    assert _count(fdb, "afails", 5) == 1
+
+
+async def test_a_cycle_through_a_task_and_a_thread_raises_cycle_error_in_both(
+    fdb: Fetcher,
+) -> None:
+    """aping (async, a task's) asks apong (sync: a worker's) which asks aping again."""
+    with pytest.raises(dm.CycleError) as raised:
+        await fdb.aping.async_get(1)
+    assert raised.value.cycle == [("aping", 1), ("apong", 1)]
+    with pytest.raises(dm.CycleError):
+        await fdb.apong.async_get(1)
+    if fdb.backend.parallel:  # (serial: no other thread may use the database)
+        with pytest.raises(dm.CycleError):
+            await anyio.to_thread.run_sync(fdb.apong, 1)
+        with pytest.raises(dm.CycleError) as raised:  # a thread enters it first
+            await anyio.to_thread.run_sync(fdb.apong, 2)
+        assert raised.value.cycle == [("aping", 2), ("apong", 2)]
+
+
+_started = threading.Event()
+
+
+class Crossing(dm.Database):
+    """A task computing ``x`` and a thread computing ``y`` that ask for each other."""
+
+    @dm.query
+    async def x(self, n: int) -> int:
+        _started.set()
+        await anyio.sleep(0.3)  # meanwhile the thread claims y and waits for x
+        return await self.y.async_get(n) + 1
+
+    @dm.query
+    def y(self, n: int) -> int:
+        return self.x(n) + 1
+
+
+async def test_a_cycle_closed_by_a_task_waiting_for_a_thread() -> None:
+    """The thread waits for the task's x; the task's wait for the thread's y closes the cycle:
+    both raise CycleError, none hangs."""
+    db = Crossing(backend="threads", workers=2)
+    _started.clear()
+    caught: list[BaseException] = []
+
+    def thread() -> None:
+        _started.wait(5)
+        try:
+            db.y(1)
+        except dm.CycleError as exc:
+            caught.append(exc)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(anyio.to_thread.run_sync, thread)
+        with pytest.raises(dm.CycleError) as raised:
+            await db.x.async_get(1)
+    assert raised.value.cycle == [("x", 1), ("y", 1)]
+    assert len(caught) == 1 and caught[0].cycle == [("x", 1), ("y", 1)]  # type: ignore[attr-defined]
+
+
+async def test_revalidation_reexecutes_only_what_changed_and_backdates(fdb: Fetcher) -> None:
+    fdb.source["a.py"] = "abc"
+    fdb.source["b.py"] = "xy"
+    assert await fdb.report.async_get("a.py") == "a.py: 3 (3)"
+    assert await fdb.report.async_get("b.py") == "b.py: 2 (2)"
+    before = len(fdb.executed)
+    # The same length, the same upper case: fetch and parse are backdated, and what reads
+    # them (length, report) stays green: the bodies that ran are those that read the input.
+    fdb.source["a.py"] = "ABC"
+    assert await fdb.report.async_get("a.py") == "a.py: 3 (3)"
+    assert await fdb.report.async_get("b.py") == "b.py: 2 (2)"
+    assert sorted(fdb.executed[before:]) == [("fetch", "a.py"), ("parse", "a.py")]
+    before = len(fdb.executed)
+    fdb.source["a.py"] = "abcd"
+    assert await fdb.report.async_get("a.py") == "a.py: 4 (4)"
+    assert sorted(fdb.executed[before:]) == [
+        ("fetch", "a.py"),
+        ("length", "a.py"),
+        ("parse", "a.py"),
+        ("report", "a.py"),
+    ]
+    assert fdb.report("a.py") == "a.py: 4 (4)"  # a sync caller finds it valid
+
+
+async def test_a_sync_call_of_an_async_query_on_the_loop_thread_raises_and_memoizes_nothing(
+    fdb: Fetcher,
+) -> None:
+    fdb.source["a.py"] = "abc"
+    with pytest.raises(RuntimeError, match=r"use `await db\.fetch\.async_get"):
+        fdb.fetch("a.py")
+    assert await fdb.fetch.async_get("a.py") == 3
+
+
+def _trials(db: Fetcher) -> int:
+    return 100 if db.backend.name == "processes" else 1000
+
+
+async def test_cancelled_waits_and_computations_leave_the_query_usable(fdb: Fetcher) -> None:
+    """Two tasks ask for the same key, each cancelled at a random moment (or not): whether it
+    was waiting for the other or computing, the next caller gets the value, and the body ran
+    to its end at most once. 1,000 trials per event loop (100 on processes)."""
+    rng = random.Random(7)
+    cancelled = 0
+
+    async def ask(n: int, deadline: float) -> None:
+        nonlocal cancelled
+        with anyio.move_on_after(deadline) as scope:
+            assert await fdb.nap.async_get(n) == n + 1
+        cancelled += scope.cancelled_caught
+
+    trials = _trials(fdb)
+    for n in range(trials):
+        async with anyio.create_task_group() as group:
+            group.start_soon(ask, n, rng.random() * 0.003)
+            group.start_soon(ask, n, rng.random() * 0.003 if rng.random() < 0.7 else 5)
+        with anyio.fail_after(10):
+            assert await fdb.nap.async_get(n) == n + 1  # the next caller succeeds
+    assert cancelled  # the race was hit
+    if fdb.backend.name != "processes":
+        table = fdb._runtime.table
+        assert not any(table._jobs)  # type: ignore[attr-defined]  # no claim left behind
+        assert all(t.waiting is None and not t.stack for t in table._threads.values())  # type: ignore[attr-defined]
+        assert fdb.stats()["nap"].executions == trials
+
+
+async def test_a_cancelled_computation_is_computed_by_its_waiter(fdb: Fetcher) -> None:
+    """serial, threads: the owner task's claim is abandoned when it is cancelled while its
+    body runs, and the task waiting for it computes it. processes: the body runs on a worker
+    process, which a cancelled caller leaves to finish (it is memoized)."""
+    results: list[int] = []
+
+    async def waiter() -> None:
+        await anyio.sleep(0.02)  # after the owner has claimed it
+        results.append(await fdb.slow_async.async_get(9))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(waiter)
+        with anyio.move_on_after(0.05):
+            await fdb.slow_async.async_get(9)  # the owner, cancelled while it computes
+    assert results == [27]
+    in_process = fdb.backend.name != "processes"
+    assert _count(fdb, "slow_async", 9) == (2 if in_process else 1)  # started, finished once
+    assert fdb.stats()["slow_async"].executions == 1
+    with anyio.move_on_after(0.02):  # cancelled with no one waiting
+        await fdb.slow_async.async_get(10)
+    if in_process:  # the claim was abandoned: nothing memoized, nothing running
+        assert fdb.slow_async.peek(10) is None
+    assert await fdb.slow_async.async_get(10) == 30
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import bench_async_query as hybrid  # noqa: E402  (the workload of acceptance line 3)
+
+_iterations = functools.cache(hybrid.calibrate)
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["flat", "nested"])
+async def test_io_on_the_loop_and_cpu_on_the_workers(nested: bool) -> None:
+    """Issue 13's line 3 (``benchmarks/bench_async_query.py`` measures it): 8 tasks, each an
+    async query sleeping 0.2 s then a sync query of ~0.1 s CPU, on threads(2): the sleeps
+    overlap on the loop, the CPU bodies run on the workers (in parallel where the GIL is
+    off). A generous bound here (a shared machine), on the best of up to three runs: 1.5x
+    the line's bound with the GIL off; with it on, 1.5x the I/O wave plus all the CPU work on
+    one core."""
+    iterations = _iterations()
+    await hybrid.serve(hybrid.fresh(1), nested, tasks=2)  # the workers started, code warm
+    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    limit = hybrid.IO + hybrid.TASKS * hybrid.CPU if gil else hybrid.bound()
+    best = float("inf")
+    for _ in range(3):  # the best of three: the machine is shared
+        took, got = await hybrid.serve(hybrid.fresh(iterations), nested)
+        assert got == hybrid.expected(iterations)
+        best = min(best, took)
+        if best < 1.5 * limit:
+            break
+    assert best < 1.5 * limit, (best, limit)

@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from .hits import Frame, ThreadState
 from .memo import HIGH, LOW, Memo, MemoState, lookup
+from .tasks import Stepper, no_loop_here, run_body
 
 if TYPE_CHECKING:
     from .database import _QueryDescriptor
     from .runtime import Runtime
 
-__all__ = ["execute"]
+__all__ = ["async_execute", "execute"]
 
 OK, ERROR = MemoState.OK, MemoState.ERROR  # globals: see dualmode.query.job_table
 
@@ -33,16 +34,57 @@ def execute(
     """Run ``descriptor(db, *key)`` in *frame*, the innermost of *thread*'s stack (the caller
     pushed it and pops it): its result as a memo (OK, or ERROR with the Exception it raised),
     and the seconds it took with and without the queries it executed in turn. Anything but an
-    Exception (Cancelled, KeyboardInterrupt) propagates."""
-    frame.deps.clear()  # what verification read is not the body's
-    frame.child_time = 0.0
-    frame.durability = HIGH
-    start = time.perf_counter()
+    Exception (Cancelled, KeyboardInterrupt) propagates. An async body runs to its end on an
+    event loop of this thread's own (``dualmode.query.tasks.run_body``); on a thread that runs
+    an event loop already it raises RuntimeError instead (nothing memoized)."""
+    if descriptor.is_async:
+        no_loop_here(descriptor.name)
+    start = _start(frame)
     try:
         value = descriptor.fn(rt.db, *key)
+        if descriptor.is_async:
+            value = run_body(thread, value)
         state = OK
     except Exception as exc:
         value, state = exc, ERROR
+    return _result(rt, descriptor, thread, frame, start, state, value)
+
+
+async def async_execute(
+    rt: Runtime,
+    descriptor: _QueryDescriptor[Any],
+    key: tuple[Any, ...],
+    thread: ThreadState,
+    frame: Frame,
+) -> tuple[Memo, float, float]:
+    """:func:`execute` of an async body from async code: it runs on the running event loop,
+    *thread* (a task's state) switched in around each of its steps (``tasks.Stepper``). A
+    cancellation (anything but an Exception) propagates."""
+    start = _start(frame)
+    try:
+        value = await Stepper(thread, descriptor.fn(rt.db, *key))
+        state = OK
+    except Exception as exc:
+        value, state = exc, ERROR
+    return _result(rt, descriptor, thread, frame, start, state, value)
+
+
+def _start(frame: Frame) -> float:
+    frame.deps.clear()  # what verification read is not the body's
+    frame.child_time = 0.0
+    frame.durability = HIGH
+    return time.perf_counter()
+
+
+def _result(
+    rt: Runtime,
+    descriptor: _QueryDescriptor[Any],
+    thread: ThreadState,
+    frame: Frame,
+    start: float,
+    state: MemoState,
+    value: Any,
+) -> tuple[Memo, float, float]:
     elapsed = time.perf_counter() - start
     if len(thread.stack) > 1:
         thread.stack[-2].child_time += elapsed  # the query that asked for this one

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Hashable, Iterable
 from threading import get_ident
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -88,6 +88,7 @@ class Runtime:
         self.reported: dict[int, list[int]] = {}  # hits reported, per id(thread state)
         self.states: list[ThreadState] = []  # kept after their threads end: stats count them
         self.states_lock = threading.Lock()
+        self.retired_greens: dict[int, int] = {}  # per revision, of states retired
 
     # -- threads and revisions -----------------------------------------------------------------
 
@@ -179,14 +180,19 @@ class Runtime:
             if found is None:
                 found = self.fetch_cold(name, key, thread)
             if found is not None:
-                break
-            memos = thread.memos[index]  # a new revision: a new copy
+                return self.keep(name, key, thread, index, found)
+
+    def keep(
+        self, name: str, key: tuple[Any, ...], thread: ThreadState, index: int, found: Memo
+    ) -> Memo:
+        """*found*, the memo fetched for ``name(*key)``, kept in *thread*'s own copy (of its
+        current revision): a fallback's value computed, an ERROR_ONCE delivered only."""
         if found.state is not OK:
             if found.state is FALLBACK:
                 found = self._fallback(self.queries[name], key, found)
             if found.state is ERROR_ONCE:
                 return found  # delivered, kept nowhere
-        memos[key] = found
+        thread.memos[index][key] = found
         return found
 
     def fetch_hot(
@@ -235,7 +241,6 @@ class Runtime:
         verify *old*; if a dependency changed (or there is no old memo), execute the body and
         backdate the result. Abandons the claim if anything but the body raises (Cancelled,
         KeyboardInterrupt...)."""
-        name = descriptor.name
         revision = thread.revision
         frame = Frame()
         thread.enter(frame)  # verification's reads are cancelled with a new revision too
@@ -245,17 +250,39 @@ class Runtime:
                 and not descriptor.volatile
                 and not verify.changed(self, old, thread)
             )
-            if not green:
-                memo, elapsed, self_time = execute(self, descriptor, key, thread, frame)
+            executed = None if green else execute(self, descriptor, key, thread, frame)
         except BaseException:
-            thread.leave()
-            self.table.abandon(name, key, thread.id, scope)
+            self.give_up(descriptor.name, key, thread, scope)
             raise
         thread.leave()
-        if green:
+        return self.finish(descriptor, key, thread, scope, old, executed, revision)
+
+    def give_up(
+        self, name: str, key: tuple[Any, ...], thread: ThreadState, scope: Hashable | None
+    ) -> None:
+        """Pop the frame of *thread*'s claim of ``name(*key)`` and abandon the claim."""
+        thread.leave()
+        self.table.abandon(name, key, thread.id, scope)
+
+    def finish(
+        self,
+        descriptor: _QueryDescriptor[Any],
+        key: tuple[Any, ...],
+        thread: ThreadState,
+        scope: Hashable | None,
+        old: Memo | None,
+        executed: tuple[Memo, float, float] | None,
+        revision: int,
+    ) -> Memo:
+        """Publish *thread*'s claim of ``descriptor(*key)`` in *revision*, its frame popped:
+        *old* found green (*executed* None), or what the body gave, backdated if equal to
+        *old*."""
+        name = descriptor.name
+        if executed is None:
             assert old is not None
             memo = old.replace(verified_at=revision)
             return self.table.publish(name, key, thread.id, memo, verdict=GREEN, scope=scope)
+        memo, elapsed, self_time = executed
         verdict = backdate(old, memo)
         store = memo.state is OK or descriptor.cache_errors
         if not store:
@@ -303,28 +330,10 @@ class Runtime:
         raise memo.value
 
     async def async_get(self, bound: BoundQuery[T], key: tuple[Any, ...]) -> T:
-        """See :meth:`BoundQuery.async_get`."""
-        memo = self.peek(bound._binding._name, key)
-        if memo is not None and (memo.state is OK or memo.state is ERROR):
-            if memo.state is OK:
-                return memo.value  # type: ignore[no-any-return]
-            raise memo.value
-        # Imported on first use: sync-only programs never pay for anyio.
-        if self.home is not None:  # serial: this thread's database, computed on this thread
-            import anyio.lowlevel
+        """See :meth:`BoundQuery.async_get` (``dualmode.query.awaiting``)."""
+        from .awaiting import async_get
 
-            await anyio.lowlevel.checkpoint()
-            return bound(*key)
-        name = bound._binding._name
-        if self.queries[name].local and self.table.shared:
-            # Its value stays in the process that computes it, which must be this one.
-            import anyio.to_thread
-
-            call: Callable[[], T] = functools.partial(bound, *key)
-            return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
-        from ..parallel import run_in_worker
-
-        value: T = await run_in_worker(_call_query, self.db, name, key, backend=self.db.backend)
+        value: T = await async_get(self, bound._binding._name, key)
         return value
 
     def prefetch(self, name: str, keys: Iterable[Any]) -> None:
@@ -355,6 +364,19 @@ class Runtime:
             if n > m
         ]
 
+    def retire(self, state: ThreadState) -> None:
+        """Count the hits and greens of a state that is done (a task's: see
+        ``dualmode.query.tasks``), which :meth:`stats` does not walk."""
+        pending = self._unreported(state)
+        with self.states_lock:
+            self.reported.pop(id(state), None)
+            greens = state.past_greens.copy()
+            greens[state.revision] = greens.get(state.revision, 0) + state.greens
+            for revision, n in greens.items():
+                self.retired_greens[revision] = self.retired_greens.get(revision, 0) + n
+        if pending:
+            self.table.add_hits(pending)
+
     def unreported_hits(self) -> HitCounts:
         """The calling thread's hits the table has not counted yet (see JobTable.attach)."""
         return self._unreported(self.local.state)
@@ -368,6 +390,10 @@ class Runtime:
                 self.table.add_hits(pending)
         counts, verdicts = self.table.stats()
         queries = {name: QueryStats(*counts[name]) for name in self.index}
+        with self.states_lock:
+            retired = self.retired_greens.copy()
+        for r, n in retired.items():
+            verdicts.setdefault(r, dict.fromkeys(Verdict, 0))[GREEN] += n
         for thread in states:
             greens = thread.past_greens.copy()
             greens[thread.revision] = greens.get(thread.revision, 0) + thread.greens
@@ -405,9 +431,3 @@ def _prefetch_one(db: Database, name: str, key: tuple[Any, ...]) -> None:
         except Cancelled:  # an input changed meanwhile: bring it up to date in the new one
             continue
         return
-
-
-def _call_query(db: Database, name: str, key: tuple[Any, ...]) -> Any:
-    """``db.<name>(*key)`` on a worker (the database travels to a worker process as
-    ``dualmode.query.shipping`` ships it)."""
-    return getattr(db, name)(*key)
