@@ -325,10 +325,24 @@ async def test_revalidation_reexecutes_only_what_changed_and_backdates(fdb: Fetc
 async def test_a_sync_call_of_an_async_query_on_the_loop_thread_raises_and_memoizes_nothing(
     fdb: Fetcher,
 ) -> None:
+    """Not even while another task computes it: the thread would wait for that task on the
+    loop the task needs (serial: a sync body asked from async code runs on the loop's
+    thread, so it cannot call an async query)."""
     fdb.source["a.py"] = "abc"
     with pytest.raises(RuntimeError, match=r"use `await db\.fetch\.async_get"):
         fdb.fetch("a.py")
     assert await fdb.fetch.async_get("a.py") == 3
+    async with anyio.create_task_group() as group:
+        group.start_soon(fdb.slow_async.async_get, 1)
+        await anyio.sleep(0.02)  # it computes slow_async(1), asleep on this loop
+        with pytest.raises(RuntimeError, match="without await"):
+            fdb.slow_async(1)
+    assert await fdb.slow_async.async_get(1) == 3
+    if fdb.backend.name == "serial":
+        fdb.source["b.py"] = "xy"
+        with pytest.raises(RuntimeError, match="without await"):
+            await fdb.sync_report.async_get("b.py")  # its body calls fetch on this thread
+        assert fdb.sync_report.peek("b.py") is None  # not memoized: a sync caller computes it
 
 
 def _trials(db: Fetcher) -> int:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .hits import Frame, ThreadState
 from .memo import HIGH, LOW, Memo, MemoState, lookup
-from .tasks import Stepper, no_loop_here, run_body
+from .tasks import LoopRunning, Stepper, run_body
 
 if TYPE_CHECKING:
     from .database import _QueryDescriptor
@@ -34,17 +34,18 @@ def execute(
     """Run ``descriptor(db, *key)`` in *frame*, the innermost of *thread*'s stack (the caller
     pushed it and pops it): its result as a memo (OK, or ERROR with the Exception it raised),
     and the seconds it took with and without the queries it executed in turn. Anything but an
-    Exception (Cancelled, KeyboardInterrupt) propagates. An async body runs to its end on an
-    event loop of this thread's own (``dualmode.query.tasks.run_body``); on a thread that runs
-    an event loop already it raises RuntimeError instead (nothing memoized)."""
-    if descriptor.is_async:
-        no_loop_here(descriptor.name)
+    Exception (Cancelled, KeyboardInterrupt) propagates, and so does
+    :class:`~dualmode.query.tasks.LoopRunning` (an async query called without await on an
+    event loop's thread: a mistake of the caller's place, not the body's result). An async
+    body runs to its end on an event loop of this thread's own (``tasks.run_body``)."""
     start = _start(frame)
     try:
         value = descriptor.fn(rt.db, *key)
         if descriptor.is_async:
             value = run_body(thread, value)
         state = OK
+    except LoopRunning:
+        raise  # where it was asked, not what it computes: abandoned, not memoized
     except Exception as exc:
         value, state = exc, ERROR
     return _result(rt, descriptor, thread, frame, start, state, value)
@@ -64,6 +65,8 @@ async def async_execute(
     try:
         value = await Stepper(thread, descriptor.fn(rt.db, *key))
         state = OK
+    except LoopRunning:
+        raise  # where it was asked, not what it computes: abandoned, not memoized
     except Exception as exc:
         value, state = exc, ERROR
     return _result(rt, descriptor, thread, frame, start, state, value)

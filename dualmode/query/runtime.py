@@ -34,6 +34,7 @@ from .hits import BoundQuery, Frame, ThreadState
 from .job_table import Claim, HitCounts, JobTable, Verdict
 from .memo import Memo, MemoState
 from .stats import DatabaseStats, QueryStats, RevisionStats
+from .tasks import no_loop_here
 
 if TYPE_CHECKING:
     from .database import Database, _QueryDescriptor
@@ -218,8 +219,11 @@ class Runtime:
     def fetch_cold(self, name: str, key: tuple[Any, ...], thread: ThreadState) -> Memo | None:
         """Claim ``name(*key)``: the memo the table answers, or, as its owner, the memo this
         thread brought up to date (:meth:`_update`). None if the thread's revision was over:
-        it has moved to the current one."""
+        it has moved to the current one. An async query asked on a thread whose event loop
+        runs raises RuntimeError, unclaimed (``tasks.no_loop_here``)."""
         descriptor = self.queries[name]
+        if descriptor.is_async:  # before the claim: a wait for a task would block its loop
+            no_loop_here(name)
         scope = self.scope if descriptor.local else None
         kind, answer = self.table.claim(name, key, thread.id, thread.revision, scope)
         if kind is MEMO:

@@ -30,7 +30,16 @@ from .hits import ThreadState
 if TYPE_CHECKING:
     from .runtime import Runtime
 
-__all__ = ["Stepper", "TaskState", "here", "in_body", "no_loop_here", "run_body", "swap"]
+__all__ = [
+    "LoopRunning",
+    "Stepper",
+    "TaskState",
+    "here",
+    "in_body",
+    "no_loop_here",
+    "run_body",
+    "swap",
+]
 
 _ids = itertools.count(1)  # task ids are (pid, -n): never a thread's identifier
 
@@ -148,14 +157,19 @@ class Stepper:
                 _running.reset(token)
 
 
+class LoopRunning(RuntimeError):
+    """An async query called without await on a thread whose event loop runs. Never
+    memoized: it is about where the query was asked, not its value."""
+
+
 def no_loop_here(name: str) -> None:
-    """Raise RuntimeError if an event loop runs in this thread: a sync call of async query
-    *name* there would have to block it (and a loop cannot run inside another)."""
+    """Raise :class:`LoopRunning` if an event loop runs in this thread: a sync call of async
+    query *name* there would have to block it (and a loop cannot run inside another)."""
     try:
         library = sniffio.current_async_library()
     except sniffio.AsyncLibraryNotFoundError:
         return
-    raise RuntimeError(
+    raise LoopRunning(
         f"async query {name!r} called without await on a thread that runs a {library} event "
         f"loop: use `await db.{name}.async_get(...)` there (a sync call would block the loop)"
     )
