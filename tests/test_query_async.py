@@ -142,6 +142,10 @@ class Fetcher(Analyzer):
         return n * 3
 
     @dm.query
+    def sync_slow(self, n: int) -> int:
+        return self.slow_async(n)
+
+    @dm.query
     async def afails(self, n: int) -> int:
         self._note("afails", n)
         await anyio.sleep(0)
@@ -338,6 +342,15 @@ async def test_a_sync_call_of_an_async_query_on_the_loop_thread_raises_and_memoi
         with pytest.raises(RuntimeError, match="without await"):
             fdb.slow_async(1)
     assert await fdb.slow_async.async_get(1) == 3
+    async with anyio.create_task_group() as group:
+        group.start_soon(fdb.slow_async.async_get, 2)
+        await anyio.sleep(0.02)  # a task computes slow_async(2) on this loop...
+        if fdb.backend.name == "serial":  # ...and a sync body here must not wait for it
+            with pytest.raises(RuntimeError, match="without await"):
+                await fdb.sync_slow.async_get(2)
+        else:  # on a worker, it may
+            assert await fdb.sync_slow.async_get(2) == 6
+    assert await fdb.sync_slow.async_get(2) == 6
     if fdb.backend.name == "serial":
         fdb.source["b.py"] = "xy"
         with pytest.raises(RuntimeError, match="without await"):
@@ -374,6 +387,7 @@ async def test_cancelled_waits_and_computations_leave_the_query_usable(fdb: Fetc
         table = fdb._runtime.table
         assert not any(table._jobs)  # type: ignore[attr-defined]  # no claim left behind
         assert all(t.waiting is None and not t.stack for t in table._threads.values())  # type: ignore[attr-defined]
+        assert all(t.thread[1] > 0 for t in table._threads.values())  # type: ignore[attr-defined]  # tasks' records dropped
         assert fdb.stats()["nap"].executions == trials
 
 
@@ -413,9 +427,9 @@ async def test_io_on_the_loop_and_cpu_on_the_workers(nested: bool) -> None:
     """Issue 13's line 3 (``benchmarks/bench_async_query.py`` measures it): 8 tasks, each an
     async query sleeping 0.2 s then a sync query of ~0.1 s CPU, on threads(2): the sleeps
     overlap on the loop, the CPU bodies run on the workers (in parallel where the GIL is
-    off). A generous bound here (a shared machine), on the best of up to three runs: 1.5x
-    the line's bound with the GIL off; with it on, 1.5x the I/O wave plus all the CPU work on
-    one core."""
+    off). A generous bound here (a shared machine), on the best of up to three runs: 2x the
+    line's bound with the GIL off; with it on, 2x one I/O wave plus all the CPU work on one
+    core (less than the 2.4 s it takes if the sleeps do not overlap)."""
     iterations = _iterations()
     await hybrid.serve(hybrid.fresh(1), nested, tasks=2)  # the workers started, code warm
     gil = getattr(sys, "_is_gil_enabled", lambda: True)()
@@ -425,6 +439,29 @@ async def test_io_on_the_loop_and_cpu_on_the_workers(nested: bool) -> None:
         took, got = await hybrid.serve(hybrid.fresh(iterations), nested)
         assert got == hybrid.expected(iterations)
         best = min(best, took)
-        if best < 1.5 * limit:
+        if best < 2 * limit:
             break
-    assert best < 1.5 * limit, (best, limit)
+    assert best < 2 * limit, (best, limit)
+
+
+def test_asyncio_task_cancel_leaves_the_query_usable(fdb: Fetcher) -> None:
+    """``asyncio.Task.cancel`` (not only anyio's cancel scopes), of a task waiting for a query
+    and of the task computing it: the next caller gets the value."""
+    import asyncio
+
+    async def main() -> int:
+        owner = asyncio.ensure_future(fdb.slow_async.async_get(11))
+        await asyncio.sleep(0.02)
+        waiter = asyncio.ensure_future(fdb.slow_async.async_get(11))
+        await asyncio.sleep(0.02)
+        waiter.cancel()  # while it waits for the owner
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        owner.cancel()  # while it computes
+        with pytest.raises(asyncio.CancelledError):
+            await owner
+        return await fdb.slow_async.async_get(11)
+
+    assert asyncio.run(main()) == 33
+    if fdb.backend.name != "processes":
+        assert not any(fdb._runtime.table._jobs)  # type: ignore[attr-defined]

@@ -19,7 +19,7 @@ body's state, so re-validation, backdating and cycles work as for sync bodies.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .execute import async_execute
 from .hits import Frame, ThreadState, unhashable
@@ -60,7 +60,7 @@ async def async_get(rt: Runtime, name: str, key: tuple[Any, ...]) -> Any:
             try:
                 memo = await async_fetch(rt, name, key, state)
             finally:
-                rt.retire(state)
+                _retire(rt, state)
     else:
         state, recorder = inside
         recorder.stack[-1].deps.append((name, key))
@@ -68,10 +68,17 @@ async def async_get(rt: Runtime, name: str, key: tuple[Any, ...]) -> Any:
             memo = await async_fetch(rt, name, key, state)
         finally:
             if state is not recorder:  # a task the body started: its own state
-                rt.retire(state)
+                _retire(rt, state)
     if memo.state is OK:
         return memo.value
     raise memo.value
+
+
+def _retire(rt: Runtime, state: ThreadState) -> None:
+    """A task's own state is done: its counts kept, the table's record of its id dropped."""
+    rt.retire(state)
+    if _in_process(rt):
+        cast(InProcessJobTable, rt.table).forget(state.id)
 
 
 def _in_process(rt: Runtime) -> bool:

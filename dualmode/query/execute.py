@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .hits import Frame, ThreadState
 from .memo import HIGH, LOW, Memo, MemoState, lookup
-from .tasks import LoopRunning, Stepper, run_body
+from .tasks import LoopRunning, Stepper, no_loop_here, run_body
 
 if TYPE_CHECKING:
     from .database import _QueryDescriptor
@@ -37,7 +37,10 @@ def execute(
     Exception (Cancelled, KeyboardInterrupt) propagates, and so does
     :class:`~dualmode.query.tasks.LoopRunning` (an async query called without await on an
     event loop's thread: a mistake of the caller's place, not the body's result). An async
-    body runs to its end on an event loop of this thread's own (``tasks.run_body``)."""
+    body runs to its end on an event loop of this thread's own (``tasks.run_body``), and
+    raises LoopRunning where one runs already."""
+    if descriptor.is_async:
+        no_loop_here(descriptor.name)
     start = _start(frame)
     try:
         value = descriptor.fn(rt.db, *key)

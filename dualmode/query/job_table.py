@@ -388,6 +388,7 @@ class InProcessJobTable:
         scope: Hashable | None = None,
         hits: Iterable[tuple[str, int]] = (),
         _no_wait: bool = False,
+        refuse: Callable[[], None] | None = None,
     ) -> tuple[Claim, Any]:
         """See :meth:`JobTable.claim`. A memo is answered when it was verified in *revision*,
         found green without looking at its dependencies (no input of its durability changed,
@@ -397,7 +398,8 @@ class InProcessJobTable:
         closes a cycle, the cycle is settled first (see :meth:`_settle`). *scope* keeps
         separate memos per scope (the processes backend's ``local=True`` queries, per
         process); *hits* are counts a client served from its own cache (sent along to save a
-        round trip).
+        round trip). *refuse*: called (to raise) instead of sleeping, after the cycle check,
+        where this caller must not wait (a thread whose event loop runs).
         """
         if hits:
             self.add_hits(hits)
@@ -434,7 +436,7 @@ class InProcessJobTable:
             if _no_wait:  # async_claim waits itself
                 return _WAIT, job
             self._before_wait(thread)
-            result = self._wait(job, thread)
+            result = self._wait(job, thread, refuse)
             if job.revision == revision and result.state is not RETRY:
                 return MEMO, result
             # An older revision's job, or an abandoned one: look again.
@@ -704,17 +706,29 @@ class InProcessJobTable:
 
     # -- waiting and cycles --------------------------------------------------------------------
 
-    def _wait(self, job: _Job, thread: ThreadId) -> Memo:
+    def _wait(self, job: _Job, thread: ThreadId, refuse: Callable[[], None] | None) -> Memo:
         if job.result is not None:  # published, settled or given up meanwhile (_before_wait)
             return job.result
         found, me = self._enter_wait(job, thread)
         if found is not None:
             return found
         start = time.perf_counter()
-        self._sleep(job)
-        self._leave_wait(job, me, time.perf_counter() - start)
+        try:
+            if refuse is not None and job.result is None:
+                refuse()
+            self._sleep(job)
+        finally:
+            self._leave_wait(job, me, time.perf_counter() - start)
         assert job.result is not None  # set before the latch opened
         return job.result
+
+    def forget(self, thread: ThreadId) -> None:
+        """Drop the record of a caller that will not ask again (a task's id: one per task,
+        so the records would pile up), unless it still owns or waits for a job."""
+        with self._graph_lock:
+            mine = lookup(self._threads, thread)
+            if mine is not None and not mine.stack and mine.waiting is None:
+                del self._threads[thread]
 
     async def _async_wait(self, job: _Job, thread: ThreadId) -> Memo:
         """:meth:`_wait` for a task: the latch is awaited; cancelled, the task leaves the

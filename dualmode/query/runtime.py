@@ -31,10 +31,10 @@ from . import verify
 from .backdate import backdate
 from .execute import execute
 from .hits import BoundQuery, Frame, ThreadState
-from .job_table import Claim, HitCounts, JobTable, Verdict
+from .job_table import Claim, HitCounts, InProcessJobTable, JobTable, Verdict
 from .memo import Memo, MemoState
 from .stats import DatabaseStats, QueryStats, RevisionStats
-from .tasks import no_loop_here
+from .tasks import loop_here, no_loop_here
 
 if TYPE_CHECKING:
     from .database import Database, _QueryDescriptor
@@ -220,18 +220,37 @@ class Runtime:
         """Claim ``name(*key)``: the memo the table answers, or, as its owner, the memo this
         thread brought up to date (:meth:`_update`). None if the thread's revision was over:
         it has moved to the current one. An async query asked on a thread whose event loop
-        runs raises RuntimeError, unclaimed (``tasks.no_loop_here``)."""
+        runs raises LoopRunning rather than wait there (:meth:`_claim_on_loop`)."""
         descriptor = self.queries[name]
-        if descriptor.is_async:  # before the claim: a wait for a task would block its loop
-            no_loop_here(name)
         scope = self.scope if descriptor.local else None
-        kind, answer = self.table.claim(name, key, thread.id, thread.revision, scope)
+        if descriptor.is_async and loop_here():
+            kind, answer = self._claim_on_loop(name, key, thread, scope)
+        else:
+            kind, answer = self.table.claim(name, key, thread.id, thread.revision, scope)
         if kind is MEMO:
             return answer  # type: ignore[no-any-return]
         if kind is STALE:
             self.stale(thread, answer)
             return None
         return self._update(descriptor, key, thread, scope, answer)  # RUN or VERIFY
+
+    def _claim_on_loop(
+        self, name: str, key: tuple[Any, ...], thread: ThreadState, scope: Hashable | None
+    ) -> tuple[Claim, Any]:
+        """Claim async query ``name(*key)`` for a sync call on a thread whose event loop
+        runs. From plain code there, LoopRunning at once (the caller meant ``async_get``).
+        Inside a body (a sync body a task handed to this thread, or a private loop's), the
+        claim may answer at once (a memo, a cycle through this thread's own frames); a wait
+        for an owner, which may be a task on this very loop, raises LoopRunning instead; and
+        executing raises it in ``execute``. A table in another process is claimed from as
+        usual: its owners are not on this loop."""
+        refuse = functools.partial(no_loop_here, name)
+        table = self.table
+        if not isinstance(table, InProcessJobTable):
+            return table.claim(name, key, thread.id, thread.revision, scope)
+        if not thread.stack:
+            refuse()
+        return table.claim(name, key, thread.id, thread.revision, refuse=refuse)
 
     def _update(
         self,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import threading
 from collections.abc import Coroutine, Generator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -36,12 +37,17 @@ __all__ = [
     "TaskState",
     "here",
     "in_body",
+    "loop_here",
     "no_loop_here",
     "run_body",
     "swap",
 ]
 
-_ids = itertools.count(1)  # task ids are (pid, -n): never a thread's identifier
+# Task ids are (pid, -n): never a thread's identifier, never reused (a worker may still run
+# a body under a cancelled task's id). Counted under a lock: next() on a shared iterator is
+# not atomic on free-threaded builds. Taken once per task that misses, off the hit path.
+_ids = itertools.count(1)
+_ids_lock = threading.Lock()
 
 # The state of the body the current task is running, and that task (tasks it starts inherit
 # the entry: their edges go to its frame, their claims are their own).
@@ -61,7 +67,10 @@ class TaskState(ThreadState):
         self, rt: Runtime, host: ThreadState, revision: int, ident: tuple[int, int] | None = None
     ) -> None:
         super().__init__(rt, host.names, revision)
-        self.id = (os.getpid(), -next(_ids)) if ident is None else ident
+        if ident is None:
+            with _ids_lock:
+                ident = (os.getpid(), -next(_ids))
+        self.id = ident
         self.lock = host.lock  # Runtime.install and learn_revision: one lock per binding list
         self.bound = host.bound
         self.active = False
@@ -162,17 +171,24 @@ class LoopRunning(RuntimeError):
     memoized: it is about where the query was asked, not its value."""
 
 
+def loop_here() -> bool:
+    """Whether an event loop (asyncio's, trio's) runs in this thread."""
+    try:
+        sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return False
+    return True
+
+
 def no_loop_here(name: str) -> None:
     """Raise :class:`LoopRunning` if an event loop runs in this thread: a sync call of async
-    query *name* there would have to block it (and a loop cannot run inside another)."""
-    try:
-        library = sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
-        return
-    raise LoopRunning(
-        f"async query {name!r} called without await on a thread that runs a {library} event "
-        f"loop: use `await db.{name}.async_get(...)` there (a sync call would block the loop)"
-    )
+    query *name* there could only wait by blocking it (and a loop cannot run inside
+    another)."""
+    if loop_here():
+        raise LoopRunning(
+            f"async query {name!r} called without await on a thread that runs an event loop: "
+            f"use `await db.{name}.async_get(...)` there (a sync call would block the loop)"
+        )
 
 
 def run_body(thread: ThreadState, coro: Coroutine[Any, Any, Any]) -> Any:
