@@ -465,3 +465,45 @@ def test_asyncio_task_cancel_leaves_the_query_usable(fdb: Fetcher) -> None:
     assert asyncio.run(main()) == 33
     if fdb.backend.name != "processes":
         assert not any(fdb._runtime.table._jobs)  # type: ignore[attr-defined]
+
+
+def test_event_loops_on_several_threads_share_one_execution_per_key(
+    dualmode_parallel_backend: str,
+) -> None:
+    """Four threads, each running its own event loop (asyncio or trio) with eight tasks, and
+    two plain threads ask for the same keys: each key executes once, and a task waiting for
+    another loop's task is woken across threads."""
+    db = Fetcher(backend=dualmode_parallel_backend, workers=2)
+    keys = list(range(40))
+    failures: list[BaseException] = []
+
+    async def tasks() -> None:
+        async def one(offset: int) -> None:
+            for k in keys[offset:] + keys[:offset]:
+                assert await db.nap.async_get(k) == k + 1
+
+        async with anyio.create_task_group() as group:
+            for i in range(8):
+                group.start_soon(one, i * 5)
+
+    def loop_thread(library: str) -> None:
+        try:
+            anyio.run(tasks, backend=library)
+        except BaseException as exc:
+            failures.append(exc)
+
+    def plain_thread() -> None:
+        try:
+            for k in reversed(keys):
+                assert db.nap(k) == k + 1
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=loop_thread, args=(lib,)) for lib in ["asyncio", "trio"] * 2]
+    threads += [threading.Thread(target=plain_thread) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not failures
+    assert sorted(k for name, k in db.executed if name == "nap") == keys
