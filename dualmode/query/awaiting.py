@@ -90,7 +90,8 @@ async def async_fetch(rt: Runtime, name: str, key: tuple[Any, ...], state: Threa
     """:meth:`Runtime.fetch` from async code, for *state* (a task's, or a sync caller's in
     its private loop)."""
     index = rt.index[name]
-    memo = state.memos[index].get(key)
+    memos = state.memos[index]
+    memo = memos.get(key)
     if memo is not None:
         state.hits[index] += 1
         return memo
@@ -99,7 +100,8 @@ async def async_fetch(rt: Runtime, name: str, key: tuple[Any, ...], state: Threa
         if found is None:
             found = await _fetch_cold(rt, name, key, state)
         if found is not None:
-            return rt.keep(name, key, state, index, found)
+            return rt.keep(name, key, memos, found)
+        memos = state.memos[index]  # a new revision: a new copy
 
 
 async def _fetch_cold(

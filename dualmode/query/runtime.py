@@ -181,19 +181,22 @@ class Runtime:
             if found is None:
                 found = self.fetch_cold(name, key, thread)
             if found is not None:
-                return self.keep(name, key, thread, index, found)
+                return self.keep(name, key, memos, found)
+            memos = thread.memos[index]  # a new revision: a new copy
 
     def keep(
-        self, name: str, key: tuple[Any, ...], thread: ThreadState, index: int, found: Memo
+        self, name: str, key: tuple[Any, ...], memos: dict[tuple[Any, ...], Memo], found: Memo
     ) -> Memo:
-        """*found*, the memo fetched for ``name(*key)``, kept in *thread*'s own copy (of its
-        current revision): a fallback's value computed, an ERROR_ONCE delivered only."""
+        """*found*, the memo fetched for ``name(*key)``, kept in *memos*: the thread's copy of
+        the revision it was fetched in, taken before the fetch (a body that ends after an
+        input changed moves its thread on, and its value must not land in the new copy). A
+        fallback's value is computed; an ERROR_ONCE is delivered, kept nowhere."""
         if found.state is not OK:
             if found.state is FALLBACK:
                 found = self._fallback(self.queries[name], key, found)
             if found.state is ERROR_ONCE:
                 return found  # delivered, kept nowhere
-        thread.memos[index][key] = found
+        memos[key] = found
         return found
 
     def fetch_hot(
