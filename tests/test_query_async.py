@@ -142,6 +142,10 @@ class Fetcher(Analyzer):
         return n * 3
 
     @dm.query
+    async def over_slow(self, n: int) -> int:
+        return await self.slow.async_get(n) + 1  # Analyzer.slow: a sync body of 0.2 s
+
+    @dm.query
     def sync_slow(self, n: int) -> int:
         return self.slow_async(n)
 
@@ -414,6 +418,10 @@ async def test_a_cancelled_computation_is_computed_by_its_waiter(fdb: Fetcher) -
     if in_process:  # the claim was abandoned: nothing memoized, nothing running
         assert fdb.slow_async.peek(10) is None
     assert await fdb.slow_async.async_get(10) == 30
+    with anyio.move_on_after(0.05):  # while a sync body it asked for runs on a worker
+        await fdb.over_slow.async_get(5)
+    assert await fdb.over_slow.async_get(5) == 11
+    assert _count(fdb, "slow", 5) == 1  # it finished once, and was memoized
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -462,7 +470,20 @@ def test_asyncio_task_cancel_leaves_the_query_usable(fdb: Fetcher) -> None:
             await owner
         return await fdb.slow_async.async_get(11)
 
+    async def nested() -> int:
+        owner = asyncio.ensure_future(fdb.over_slow.async_get(4))
+        await asyncio.sleep(0.05)  # over_slow awaits slow, running on a worker
+        owner.cancel()
+        if fdb.backend.name == "serial":  # slow ran on this thread: over_slow is done
+            assert await owner == 9
+        else:
+            with pytest.raises(asyncio.CancelledError):
+                await owner
+        return await fdb.over_slow.async_get(4)
+
     assert asyncio.run(main()) == 33
+    assert asyncio.run(nested()) == 9
+    assert _count(fdb, "slow", 4) == 1  # it ran to its end once, and was memoized
     if fdb.backend.name != "processes":
         assert not any(fdb._runtime.table._jobs)  # type: ignore[attr-defined]
 
