@@ -41,10 +41,17 @@ def execute(
     raises LoopRunning where one runs already."""
     if descriptor.is_async:
         no_loop_here(descriptor.name)
-    with _Run(frame) as run:
+    start = _start(frame)
+    try:
         value = descriptor.fn(rt.db, *key)
-        run.ok(run_body(thread, value) if descriptor.is_async else value)
-    return run.result(rt, descriptor, thread)
+        if descriptor.is_async:
+            value = run_body(thread, value)
+        state = OK
+    except LoopRunning:
+        raise  # where it was asked, not what it computes: abandoned, not memoized
+    except Exception as exc:
+        value, state = exc, ERROR
+    return _result(rt, descriptor, thread, frame, start, state, value)
 
 
 async def async_execute(
@@ -56,53 +63,43 @@ async def async_execute(
 ) -> tuple[Memo, float, float]:
     """:func:`execute` of an async body from async code: it runs on the running event loop,
     *thread* (a task's state) switched in around each of its steps (``tasks.Stepper``). A
-    cancellation (anything but an Exception) propagates."""
-    with _Run(frame) as run:
-        run.ok(await Stepper(thread, descriptor.fn(rt.db, *key)))
-    return run.result(rt, descriptor, thread)
+    cancellation (anything but an Exception) propagates, LoopRunning too."""
+    start = _start(frame)
+    body = Stepper(thread, descriptor.fn(rt.db, *key))
+    try:
+        value, state = await body, OK
+    except LoopRunning:
+        raise
+    except Exception as exc:
+        value, state = exc, ERROR
+    return _result(rt, descriptor, thread, frame, start, state, value)
 
 
-class _Run:
-    """One run of a body in *frame* (reset for it): ``with _Run(frame) as run:`` around the
-    call, which reports its value with :meth:`ok`; an Exception it raises is its result
-    instead (ERROR), anything else propagates, LoopRunning included (where it was asked,
-    not what it computes: abandoned, not memoized)."""
+def _start(frame: Frame) -> float:
+    """Reset *frame* for a run of the body; the time it starts."""
+    frame.deps.clear()  # what verification read is not the body's
+    frame.child_time = 0.0
+    frame.durability = HIGH
+    return time.perf_counter()
 
-    __slots__ = ("frame", "start", "state", "value")
 
-    def __init__(self, frame: Frame) -> None:
-        frame.deps.clear()  # what verification read is not the body's
-        frame.child_time = 0.0
-        frame.durability = HIGH
-        self.frame = frame
-        self.state: MemoState = ERROR
-        self.value: Any = None
-        self.start = time.perf_counter()
-
-    def __enter__(self) -> _Run:
-        return self
-
-    def ok(self, value: Any) -> None:
-        self.state, self.value = OK, value
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> bool:
-        if kind is None or not issubclass(kind, Exception) or issubclass(kind, LoopRunning):
-            return False
-        self.value = exc
-        return True
-
-    def result(
-        self, rt: Runtime, descriptor: _QueryDescriptor[Any], thread: ThreadState
-    ) -> tuple[Memo, float, float]:
-        """The memo, and the seconds the run took with and without the queries it executed."""
-        elapsed = time.perf_counter() - self.start
-        if len(thread.stack) > 1:
-            thread.stack[-2].child_time += elapsed  # the query that asked for this one
-        revision = thread.revision
-        frame = self.frame
-        durability = LOW if descriptor.volatile else _durability(rt, frame, thread)
-        memo = Memo(self.state, self.value, tuple(frame.deps), revision, revision, durability)
-        return memo, elapsed, elapsed - frame.child_time
+def _result(
+    rt: Runtime,
+    descriptor: _QueryDescriptor[Any],
+    thread: ThreadState,
+    frame: Frame,
+    start: float,
+    state: MemoState,
+    value: Any,
+) -> tuple[Memo, float, float]:
+    """The run's memo, and the seconds it took with and without the queries it executed."""
+    elapsed = time.perf_counter() - start
+    if len(thread.stack) > 1:
+        thread.stack[-2].child_time += elapsed  # the query that asked for this one
+    revision = thread.revision
+    durability = LOW if descriptor.volatile else _durability(rt, frame, thread)
+    memo = Memo(state, value, tuple(frame.deps), revision, revision, durability)
+    return memo, elapsed, elapsed - frame.child_time
 
 
 def _durability(rt: Runtime, frame: Frame, thread: ThreadState) -> int:
