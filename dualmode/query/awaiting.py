@@ -113,8 +113,9 @@ async def _fetch_cold(
     descriptor = rt.queries[name]
     table = rt.table
     scope = None
-    if isinstance(table, InProcessJobTable) and not table.shared:
-        kind, answer = await table.async_claim(name, key, state.id, state.revision)
+    if _in_process(rt):
+        in_process = cast(InProcessJobTable, table)
+        kind, answer = await in_process.async_claim(name, key, state.id, state.revision)
     else:
         scope = rt.scope if descriptor.local else None
         kind, answer = table.claim(name, key, state.id, state.revision, scope)
