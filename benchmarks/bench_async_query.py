@@ -12,7 +12,8 @@ is off (free-threaded 3.13t). ``nested``: the async query's body awaits the CPU 
 (its edge recorded, the sync body handed to a worker under the task's id).
 
 Rows: the time / that bound (<= 1.0 meets it), per event loop library and layout. The best of
-a few runs, to damp the noise of a shared 2-core machine.
+a few runs, to damp the noise of a shared 2-core machine; a reference row runs the CPU half
+alone on two plain threads, to show what the machine gave during the run.
 """
 
 from __future__ import annotations
@@ -105,6 +106,20 @@ def fresh(iterations: int) -> Hybrid:
     return Hybrid(iterations, backend="threads", workers=WORKERS)
 
 
+def plain_threads(iterations: int, repeats: int = 3) -> float:
+    """The best time of the CPU half alone, on a plain pool of 2 threads: the same run's
+    measure of what the machine can do (a shared one may not give two cores)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    best = float("inf")
+    with ThreadPoolExecutor(WORKERS) as pool:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            list(pool.map(spin, [iterations] * TASKS, range(TASKS)))
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
 def bound(tasks: int = TASKS) -> float:
     """Line 3's bound: 1.2 x max(I/O, CPU / 2) + one I/O wave."""
     return 1.2 * max(IO, tasks * CPU / WORKERS) + IO
@@ -113,7 +128,15 @@ def bound(tasks: int = TASKS) -> float:
 def measure(repeats: int) -> list[Row]:
     iterations = calibrate()
     want = expected(iterations)
-    rows = [Row("one sync body, on one thread (calibrated)", spin_time(iterations), CPU, "")]
+    rows = [
+        Row("one sync body, on one thread (calibrated)", spin_time(iterations), CPU, ""),
+        Row(
+            "reference: the 8 sync bodies alone on 2 plain threads, no queries, no I/O",
+            plain_threads(iterations),
+            TASKS * CPU / WORKERS,
+            "what the machine gives now (1.0: two free cores)",
+        ),
+    ]
     for library in ("asyncio", "trio"):
         for nested in (False, True):
             best = float("inf")
