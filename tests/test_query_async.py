@@ -439,24 +439,24 @@ _iterations = functools.cache(hybrid.calibrate)
 
 @pytest.mark.parametrize("nested", [False, True], ids=["flat", "nested"])
 async def test_io_on_the_loop_and_cpu_on_the_workers(nested: bool) -> None:
-    """Issue 13's line 3 (``benchmarks/bench_async_query.py`` measures it): 8 tasks, each an
-    async query sleeping 0.2 s then a sync query of ~0.1 s CPU, on threads(2): the sleeps
-    overlap on the loop, the CPU bodies run on the workers (in parallel where the GIL is
-    off). A generous bound here (a shared machine), on the best of up to three runs: 2x the
-    line's bound with the GIL off; with it on, 2x one I/O wave plus all the CPU work on one
-    core (less than the 2.4 s it takes if the sleeps do not overlap)."""
+    """Issue 13's line 3 (``benchmarks/bench_async_query.py`` measures it against the fixed
+    bound): 8 tasks, each an async query sleeping 0.2 s then a sync query of ~0.1 s CPU, on
+    threads(2): the sleeps overlap on the loop, the CPU bodies run on the workers (in
+    parallel where the GIL is off). The bound here is the line's, with the CPU half measured
+    in the same attempt on two plain threads (what this shared machine gives now: CPU / 2
+    with two free cores and no GIL, all of it with the GIL), and 1.5x that, on the best of
+    up to three attempts."""
     iterations = _iterations()
     await hybrid.serve(hybrid.fresh(1), nested, tasks=2)  # the workers started, code warm
-    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
-    limit = hybrid.IO + hybrid.TASKS * hybrid.CPU if gil else hybrid.bound()
     best = float("inf")
-    for _ in range(3):  # the best of three: the machine is shared
+    for _ in range(3):
+        cpu = hybrid.plain_threads(iterations, repeats=1)
         took, got = await hybrid.serve(hybrid.fresh(iterations), nested)
         assert got == hybrid.expected(iterations)
-        best = min(best, took)
-        if best < 2 * limit:
+        best = min(best, took / (1.2 * max(hybrid.IO, cpu) + hybrid.IO))
+        if best < 1.5:
             break
-    assert best < 2 * limit, (best, limit)
+    assert best < 1.5
 
 
 def test_asyncio_task_cancel_leaves_the_query_usable(fdb: Fetcher) -> None:
