@@ -146,6 +146,13 @@ class Fetcher(Analyzer):
         return await self.slow.async_get(n) + 1  # Analyzer.slow: a sync body of 0.2 s
 
     @dm.query
+    async def reads_twice(self, path: str) -> str:
+        first = self.source[path]
+        self._note("reads_twice", path)
+        await anyio.sleep(0.2)  # meanwhile the input changes
+        return f"{first} {self.source[path]}"  # this read raises dm.Cancelled
+
+    @dm.query
     def sync_slow(self, n: int) -> int:
         return self.slow_async(n)
 
@@ -328,6 +335,27 @@ async def test_revalidation_reexecutes_only_what_changed_and_backdates(fdb: Fetc
         ("report", "a.py"),
     ]
     assert fdb.report("a.py") == "a.py: 4 (4)"  # a sync caller finds it valid
+
+
+async def test_an_input_set_while_an_async_body_runs_cancels_it(fdb: Fetcher) -> None:
+    """As for sync bodies: the body's next read raises dm.Cancelled, out of the call that
+    started it; nothing is memoized, and asking again computes from the new input."""
+    fdb.source["c.py"] = "old"
+    raised: list[BaseException] = []
+
+    async def ask() -> None:
+        try:
+            await fdb.reads_twice.async_get("c.py")
+        except dm.Cancelled as exc:
+            raised.append(exc)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(ask)
+        while _count(fdb, "reads_twice", "c.py") == 0:  # the body has read the input
+            await anyio.sleep(0.005)
+        fdb.source["c.py"] = "new"
+    assert len(raised) == 1
+    assert await fdb.reads_twice.async_get("c.py") == "new new"
 
 
 async def test_a_sync_call_of_an_async_query_on_the_loop_thread_raises_and_memoizes_nothing(
