@@ -153,6 +153,16 @@ class Fetcher(Analyzer):
         return f"{first} {self.source[path]}"  # this read raises dm.Cancelled
 
     @dm.query
+    async def tick(self, n: int) -> int:
+        await anyio.sleep(0.05)  # so that both tasks have claimed before either asks
+        return await self.tock.async_get(n)
+
+    @dm.query
+    async def tock(self, n: int) -> int:
+        await anyio.sleep(0.05)
+        return await self.tick.async_get(n)
+
+    @dm.query
     def sync_slow(self, n: int) -> int:
         return self.slow_async(n)
 
@@ -272,6 +282,23 @@ async def test_a_cycle_through_a_task_and_a_thread_raises_cycle_error_in_both(
         with pytest.raises(dm.CycleError) as raised:  # a thread enters it first
             await anyio.to_thread.run_sync(fdb.apong, 2)
         assert raised.value.cycle == [("aping", 2), ("apong", 2)]
+
+
+async def test_a_cycle_between_two_tasks_raises_cycle_error_in_both(fdb: Fetcher) -> None:
+    """Two tasks each compute one of two async queries that ask for each other: the second
+    wait closes the cycle and both get CycleError (on processes, two workers' loops)."""
+    raised: list[BaseException] = []
+
+    async def ask(query: dm.BoundQuery[int]) -> None:
+        try:
+            await query.async_get(1)
+        except dm.CycleError as exc:
+            raised.append(exc)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(ask, fdb.tick)
+        group.start_soon(ask, fdb.tock)
+    assert [e.cycle for e in raised] == [[("tick", 1), ("tock", 1)]] * 2  # type: ignore[attr-defined]
 
 
 _started = threading.Event()
