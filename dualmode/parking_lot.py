@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from _thread import allocate_lock, get_ident
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -46,9 +47,34 @@ __all__ = [
     "Waiter",
     "park_task",
     "park_thread",
+    "current_owner",
+    "current_task",
     "task_waiter",
     "wait_done",
 ]
+
+
+def current_task() -> object | None:
+    """The asyncio or trio task running on the calling thread, or None outside any task.
+
+    Cheap for plain threads (no exception raised): no asyncio loop runs unless asyncio was
+    imported, and trio marks the threads that run it in sniffio's thread-local."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None and asyncio.events._get_running_loop() is not None:
+        task: object | None = asyncio.current_task()
+        return task
+    if sniffio.thread_local.name == "trio":
+        import trio
+
+        return trio.lowlevel.current_task()
+    return None
+
+
+def current_owner() -> object:
+    """Who holds what the caller takes (an RLock, a OnceCell's claim): the running task, so that
+    two tasks of one thread are told apart; else the calling thread's ident."""
+    task = current_task()
+    return get_ident() if task is None else task
 
 
 class Waiter:
@@ -85,6 +111,13 @@ class ParkingLot(deque[Waiter]):
         waiter = self.popleft()
         waiter.granted = what
         return waiter
+
+    def grant_first_n(self, n: int, what: Any = True) -> list[Waiter]:
+        """Take the first *n* waiters (or all there are) off the queue, granted *what*."""
+        waiters = [self.popleft() for _ in range(min(n, len(self)))]
+        for waiter in waiters:
+            waiter.granted = what
+        return waiters
 
     def grant_all(self, what: Any = True) -> list[Waiter]:
         waiters = list(self)
