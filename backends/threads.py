@@ -218,7 +218,15 @@ class RLock(_Bound, p.RLock):
         self._count = 0
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        return self._acquire_as(current_owner(), blocking, timeout)
+        owner = current_owner()
+        # The uncontended first acquire, with no further call (`with rlock:` is a hot path).
+        if timeout == -1 and self._owner is None and self._lock._held.acquire(False):
+            self._owner, self._count = owner, 1
+            return True
+        return self._acquire_as(owner, blocking, timeout)
+
+    def __enter__(self) -> bool:
+        return self.acquire()
 
     def _acquire_as(self, owner: object, blocking: bool = True, timeout: float = -1) -> bool:
         if timeout != -1:

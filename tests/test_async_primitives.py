@@ -665,6 +665,41 @@ async def test_threads_rlock_serves_threads_and_tasks_in_order() -> None:
     assert in_thread(_is_free, rlock)
 
 
+async def test_rlock_excludes_tasks_of_one_loop_and_threads(
+    dualmode_parallel_backend: str, switch_often: None
+) -> None:
+    """Threads and tasks of one loop add to a counter under the RLock, held twice, with a
+    read-await-write in the tasks' blocks: no update is lost, so no two tasks (of one thread)
+    were ever inside together, nor a task and a thread."""
+    rlock = dm.RLock(backend=dualmode_parallel_backend)
+    rounds = 200 if dualmode_parallel_backend == "threads" else 40
+    total = [0]
+
+    def thread() -> None:
+        for _ in range(rounds):
+            with rlock, rlock:
+                seen = total[0]
+                time.sleep(0)
+                total[0] = seen + 1
+
+    async def task() -> None:
+        for _ in range(rounds):
+            async with rlock, rlock:
+                seen = total[0]
+                await anyio.sleep(0)  # another task runs meanwhile, and must wait
+                total[0] = seen + 1
+
+    threads = [start_thread(thread) for _ in range(2)]
+    with anyio.fail_after(JOIN_TIMEOUT):
+        async with anyio.create_task_group() as tasks:
+            for _ in range(4):
+                tasks.start_soon(task)
+    for worker in threads:
+        worker.join(JOIN_TIMEOUT)
+    assert total[0] == 6 * rounds
+    assert in_thread(_is_free, rlock)
+
+
 async def test_rlock_cancelled_waits_leave_nothing_taken(dualmode_parallel_backend: str) -> None:
     """1,000 trials: a thread holds the RLock (twice) and lets go at a random moment; the task
     waiting for it is cancelled at another. Afterwards it is free for everyone, and the next
@@ -853,6 +888,60 @@ async def test_a_task_waiting_on_a_condition_does_not_block_its_loop(
 
     assert await _with_ticker(body) >= 10
     assert got == [True]
+
+
+async def test_condition_hands_items_between_threads_and_tasks(
+    dualmode_parallel_backend: str, switch_often: None
+) -> None:
+    """Producer threads and producer tasks put items under the Condition and notify; consumer
+    tasks and a consumer thread wait for them: every item is taken once."""
+    cond = dm.Condition(backend=dualmode_parallel_backend)
+    n = 300 if dualmode_parallel_backend == "threads" else 60
+    items: list[int] = []
+    taken: list[int] = []
+    done = [False]
+
+    def produce(start: int) -> None:
+        for i in range(start, start + n):
+            with cond:
+                items.append(i)
+                cond.notify()
+
+    async def produce_async(start: int) -> None:
+        for i in range(start, start + n):
+            async with cond:
+                items.append(i)
+                cond.notify()
+            await anyio.sleep(0)
+
+    def consume() -> None:
+        while True:
+            with cond:
+                cond.wait_for(lambda: items or done[0], timeout=JOIN_TIMEOUT)
+                if not items:
+                    return
+                taken.append(items.pop())
+
+    async def consume_async() -> None:
+        while True:
+            async with cond:
+                await cond.async_wait_for(lambda: items or done[0], timeout=JOIN_TIMEOUT)
+                if not items:
+                    return
+                taken.append(items.pop())
+
+    workers = [start_thread(lambda: produce(0)), start_thread(consume)]
+    with anyio.fail_after(JOIN_TIMEOUT):
+        async with anyio.create_task_group() as tasks:
+            for _ in range(2):
+                tasks.start_soon(consume_async)
+            await produce_async(n)
+            await anyio.to_thread.run_sync(workers[0].join, JOIN_TIMEOUT)
+            async with cond:
+                done[0] = True
+                cond.notify_all()
+    workers[1].join(JOIN_TIMEOUT)
+    assert sorted(taken) == list(range(2 * n))
 
 
 async def test_condition_cancelled_waits_retake_the_lock_and_pass_notifications_on(
