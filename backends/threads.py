@@ -253,6 +253,13 @@ class RLock(_Bound, p.RLock):
         self._owner, self._count = owner, 1
         return True
 
+    async def __aenter__(self) -> None:
+        # The uncontended first acquire, with no further await (as Lock's).
+        if self._owner is None and self._lock._held.acquire(False):
+            self._owner, self._count = current_owner(), 1
+        else:
+            await self.async_acquire()
+
     def release(self) -> None:
         self._release_as(current_owner())
 

@@ -72,8 +72,9 @@ def current_task() -> object | None:
     global _running_loop
     if _running_loop is _no_running_loop and "asyncio" in sys.modules:
         _running_loop = sys.modules["asyncio"].events._get_running_loop
-    if _running_loop() is not None:
-        task: object | None = sys.modules["asyncio"].current_task()
+    loop = _running_loop()
+    if loop is not None:  # passed on: asking for it again costs a getpid() on 3.11
+        task: object | None = sys.modules["asyncio"].current_task(loop)
         return task
     if _sniffio_local.name == "trio":
         import trio
