@@ -516,14 +516,10 @@ class Condition(_LockLike):
 
         As ``threading.Condition.wait_for``: the lock must be held (RuntimeError otherwise).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
         result = predicate()
-        while not result:
-            remaining = None
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
+        for remaining in _time_left(timeout):
+            if result:
+                break
             self.wait(remaining)
             result = predicate()
         return result
@@ -571,17 +567,24 @@ class Condition(_LockLike):
         here, lock held) is true, or *timeout* seconds (None: no limit) passed; its last
         value. The lock must be held by the calling task."""
         limit = async_timeout(timeout)
-        deadline = None if limit == -1 else time.monotonic() + limit
         result = predicate()
-        while not result:
-            remaining = None
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
+        for remaining in _time_left(None if limit == -1 else limit):
+            if result:
+                break
             await self.async_wait(remaining)
             result = predicate()
         return result
+
+
+def _time_left(timeout: float | None) -> Iterator[float | None]:
+    """The timeout of each wait of a ``wait_for`` loop: the seconds left of *timeout* (None:
+    no limit, forever), until none are."""
+    if timeout is None:
+        while True:
+            yield None
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        yield left
 
 
 class Barrier(Primitive):

@@ -288,14 +288,7 @@ async def test_threads_and_tasks_are_served_in_the_order_they_queued() -> None:
     """threads only: its Lock and Semaphore keep one FIFO queue for both kinds of waiter
     (processes' objects live in the coordinator, whose waits tasks reach in slices)."""
     for lock in (dm.Lock(backend="threads"), dm.Semaphore(1, backend="threads")):
-        assert await _serve_alternately(lock) == [
-            "task0",
-            "thread1",
-            "task2",
-            "thread3",
-            "task4",
-            "thread5",
-        ]
+        assert await _serve_alternately(lock) == ALTERNATE
         assert _is_free(lock)
 
 
@@ -314,20 +307,37 @@ async def _serve_alternately(lock: Any, lot: Any = None) -> list[str]:
         async with lock:
             order.append(name)
 
+    async def release() -> None:
+        lock.release()
+
+    await _queue_alternately(lot, thread, task, release)
+    return order
+
+
+ALTERNATE = ["task0", "thread1", "task2", "thread3", "task4", "thread5"]
+
+
+async def _queue_alternately(
+    lot: Any,
+    thread: Callable[[str], object],
+    task: Callable[[str], Awaitable[object]],
+    then: Callable[[], Awaitable[object]],
+) -> None:
+    """Start ``task(name)`` and ``thread(name)`` in turn (names as in ALTERNATE), each queued
+    in *lot* before the next comes, then ``await then()``; return once all have ended."""
     threads = []
     with anyio.fail_after(JOIN_TIMEOUT):
         async with anyio.create_task_group() as tasks:
-            for i in range(6):
+            for i, name in enumerate(ALTERNATE):
                 if i % 2:
-                    threads.append(start_thread(lambda i=i: thread(f"thread{i}")))
+                    threads.append(start_thread(lambda name=name: thread(name)))
                 else:
-                    tasks.start_soon(task, f"task{i}")
+                    tasks.start_soon(task, name)
                 while len(lot) <= i:  # queued before the next one comes
                     await anyio.sleep(0.001)
-            lock.release()
+            await then()
     for worker in threads:
         worker.join(JOIN_TIMEOUT)
-    return order
 
 
 @lock_kinds
@@ -660,8 +670,7 @@ async def test_rlock_threads_and_tasks_contend(dualmode_parallel_backend: str) -
 async def test_threads_rlock_serves_threads_and_tasks_in_order() -> None:
     rlock = dm.RLock(backend="threads")
     lot = rlock._lock._lot  # type: ignore[attr-defined]
-    order = await _serve_alternately(rlock, lot)
-    assert order == ["task0", "thread1", "task2", "thread3", "task4", "thread5"]
+    assert await _serve_alternately(rlock, lot) == ALTERNATE
     assert in_thread(_is_free, rlock)
 
 
@@ -866,6 +875,31 @@ async def test_notify_wakes_threads_and_tasks(dualmode_parallel_backend: str) ->
             cond.notify()
     worker.join(JOIN_TIMEOUT)
     assert got == [True]
+
+
+async def test_threads_condition_notifies_threads_and_tasks_in_order() -> None:
+    cond = dm.Condition(backend="threads")
+    order: list[str] = []
+
+    def thread(name: str) -> None:
+        with cond:
+            assert cond.wait(JOIN_TIMEOUT)
+            order.append(name)
+
+    async def task(name: str) -> None:
+        async with cond:
+            assert await cond.async_wait(JOIN_TIMEOUT)
+            order.append(name)
+
+    async def notify_one_by_one() -> None:  # each notification goes to the first waiter
+        for i in range(len(ALTERNATE)):
+            async with cond:
+                cond.notify()
+            while len(order) <= i:
+                await anyio.sleep(0.001)
+
+    await _queue_alternately(cond._lot, thread, task, notify_one_by_one)  # type: ignore[attr-defined]
+    assert order == ALTERNATE
 
 
 async def test_a_task_waiting_on_a_condition_does_not_block_its_loop(
