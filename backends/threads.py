@@ -203,36 +203,28 @@ class RLock(_Bound, p.RLock):
     ``threading.Condition`` may wait on it).
 
     The ``*_as`` methods take the owner explicitly: the processes backend hosts this class and
-    names the owner (a task of a client process) in each call; None there stands for the
-    calling thread.
+    names the owner in each call (None: the calling thread). There one owner, a task of a
+    client process, may act from several threads at once (its helper threads, one of them
+    giving back what a cancelled wait got), so those methods change the owner and the count
+    under a guard of their own.
     """
 
-    __slots__ = ("_backend", "_count", "_lock", "_owner")
+    __slots__ = ("_backend", "_count", "_guard", "_lock", "_owner")
 
     def __init__(self, backend: ThreadsBackend, /) -> None:
         self._backend = backend
         self._lock = Lock(backend)  # held exactly while an owner is
-        # Written only by the owner, while it holds _lock: a caller that reads its own token
-        # here is the owner (as CPython's RLock reasons), so the read needs no mutex.
+        self._guard = _thread.allocate_lock()  # the *_as methods' owner and count
+        # Written only by the owner while it holds _lock: a caller of the public methods,
+        # which act for the calling thread or task only, that reads its own token here is
+        # the owner (as CPython's RLock reasons), so their read needs no guard.
         self._owner: object = None
         self._count = 0
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        owner = current_owner()
-        # The uncontended first acquire, with no further call (`with rlock:` is a hot path).
-        if timeout == -1 and self._owner is None and self._lock._held.acquire(False):
-            self._owner, self._count = owner, 1
-            return True
-        return self._acquire_as(owner, blocking, timeout)
-
-    def __enter__(self) -> bool:
-        return self.acquire()
-
-    def _acquire_as(self, owner: object, blocking: bool = True, timeout: float = -1) -> bool:
         if timeout != -1:
             p.check_timeout(blocking, timeout)
-        if owner is None:
-            owner = _thread.get_ident()
+        owner = current_owner()
         if self._owner == owner:
             self._count += 1
             return True
@@ -240,6 +232,9 @@ class RLock(_Bound, p.RLock):
             return False
         self._owner, self._count = owner, 1
         return True
+
+    def __enter__(self) -> bool:
+        return self.acquire()
 
     async def async_acquire(self, timeout: float | None = None) -> bool:
         owner = current_owner()
@@ -261,11 +256,7 @@ class RLock(_Bound, p.RLock):
             await self.async_acquire()
 
     def release(self) -> None:
-        self._release_as(current_owner())
-
-    def _release_as(self, owner: object) -> None:
-        if owner is None:
-            owner = _thread.get_ident()
+        owner = current_owner()
         if self._owner != owner:
             raise RuntimeError("cannot release un-acquired lock")
         self._count -= 1
@@ -273,26 +264,56 @@ class RLock(_Bound, p.RLock):
             self._owner = None
             self._lock.release()
 
+    def _acquire_as(self, owner: object, blocking: bool = True, timeout: float = -1) -> bool:
+        if timeout != -1:
+            p.check_timeout(blocking, timeout)
+        if owner is None:
+            owner = _thread.get_ident()
+        with self._guard:
+            if self._owner == owner:
+                self._count += 1
+                return True
+        if not self._lock.acquire(blocking, timeout):
+            return False
+        with self._guard:
+            self._owner, self._count = owner, 1
+        return True
+
+    def _release_as(self, owner: object) -> None:
+        if owner is None:
+            owner = _thread.get_ident()
+        with self._guard:
+            if self._owner != owner:
+                raise RuntimeError("cannot release un-acquired lock")
+            self._count -= 1
+            if not self._count:
+                self._owner = None
+                self._lock.release()
+
     # What a Condition waiting on this lock does, for an explicit owner.
     def _owned_by(self, owner: object) -> bool:
-        return bool(self._count) and self._owner == owner
+        with self._guard:
+            return bool(self._count) and self._owner == owner
 
     def _release_all_as(self, owner: object) -> int:
         """Release every level the owner holds; the count, for ``_restore_as``."""
-        if not self._owned_by(owner):
-            raise RuntimeError("cannot release un-acquired lock")
-        count, self._count, self._owner = self._count, 0, None
-        self._lock.release()
+        with self._guard:
+            if not (self._count and self._owner == owner):
+                raise RuntimeError("cannot release un-acquired lock")
+            count, self._count, self._owner = self._count, 0, None
+            self._lock.release()
         return count
 
     def _restore_as(self, owner: object, count: int) -> None:
         self._lock.acquire()
-        self._owner, self._count = owner, count
+        with self._guard:
+            self._owner, self._count = owner, count
 
     async def _async_restore_as(self, owner: object, count: int) -> None:
         while not await self._lock.async_acquire():
             pass  # no timeout: it returns True
-        self._owner, self._count = owner, count
+        with self._guard:
+            self._owner, self._count = owner, count
 
     # threading.RLock's private methods (threading.Condition, lock_tests).
     def _is_owned(self) -> bool:
