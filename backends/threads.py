@@ -264,13 +264,18 @@ class RLock(_Bound, p.RLock):
             self._owner = None
             self._lock.release()
 
-    def _acquire_as(self, owner: object, blocking: bool = True, timeout: float = -1) -> bool:
+    def _acquire_as(
+        self, owner: object, blocking: bool = True, timeout: float = -1, reenter: bool = True
+    ) -> bool:
+        """``acquire`` for *owner*; with *reenter* False, it waits for the lock even if
+        *owner* holds it (a processes task's wait in slices: a slice of a cancelled wait that
+        still holds the lock for it is about to give it back)."""
         if timeout != -1:
             p.check_timeout(blocking, timeout)
         if owner is None:
             owner = _thread.get_ident()
         with self._guard:
-            if self._owner == owner:
+            if reenter and self._owner == owner:
                 self._count += 1
                 return True
         if not self._lock.acquire(blocking, timeout):
@@ -551,10 +556,12 @@ class Condition(_Bound, p.Condition):
     def release(self) -> None:
         self._lock.release()
 
-    def _acquire_as(self, owner: object, blocking: bool = True, timeout: float = -1) -> bool:
+    def _acquire_as(
+        self, owner: object, blocking: bool = True, timeout: float = -1, reenter: bool = True
+    ) -> bool:
         lock = self._lock
         if isinstance(lock, RLock):
-            return lock._acquire_as(owner, blocking, timeout)
+            return lock._acquire_as(owner, blocking, timeout, reenter)
         return lock.acquire(blocking, timeout)
 
     def _release_as(self, owner: object) -> None:

@@ -208,8 +208,17 @@ class _OwnedLock(Hosted):
 
     async def async_acquire(self, timeout: float | None = None) -> bool:
         owner = _owner()
+        limit = async_timeout(timeout)
+        # Free, or the task's own (re-entered): one round trip, no helper thread.
+        if self._ref.call("_acquire_as", (owner, False)):
+            return True
+        if limit == 0:
+            return False
+        # The task does not hold it (it would have re-entered above), so a slice that finds
+        # the task's token holding it finds a slice of a cancelled wait, about to give it
+        # back: it waits rather than re-enter (reenter=False).
         return await wait_off_loop(
-            lambda seconds: bool(self._ref.call("_acquire_as", (owner, True, seconds))),
+            lambda seconds: bool(self._ref.call("_acquire_as", (owner, True, seconds, False))),
             lambda: self._ref.call("_release_as", (owner,)),
             timeout,
         )
