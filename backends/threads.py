@@ -256,7 +256,9 @@ class RLock(_Bound, p.RLock):
             await self.async_acquire()
 
     def release(self) -> None:
-        owner = current_owner()
+        self._let_go(current_owner())
+
+    def _let_go(self, owner: object) -> None:
         if self._owner != owner:
             raise RuntimeError("cannot release un-acquired lock")
         self._count -= 1
@@ -288,12 +290,7 @@ class RLock(_Bound, p.RLock):
         if owner is None:
             owner = _thread.get_ident()
         with self._guard:
-            if self._owner != owner:
-                raise RuntimeError("cannot release un-acquired lock")
-            self._count -= 1
-            if not self._count:
-                self._owner = None
-                self._lock.release()
+            self._let_go(owner)
 
     # What a Condition waiting on this lock does, for an explicit owner.
     def _owned_by(self, owner: object) -> bool:

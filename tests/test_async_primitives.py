@@ -777,6 +777,16 @@ async def test_condition_async_wait_times_out_holding_the_lock(dualmode_backend:
     assert await _free_in_another_task(cond) is True
 
 
+async def test_condition_async_wait_keeps_every_level_of_its_rlock(dualmode_backend: str) -> None:
+    cond = dm.Condition(backend=dualmode_backend)
+    async with cond, cond:
+        assert await cond.async_wait(timeout=0.01) is False  # let go of both levels, took both
+        cond.release()
+        assert await _free_in_another_task(cond) is False  # one level left
+        assert await cond.async_acquire()
+    assert await _free_in_another_task(cond) is True
+
+
 async def test_condition_async_wait_needs_the_lock(dualmode_backend: str) -> None:
     cond = dm.Condition(backend=dualmode_backend)
     with pytest.raises(RuntimeError, match="un-acquired"):
