@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import dualmode.primitives as p
 from dualmode.backend import Backend, Outcome, builds, capture, run_chunk, run_now
 from dualmode.errors import BorrowError, BrokenBarrierError, QueueShutDown, WrongThreadError
-from dualmode.off_loop import async_timeout
+from dualmode.off_loop import NOT_YET, async_timeout
+from dualmode.parking_lot import current_owner
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -117,25 +118,41 @@ class Lock(_Owned, p.Lock):
 
 
 class RLock(_Owned, p.RLock):
-    """A recursion counter: the only thread may always re-acquire."""
+    """A recursion counter and its owner: the thread, or the task that took it. Acquiring it
+    while another task of the thread holds it raises BorrowError (only that task could
+    release it) or returns False."""
 
-    __slots__ = ("_count",)
+    __slots__ = ("_count", "_holder")
 
     def __init__(self, backend: SerialBackend, /) -> None:
         super().__init__(backend)
         self._count = 0
+        self._holder: object = None
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         p.check_timeout(blocking, timeout)
         self._check_thread()
+        holder = current_owner()
+        if self._count and self._holder != holder:
+            if blocking and timeout == -1:
+                raise _would_block("acquiring an RLock that another task holds")
+            return False
+        self._holder = holder
         self._count += 1
         return True
 
+    async def async_acquire(self, timeout: float | None = None) -> bool:
+        return self.acquire(True, async_timeout(timeout))
+
     def release(self) -> None:
         self._check_thread()
-        if not self._count:
+        if not self._held_here():
             raise RuntimeError("cannot release un-acquired lock")
         self._count -= 1
+
+    def _held_here(self) -> bool:
+        """Held by the caller (the thread, or the task that took it)."""
+        return bool(self._count) and self._holder == current_owner()
 
 
 class Semaphore(_Owned, p.Semaphore):
@@ -245,10 +262,13 @@ class Condition(_Owned, p.Condition):
     def release(self) -> None:
         self._lock.release()
 
+    async def async_acquire(self, timeout: float | None = None) -> bool:
+        return await self._lock.async_acquire(timeout)
+
     def _check_owned(self, action: str) -> None:
         self._check_thread()
         lock = self._lock
-        held = lock._held if isinstance(lock, Lock) else lock._count > 0
+        held = lock._held if isinstance(lock, Lock) else lock._held_here()
         if not held:
             raise RuntimeError(f"cannot {action} on un-acquired lock")
 
@@ -257,6 +277,14 @@ class Condition(_Owned, p.Condition):
         if timeout is None:
             raise _would_block("waiting on a Condition with no timeout")
         return False
+
+    async def async_wait(self, timeout: float | None = None) -> bool:
+        limit = async_timeout(timeout)
+        return self.wait(None if limit == -1 else limit)
+
+    async def async_wait_for(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
+        limit = async_timeout(timeout)
+        return self.wait_for(predicate, None if limit == -1 else limit)
 
     def wait_for(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
         result = predicate()
@@ -422,14 +450,16 @@ class Mutex(_Owned, p.Mutex):
 
 
 class OnceCell(_Owned, p.OnceCell):
-    """A slot with an "initialising" flag, so reentrant initialisation raises BorrowError."""
+    """A slot with an "initialising" flag and who set it (the thread, or a task), so that
+    reentrant initialisation raises BorrowError."""
 
-    __slots__ = ("_state", "_value")
+    __slots__ = ("_claimer", "_state", "_value")
 
     def __init__(self, backend: SerialBackend, /) -> None:
         super().__init__(backend)
         self._state = _EMPTY
         self._value: Any = None
+        self._claimer: object = None
 
     def get(self, default: Any = None) -> Any:
         self._check_thread()
@@ -443,22 +473,43 @@ class OnceCell(_Owned, p.OnceCell):
         return True
 
     def _claim(self) -> tuple[bool, Any]:
+        got = self._claim_as(current_owner(), True)
+        assert got is not None  # it waits for no one
+        return got
+
+    def _claim_as(self, owner: object, blocking: bool) -> tuple[bool, Any] | None:
+        """``(True, value)``, ``(False, owner)`` claimed; None if another task initialises
+        and not *blocking*; BorrowError if it initialises and *blocking* (only that task
+        could end the wait), or if *owner* does (reentry)."""
         self._check_thread()
         if self._state == _SET:
             return True, self._value
         if self._state == _RUNNING:
-            raise BorrowError(
-                "OnceCell.get_or_init() was called again while this cell's initialiser runs: "
-                "the initialiser depends on its own result"
-            )
-        self._state = _RUNNING
-        return False, None
+            if self._claimer == owner:
+                raise BorrowError(
+                    "OnceCell.get_or_init() was called again while this cell's initialiser "
+                    "runs: the initialiser depends on its own result"
+                )
+            if blocking:
+                raise _would_block("getting a OnceCell that another task is initialising")
+            return None
+        self._state, self._claimer = _RUNNING, owner
+        return False, owner
+
+    async def _async_claim(self, timeout: float | None) -> tuple[bool, Any] | None:
+        return self._claim_as(current_owner(), async_timeout(timeout) == -1)
 
     def _publish(self, value: Any) -> None:
         self._state, self._value = _SET, value
 
+    def _publish_as(self, owner: object, value: Any) -> None:
+        self._publish(value)
+
     def _abandon(self) -> None:
         self._state = _EMPTY
+
+    def _abandon_as(self, owner: object) -> None:
+        self._abandon()
 
 
 class AtomicInt(_Owned, p.AtomicInt):
@@ -592,6 +643,19 @@ class FreezeLock(_Owned, p.FreezeLock):
 
     def _release_write(self) -> None:
         self._writing = False
+
+    async def _async_read(self, timeout: float | None) -> Any:
+        if async_timeout(timeout) != -1 and self._writing:
+            self._check_thread()
+            return NOT_YET  # only the writer could end the wait: TimeoutError at once
+        return self.read()
+
+    async def _async_acquire_write(self, timeout: float | None) -> bool:
+        if async_timeout(timeout) != -1 and self._writing:
+            self._check_thread()
+            return False
+        self._acquire_write()
+        return True
 
     def _load(self) -> Any:
         return self._value

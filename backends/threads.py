@@ -26,24 +26,22 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, wait
 from queue import Empty, Full
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import dualmode.primitives as p
 from dualmode.backend import Backend, Outcome, builds, capture, run_chunk
 from dualmode.errors import BorrowError, QueueShutDown
-from dualmode.off_loop import async_timeout
+from dualmode.off_loop import NOT_YET, async_timeout, retake_shielded
 from dualmode.parking_lot import (
     ParkingLot,
     TaskWaiter,
     ThreadWaiter,
     Waiter,
+    current_owner,
     park_task,
     park_thread,
     task_waiter,
 )
-
-if TYPE_CHECKING:
-    from types import TracebackType
 
 __all__ = [
     "AtomicInt",
@@ -94,64 +92,6 @@ class _Bound:
             .replace(f"{cls.__module__}.{cls.__qualname__}", f"dualmode.{cls.__name__}", 1)
         )
         return text.replace(at, f"{at} on threads", 1)
-
-
-class _RawLock(Protocol):
-    """A ``_thread`` lock with the method typeshed leaves out: threading reinitialises its locks
-    with it in a forked child, and so do libraries (logging) through ``os.register_at_fork``."""
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool: ...
-
-    def release(self) -> None: ...
-
-    def _at_fork_reinit(self) -> None: ...
-
-
-class _RawRLock(_RawLock, Protocol):
-    """``_thread.RLock``'s private methods: ``threading.Condition`` waits on an RLock with them
-    (so a wait releases every level of a nested hold), and ``threading`` tests use them."""
-
-    def _is_owned(self) -> bool: ...
-
-    def _release_save(self) -> tuple[int, int]: ...
-
-    def _acquire_restore(self, state: tuple[int, int], /) -> None: ...
-
-    def _recursion_count(self) -> int: ...
-
-
-class _RawLockWrapper(_Bound):
-    """RLock delegates to a raw ``_thread`` lock, which a Condition can use directly."""
-
-    __slots__ = ("_backend", "_raw")
-    _raw: _RawLock
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        return self._raw.acquire(blocking, timeout)
-
-    def release(self) -> None:
-        self._raw.release()
-
-    def _at_fork_reinit(self) -> None:
-        self._raw._at_fork_reinit()
-
-    def __repr__(self) -> str:
-        # The raw lock's form, "<unlocked _thread.RLock object owner=0 count=0 at 0x..>".
-        state, _, rest = repr(self._raw)[1:].partition(" ")
-        details = rest.partition(" object")[2].rpartition(" at ")[0]
-        name = type(self).__name__
-        return f"<{state} dualmode.{name} object{details} at {id(self):#x} on threads>"
-
-    def __enter__(self) -> bool:
-        return self._raw.acquire()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._raw.release()
 
 
 class Lock(_Bound, p.Lock):
@@ -256,27 +196,154 @@ class Lock(_Bound, p.Lock):
         return f"<{state} dualmode.Lock object at {id(self):#x} on threads>"
 
 
-class RLock(_RawLockWrapper, p.RLock):
-    """``threading.RLock`` itself: reentrant, owned by the acquiring thread."""
+class RLock(_Bound, p.RLock):
+    """A reentrant lock owned by a thread or a task (``current_owner``), over this backend's
+    FIFO Lock: threads blocked in ``acquire()`` and tasks awaiting ``async_acquire()`` wait
+    for it in one queue. Otherwise ``threading.RLock``, private methods included (a
+    ``threading.Condition`` may wait on it).
 
-    __slots__ = ()
-    _raw: _RawRLock
+    The ``*_as`` methods take the owner explicitly: the processes backend hosts this class and
+    names the owner in each call (None: the calling thread). There one owner, a task of a
+    client process, may act from several threads at once (its helper threads, one of them
+    giving back what a cancelled wait got), so those methods change the owner and the count
+    under a guard of their own.
+    """
+
+    __slots__ = ("_backend", "_count", "_guard", "_lock", "_owner")
 
     def __init__(self, backend: ThreadsBackend, /) -> None:
         self._backend = backend
-        self._raw = cast("_RawRLock", _thread.RLock())
+        self._lock = Lock(backend)  # held exactly while an owner is
+        self._guard = _thread.allocate_lock()  # the *_as methods' owner and count
+        # Written only by the owner while it holds _lock: a caller of the public methods,
+        # which act for the calling thread or task only, that reads its own token here is
+        # the owner (as CPython's RLock reasons), so their read needs no guard.
+        self._owner: object = None
+        self._count = 0
 
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if timeout != -1:
+            p.check_timeout(blocking, timeout)
+        owner = current_owner()
+        if self._owner == owner:
+            self._count += 1
+            return True
+        if not self._lock.acquire(blocking, timeout):
+            return False
+        self._owner, self._count = owner, 1
+        return True
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    async def async_acquire(self, timeout: float | None = None) -> bool:
+        owner = current_owner()
+        if self._owner == owner:
+            async_timeout(timeout)  # checked all the same
+            self._count += 1
+            return True
+        if not await self._lock.async_acquire(timeout):
+            return False
+        # No checkpoint since the grant: a cancellation cannot come between.
+        self._owner, self._count = owner, 1
+        return True
+
+    async def __aenter__(self) -> None:
+        # The uncontended first acquire, with no further await (as Lock's).
+        if self._owner is None and self._lock._held.acquire(False):
+            self._owner, self._count = current_owner(), 1
+        else:
+            await self.async_acquire()
+
+    def release(self) -> None:
+        self._let_go(current_owner())
+
+    def _let_go(self, owner: object) -> None:
+        if self._owner != owner:
+            raise RuntimeError("cannot release un-acquired lock")
+        self._count -= 1
+        if not self._count:
+            self._owner = None
+            self._lock.release()
+
+    def _acquire_as(
+        self, owner: object, blocking: bool = True, timeout: float = -1, reenter: bool = True
+    ) -> bool:
+        """``acquire`` for *owner*; with *reenter* False, it waits for the lock even if
+        *owner* holds it (a processes task's wait in slices: a slice of a cancelled wait that
+        still holds the lock for it is about to give it back)."""
+        if timeout != -1:
+            p.check_timeout(blocking, timeout)
+        if owner is None:
+            owner = _thread.get_ident()
+        with self._guard:
+            if reenter and self._owner == owner:
+                self._count += 1
+                return True
+        if not self._lock.acquire(blocking, timeout):
+            return False
+        with self._guard:
+            self._owner, self._count = owner, 1
+        return True
+
+    def _release_as(self, owner: object) -> None:
+        if owner is None:
+            owner = _thread.get_ident()
+        with self._guard:
+            self._let_go(owner)
+
+    # What a Condition waiting on this lock does, for an explicit owner.
+    def _owned_by(self, owner: object) -> bool:
+        with self._guard:
+            return bool(self._count) and self._owner == owner
+
+    def _release_all_as(self, owner: object) -> int:
+        """Release every level the owner holds; the count, for ``_restore_as``."""
+        with self._guard:
+            if not (self._count and self._owner == owner):
+                raise RuntimeError("cannot release un-acquired lock")
+            count, self._count, self._owner = self._count, 0, None
+            self._lock.release()
+        return count
+
+    def _restore_as(self, owner: object, count: int) -> None:
+        self._lock.acquire()
+        with self._guard:
+            self._owner, self._count = owner, count
+
+    async def _async_restore_as(self, owner: object, count: int) -> None:
+        while not await self._lock.async_acquire():
+            pass  # no timeout: it returns True
+        with self._guard:
+            self._owner, self._count = owner, count
+
+    # threading.RLock's private methods (threading.Condition, lock_tests).
     def _is_owned(self) -> bool:
-        return self._raw._is_owned()
-
-    def _release_save(self) -> tuple[int, int]:
-        return self._raw._release_save()
-
-    def _acquire_restore(self, state: tuple[int, int], /) -> None:
-        self._raw._acquire_restore(state)
+        return self._owned_by(current_owner())
 
     def _recursion_count(self) -> int:
-        return self._raw._recursion_count()
+        return self._count if self._is_owned() else 0
+
+    def _release_save(self) -> tuple[int, object]:
+        owner = current_owner()
+        return self._release_all_as(owner), owner
+
+    def _acquire_restore(self, state: tuple[int, object], /) -> None:
+        count, owner = state
+        self._restore_as(owner, count)
+
+    def _at_fork_reinit(self) -> None:
+        self._lock._at_fork_reinit()
+        self._owner, self._count = None, 0
+
+    def __repr__(self) -> str:
+        owner, count = self._owner, self._count
+        state = "locked" if count else "unlocked"
+        shown = owner if isinstance(owner, int | None) else type(owner).__name__
+        return (
+            f"<{state} dualmode.RLock object owner={shown or 0} count={count} "
+            f"at {id(self):#x} on threads>"
+        )
 
 
 class Semaphore(_Bound, p.Semaphore):
@@ -440,40 +507,239 @@ def _nothing_to_give_back(_waiter: Waiter) -> None:
     """An Event's wake-up takes nothing that another waiter would need."""
 
 
-def _condition_lock(lock: p.AnyLock | None) -> p.AnyLock:
-    """The lock a Condition waits on: a threads Lock's or RLock's raw lock (whose C methods
-    threading.Condition then calls directly), any other lock as it is, as threading does."""
+def _condition_lock(backend: ThreadsBackend, lock: p.AnyLock | None) -> p.AnyLock:
+    """The lock a Condition waits on: a new RLock of this backend by default, a threads Lock
+    or RLock, or any other lock as it is, as threading accepts (its tasks cannot wait)."""
     if lock is None:
-        return _thread.RLock()
-    if isinstance(lock, _RawLockWrapper):
-        return lock._raw
+        return RLock(backend)
     if isinstance(lock, p.Primitive) and not isinstance(lock, _Bound):
-        backend = getattr(getattr(lock, "backend", None), "name", None)
+        backend_name = getattr(getattr(lock, "backend", None), "name", None)
         raise TypeError(
             f"Condition(lock=...) on the threads backend cannot wait on a {type(lock).__qualname__}"
-            f" of the {backend!r} backend: its waits and wake-ups follow that backend's rules; "
-            "create the lock with backend='threads', pass a threading.Lock or threading.RLock, "
-            "or omit lock= for a new RLock"
+            f" of the {backend_name!r} backend: its waits and wake-ups follow that backend's "
+            "rules; create the lock with backend='threads', pass a threading.Lock or "
+            "threading.RLock, or omit lock= for a new RLock"
         )
     return lock
 
 
-class Condition(_Bound, threading.Condition, p.Condition):
-    """``threading.Condition`` over a threads-backend Lock or RLock, a ``threading`` lock or
-    any lock ``threading.Condition`` accepts (a new RLock by default)."""
+_CANCELLED: Any = "cancelled"  # what a processes client's cancelled wait is granted
+
+
+class Condition(_Bound, p.Condition):
+    """``threading.Condition``, shared by threads and tasks: ``wait`` and ``async_wait`` queue
+    in one FIFO parking lot, and ``notify(n)`` grants the first *n* waiters, each thread on its
+    lock and each task on its event loop. Over a threads RLock (the default) or Lock; a
+    ``threading`` lock serves threads only.
+
+    The ``*_as`` methods take the owner of the lock explicitly (see :class:`RLock`): the
+    processes backend hosts this class and names the owner in each call.
+    """
+
+    __slots__ = ("_backend", "_keyed", "_lock", "_lot", "_mutex")
 
     def __init__(self, backend: ThreadsBackend, /, lock: p.AnyLock | None = None) -> None:
-        self._raw = _condition_lock(lock)
-        super().__init__(cast("threading.Lock", self._raw))
         self._backend = backend
+        self._lock = _condition_lock(backend, lock)
+        self._mutex = _thread.allocate_lock()  # guards the parking lot, never held long
+        self._lot = ParkingLot()
+        self._keyed: dict[Any, tuple[object, ThreadWaiter, Any]] = {}  # processes clients' waits
 
-    # threading.Condition binds acquire/release per instance, which shadows these; they exist
-    # because the abstract base needs class-level methods.
+    # -- the lock ------------------------------------------------------------------------------
+
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        return self._raw.acquire(blocking, timeout)
+        return self._lock.acquire(blocking, timeout)
 
     def release(self) -> None:
-        self._raw.release()
+        self._lock.release()
+
+    def _acquire_as(
+        self, owner: object, blocking: bool = True, timeout: float = -1, reenter: bool = True
+    ) -> bool:
+        lock = self._lock
+        if isinstance(lock, RLock):
+            return lock._acquire_as(owner, blocking, timeout, reenter)
+        return lock.acquire(blocking, timeout)
+
+    def _release_as(self, owner: object) -> None:
+        lock = self._lock
+        if isinstance(lock, RLock):
+            lock._release_as(owner)
+        else:
+            lock.release()
+
+    async def async_acquire(self, timeout: float | None = None) -> bool:
+        lock = self._lock
+        if not isinstance(lock, Lock | RLock):
+            raise self._no_tasks()
+        return await lock.async_acquire(timeout)
+
+    def _no_tasks(self) -> TypeError:
+        return TypeError(
+            f"this Condition waits on a {type(self._lock).__module__}."
+            f"{type(self._lock).__qualname__}, which a task could only take by blocking its "
+            "event loop; build it over a dm.Lock or dm.RLock of the threads backend (or with "
+            "no lock) to use it from async code"
+        )
+
+    def _owned_by(self, owner: object) -> bool:
+        lock: Any = self._lock
+        if isinstance(lock, RLock):
+            return lock._owned_by(owner)
+        if isinstance(lock, Lock):  # owned by no one: held is all it can tell
+            return lock.locked()
+        if hasattr(lock, "_is_owned"):  # a threading RLock: the calling thread
+            return bool(lock._is_owned())
+        # threading.Condition's test for a lock with no owner: is it held?
+        if lock.acquire(False):
+            lock.release()
+            return False
+        return True
+
+    def _release_save_as(self, owner: object) -> Any:
+        lock: Any = self._lock
+        if isinstance(lock, RLock):
+            return lock._release_all_as(owner)
+        if hasattr(lock, "_release_save"):
+            return lock._release_save()
+        lock.release()
+        return None
+
+    def _acquire_restore_as(self, owner: object, saved: Any) -> None:
+        lock: Any = self._lock
+        if isinstance(lock, RLock):
+            lock._restore_as(owner, saved)
+        elif hasattr(lock, "_acquire_restore"):
+            lock._acquire_restore(saved)
+        else:
+            lock.acquire()
+
+    async def _async_acquire_restore_as(self, owner: object, saved: Any) -> None:
+        lock = self._lock
+        if isinstance(lock, RLock):
+            await lock._async_restore_as(owner, saved)
+        else:
+            while not await cast("Lock", lock).async_acquire():
+                pass  # no timeout: it returns True
+
+    # threading.Condition's private methods (lock_tests use a Condition as an RLock).
+    def _is_owned(self) -> bool:
+        return self._owned_by(current_owner())
+
+    def _release_save(self) -> Any:
+        owner = current_owner()
+        return owner, self._release_save_as(owner)
+
+    def _acquire_restore(self, state: Any, /) -> None:
+        self._acquire_restore_as(*state)
+
+    def _at_fork_reinit(self) -> None:
+        cast("Any", self._lock)._at_fork_reinit()
+        self._mutex = _thread.allocate_lock()
+        self._lot = ParkingLot()
+        self._keyed = {}
+
+    # -- waiting -------------------------------------------------------------------------------
+
+    def _enqueue(self, owner: object, waiter: Waiter) -> Any:
+        """Queue *waiter* and let go of the lock: what ``_acquire_restore_as`` takes back."""
+        if not self._owned_by(owner):
+            raise RuntimeError("cannot wait on un-acquired lock")
+        with self._mutex:
+            self._lot.enqueue(waiter)
+        try:
+            return self._release_save_as(owner)
+        except BaseException:
+            with self._mutex:
+                self._lot.withdraw(waiter)
+            raise
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._wait_as(current_owner(), timeout)
+
+    def _wait_as(self, owner: object, timeout: float | None = None) -> bool:
+        if owner is None:
+            owner = _thread.get_ident()
+        waiter = ThreadWaiter()
+        return self._park(owner, waiter, self._enqueue(owner, waiter), timeout)
+
+    def _park(self, owner: object, waiter: ThreadWaiter, saved: Any, timeout: float | None) -> bool:
+        try:
+            # threading: a timeout <= 0 does not block
+            limit = -1 if timeout is None else max(timeout, 0)
+            notified = park_thread(self._mutex, self._lot, waiter, limit)
+        finally:
+            self._acquire_restore_as(owner, saved)
+        return notified and waiter.granted is not _CANCELLED
+
+    # A processes client's task waits in two calls from a helper thread, so that it can be
+    # ended by a third (its cancellation) once it is queued, and only then.
+    def _begin_wait(self, owner: object, key: Any) -> None:
+        """Queue a wait for *owner* under *key* and let go of the lock."""
+        waiter = ThreadWaiter()
+        saved = self._enqueue(owner, waiter)
+        with self._mutex:
+            self._keyed[key] = (owner, waiter, saved)
+
+    def _end_wait(self, key: Any, timeout: float | None) -> bool:
+        """Wait as ``wait`` does for the wait *key* began; True if it was notified."""
+        with self._mutex:
+            owner, waiter, saved = self._keyed[key]
+        try:
+            return self._park(owner, waiter, saved, timeout)
+        finally:
+            with self._mutex:
+                del self._keyed[key]
+
+    def _cancel_wait(self, key: Any) -> None:
+        """End the wait of *key* early (its task was cancelled): it returns False, unless it
+        was notified already (then the client passes the notification on)."""
+        with self._mutex:
+            entry = self._keyed.get(key)
+            if entry is None or not self._lot.withdraw(entry[1]):
+                return
+            waiter = entry[1]
+            waiter.granted = _CANCELLED
+        waiter.wake()
+
+    async def async_wait(self, timeout: float | None = None) -> bool:
+        limit = async_timeout(timeout)
+        if not isinstance(self._lock, Lock | RLock):
+            raise self._no_tasks()
+        owner = current_owner()
+        waiter = task_waiter()
+        saved = self._enqueue(owner, waiter)
+        try:
+            return await park_task(self._mutex, self._lot, waiter, limit, self._pass_on)
+        finally:
+            await retake_shielded(lambda: self._async_acquire_restore_as(owner, saved))
+
+    def _pass_on(self, _waiter: Waiter) -> None:
+        """A cancelled task's notification goes to the next waiter."""
+        with self._mutex:
+            woken = self._lot.grant_first()
+        if woken is not None:
+            woken.wake()
+
+    def notify(self, n: int = 1) -> None:
+        self._notify_as(current_owner(), n)
+
+    def notify_all(self) -> None:
+        self._notify_as(current_owner(), -1)
+
+    def _notify_as(self, owner: object, n: int) -> None:
+        """Wake the first *n* waiters (-1: all)."""
+        if owner is None:
+            owner = _thread.get_ident()
+        if not self._owned_by(owner):
+            raise RuntimeError("cannot notify on un-acquired lock")
+        with self._mutex:
+            woken = self._lot.grant_all() if n < 0 else self._lot.grant_first_n(n)
+        for waiter in woken:
+            waiter.wake()
+
+    def __repr__(self) -> str:
+        return f"<dualmode.Condition({self._lock!r}, {len(self._lot)}) on threads>"
 
 
 class Barrier(_Bound, threading.Barrier, p.Barrier):
@@ -612,63 +878,133 @@ class Mutex(_Bound, p.Mutex):
         self._value = value
 
 
-class OnceCell(_Bound, p.OnceCell):
-    """Set at most once; racing ``get_or_init`` callers wait while the claiming thread runs fn."""
+_SET, _CLAIMED = "set", "claimed"  # what a OnceCell grants its waiters
 
-    __slots__ = ("_backend", "_cond", "_owner", "_value")
+
+class OnceCell(_Bound, p.OnceCell):
+    """Set at most once. While the owner of the claim (a thread or a task) runs its
+    initialiser, other callers wait in one FIFO parking lot, threads and tasks alike; a value
+    published wakes them all, a claim given up goes to the first of them.
+
+    The ``*_as`` methods take the owner explicitly (see :class:`RLock`): the processes
+    backend hosts this class and names the owner in each call; None is the calling thread.
+    """
+
+    __slots__ = ("_backend", "_lot", "_mutex", "_owner", "_value")
 
     def __init__(self, backend: ThreadsBackend, /) -> None:
         self._backend = backend
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = _thread.allocate_lock()
+        self._lot = ParkingLot()  # each waiter's want: its owner token
         self._value: Any = p.MISSING
-        self._owner: int | None = None  # ident of the thread running the initialiser
+        self._owner: object = None  # who runs the initialiser (mutex)
 
     def get(self, default: Any = None) -> Any:
         value = self._value  # written once, so one read needs no lock
         return default if value is p.MISSING else value
 
     def set(self, value: Any) -> bool:
-        with self._cond:
+        with self._mutex:
             if self._value is not p.MISSING or self._owner is not None:
                 return False
             self._value = value
-            # Waiters may remain from an abandoned claim whose wake-up went to just one.
-            self._cond.notify_all()
-            return True
+            woken = self._lot.grant_all(_SET)
+        for waiter in woken:
+            waiter.wake()
+        return True
+
+    def _try_claim(self, owner: object, make: Callable[[object], Waiter] | None) -> Any:
+        """``(True, value)``, ``(False, None)`` (claimed), or a waiter ``make(owner)``
+        queued (None if *make* is None)."""
+        with self._mutex:
+            if self._value is not p.MISSING:
+                return True, self._value
+            if self._owner is None:
+                self._owner = owner
+                return False, None
+            if self._owner == owner:
+                raise BorrowError(
+                    "OnceCell.get_or_init: the initialiser asked for its own cell, which "
+                    "would wait for itself forever"
+                )
+            if make is None:
+                return None
+            waiter = make(owner)
+            self._lot.enqueue(waiter)
+            return waiter
+
+    def _granted(self, waiter: Waiter) -> tuple[bool, Any]:
+        return (False, None) if waiter.granted == _CLAIMED else (True, self._value)
 
     def _claim(self) -> tuple[bool, Any]:
         value = self._value
         if value is not p.MISSING:
             return True, value
-        me = threading.get_ident()
-        with self._cond:
-            while self._value is p.MISSING:
-                if self._owner is None:
-                    self._owner = me
-                    return False, None
-                if self._owner == me:
-                    raise BorrowError(
-                        "OnceCell.get_or_init: the initialiser asked for its own cell, which "
-                        "would wait for itself forever"
-                    )
-                self._cond.wait()
-            return True, self._value
+        got = self._claim_as(None, -1)
+        assert got is not None  # no timeout
+        return got
 
-    def _end_claim(self) -> None:
-        if self._owner != threading.get_ident():
-            raise RuntimeError("this thread does not hold the OnceCell's initialisation claim")
-        self._owner = None
+    def _claim_as(self, owner: object, timeout: float) -> tuple[bool, Any] | None:
+        """``_claim`` for *owner*, waiting at most *timeout* seconds (-1: no limit) for
+        another owner's initialiser: None if it did not end."""
+        if owner is None:
+            owner = current_owner()
+        got = self._try_claim(owner, ThreadWaiter if timeout != 0 else None)
+        if not isinstance(got, ThreadWaiter):
+            return got  # type: ignore[no-any-return]
+        if not park_thread(self._mutex, self._lot, got, timeout):
+            return None
+        return self._granted(got)
+
+    async def _async_claim(self, timeout: float | None) -> tuple[bool, Any] | None:
+        limit = async_timeout(timeout)
+        value = self._value
+        if value is not p.MISSING:
+            return True, value
+        owner = current_owner()
+        got = self._try_claim(owner, task_waiter if limit != 0 else None)
+        if isinstance(got, TaskWaiter):
+            if not await park_task(self._mutex, self._lot, got, limit, self._hand_on):
+                return None
+            got = self._granted(got)
+        if got is None or got[0]:
+            return got  # type: ignore[no-any-return]
+        return False, owner
+
+    def _hand_on(self, waiter: Waiter) -> None:
+        """A cancelled task's claim goes to the next waiter."""
+        if waiter.granted == _CLAIMED:
+            self._abandon_as(waiter.want)
+
+    def _end_claim(self, owner: object) -> None:
+        if owner is None:
+            owner = current_owner()
+        if self._owner != owner:
+            raise RuntimeError("the caller does not hold the OnceCell's initialisation claim")
 
     def _publish(self, value: Any) -> None:
-        with self._cond:
-            self._end_claim()
+        self._publish_as(None, value)
+
+    def _publish_as(self, owner: object, value: Any) -> None:
+        with self._mutex:
+            self._end_claim(owner)
+            self._owner = None
             self._value = value
-            self._cond.notify_all()
+            woken = self._lot.grant_all(_SET)
+        for waiter in woken:
+            waiter.wake()
 
     def _abandon(self) -> None:
-        with self._cond:
-            self._end_claim()
-            self._cond.notify()  # one waiter takes the claim; the others keep waiting
+        self._abandon_as(None)
+
+    def _abandon_as(self, owner: object) -> None:
+        with self._mutex:
+            self._end_claim(owner)
+            # The claim goes to the first waiter, as its owner: the others keep waiting.
+            waiter = self._lot.grant_first(_CLAIMED)
+            self._owner = None if waiter is None else waiter.want
+        if waiter is not None:
+            waiter.wake()
 
 
 class AtomicInt(_Bound, p.AtomicInt):
@@ -822,13 +1158,29 @@ class FreezeLock(_Bound, p.FreezeLock):
     def frozen(self) -> bool:
         return self._frozen is not None
 
+    def _read_for(self, seconds: float) -> Any:
+        frozen = self._frozen
+        if frozen is not None:
+            return frozen[0]
+        if not self._rw.acquire_read(True, seconds):
+            return NOT_YET
+        try:
+            return self._value
+        finally:
+            self._rw.release_read()
+
     def _acquire_write(self) -> None:
+        self._acquire_write_for(-1)
+
+    def _acquire_write_for(self, seconds: float) -> bool:
         if self._frozen is not None:
             p.raise_frozen()
-        self._rw.acquire_write()
+        if not self._rw.acquire_write(True, seconds):
+            return False
         if self._frozen is not None:  # frozen while this writer waited
             self._rw.release_write()
             p.raise_frozen()
+        return True
 
     def _release_write(self) -> None:
         self._rw.release_write()

@@ -16,10 +16,19 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from typing import Any, TypeVar, cast
 
-__all__ = ["NOT_YET", "SLICE", "async_timeout", "get_off_loop", "wait_off_loop"]
+__all__ = [
+    "NOT_YET",
+    "SLICE",
+    "async_timeout",
+    "get_off_loop",
+    "retake_shielded",
+    "wait_aside",
+    "wait_off_loop",
+]
 
 T = TypeVar("T")
 
@@ -124,3 +133,89 @@ async def wait_off_loop(
         timeout,
     )
     return got is not NOT_YET
+
+
+async def retake_shielded(retake: Callable[[], Awaitable[object]]) -> None:
+    """Await ``retake()`` (a Condition taking its lock back after a wait) to the end, even in a
+    cancelled task, as asyncio's and trio's Conditions do; a cancellation that came meanwhile
+    goes on afterwards. Shielded from cancel scopes; ``asyncio.Task.cancel`` passes a shield,
+    so a ``retake()`` it interrupts (having taken nothing) is started again."""
+    import anyio
+
+    cancelled: BaseException | None = None
+    with anyio.CancelScope(shield=True):
+        while True:
+            try:
+                await retake()
+                break
+            except anyio.get_cancelled_exc_class() as exc:
+                cancelled = exc
+    if cancelled is not None:
+        raise cancelled
+
+
+async def wait_aside(
+    begin: Callable[[], object],
+    wait: Callable[[], T],
+    cancel: Callable[[], object],
+    undo: Callable[[T], object],
+) -> T:
+    """Run ``begin()`` then ``wait()`` (blocking calls) on a helper thread of its own (none of
+    anyio's shared ones, so any number of tasks may wait): ``wait()``'s result.
+
+    Cancelled, the task calls ``cancel()`` (which must make ``wait()`` return soon) once
+    ``begin()`` has returned, and not before (the helper calls it itself if the cancellation
+    came between), then waits, shielded, for the helper to end before the cancellation goes
+    on; if the helper had not started, it never will. What ``wait()`` returned all the same
+    (it ended as the cancellation came) is given back with ``undo(result)``. A Condition's
+    wait on processes: ``begin`` queues it in the coordinator, ``cancel`` ends it there,
+    ``undo`` passes a notification it got on."""
+    import anyio
+    import anyio.to_thread
+
+    from .parking_lot import wait_done
+
+    finished: Future[None] = Future()
+    guard = threading.Lock()
+    started = begun = gone = False
+    got: Any = NOT_YET
+
+    def body() -> T:
+        nonlocal started, begun, got
+        with guard:
+            if gone:  # cancelled before this thread got to it; nobody awaits this any more
+                raise RuntimeError("the waiting task was cancelled")
+            started = True
+        try:
+            begin()
+            with guard:
+                begun, left = True, gone
+            if left:
+                cancel()
+            result = wait()
+            with guard:
+                got, left = result, gone
+            if left:
+                undo(result)
+            return result
+        finally:
+            finished.set_result(None)
+
+    try:
+        return await anyio.to_thread.run_sync(
+            body, abandon_on_cancel=True, limiter=anyio.CapacityLimiter(1)
+        )
+    except BaseException as exc:
+        if isinstance(exc, Exception):
+            raise
+        with guard:
+            gone = True
+            ending, waiting, result = begun and got is NOT_YET, started, got
+        if result is not NOT_YET:
+            undo(result)
+        elif ending:
+            cancel()
+        if waiting:
+            with anyio.CancelScope(shield=True):
+                await wait_done([finished])
+        raise

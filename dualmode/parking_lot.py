@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from _thread import allocate_lock, get_ident
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -47,9 +48,47 @@ __all__ = [
     "Waiter",
     "park_task",
     "park_thread",
+    "current_owner",
+    "current_task",
     "task_waiter",
     "wait_done",
 ]
+
+
+def _no_running_loop() -> None:
+    return None
+
+
+# asyncio's _get_running_loop once asyncio is imported (no loop runs before): dualmode does not
+# import asyncio itself, which costs an import of 14 ms to programs that do not use it.
+_running_loop: Callable[[], object] = _no_running_loop
+_sniffio_local = sniffio.thread_local  # trio names itself here on the threads that run it
+
+
+def current_task() -> object | None:
+    """The asyncio or trio task running on the calling thread, or None outside any task.
+
+    Cheap for plain threads (no exception raised, no import): called on every RLock
+    acquire."""
+    global _running_loop
+    if _running_loop is _no_running_loop and "asyncio" in sys.modules:
+        _running_loop = sys.modules["asyncio"].events._get_running_loop
+    loop = _running_loop()
+    if loop is not None:  # passed on: asking for it again costs a getpid() on 3.11
+        task: object | None = sys.modules["asyncio"].current_task(loop)
+        return task
+    if _sniffio_local.name == "trio":
+        import trio
+
+        return trio.lowlevel.current_task()
+    return None
+
+
+def current_owner() -> object:
+    """Who holds what the caller takes (an RLock, a OnceCell's claim): the running task, so that
+    two tasks of one thread are told apart; else the calling thread's ident."""
+    task = current_task()
+    return get_ident() if task is None else task
 
 
 class Waiter:
@@ -86,6 +125,13 @@ class ParkingLot(deque[Waiter]):
         waiter = self.popleft()
         waiter.granted = what
         return waiter
+
+    def grant_first_n(self, n: int, what: Any = True) -> list[Waiter]:
+        """Take the first *n* waiters (or all there are) off the queue, granted *what*."""
+        waiters = [self.popleft() for _ in range(min(n, len(self)))]
+        for waiter in waiters:
+            waiter.granted = what
+        return waiters
 
     def grant_all(self, what: Any = True) -> list[Waiter]:
         waiters = list(self)

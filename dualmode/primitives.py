@@ -39,11 +39,22 @@ import inspect
 import numbers
 import operator
 import threading
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from concurrent.futures import Future
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from queue import Empty, Full
-from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol, SupportsIndex, TypeVar, cast
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    NoReturn,
+    Protocol,
+    SupportsIndex,
+    TypeVar,
+    cast,
+    overload,
+)
 
 from .backend import Backend
 from .config import resolve_backend
@@ -251,17 +262,19 @@ def check_timeout(blocking: bool, timeout: float | None) -> None:
         raise OverflowError("timeout value is too large")
 
 
-class _LockLike(Primitive):
+class _Held(Primitive):
+    """``with x:`` and ``async with x:`` over ``acquire`` / ``async_acquire`` and ``release``,
+    for the locks and the semaphores."""
+
     __slots__ = ()
 
-    @_abstract
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        """Acquire; True on success. ``blocking=False`` or a timeout gives False on failure."""
+    def acquire(self, blocking: bool = True, timeout: Any = -1) -> bool:
         raise NotImplementedError
 
-    @_abstract
     def release(self) -> None:
-        """Release. Raises RuntimeError when not held (by this thread, for RLock)."""
+        raise NotImplementedError
+
+    async def async_acquire(self, timeout: float | None = None) -> bool:
         raise NotImplementedError
 
     def __enter__(self) -> bool:
@@ -274,6 +287,36 @@ class _LockLike(Primitive):
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+    async def __aenter__(self) -> None:
+        await self.async_acquire()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+class _LockLike(_Held):
+    __slots__ = ()
+
+    @_abstract
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """Acquire; True on success. ``blocking=False`` or a timeout gives False on failure."""
+        raise NotImplementedError
+
+    @_abstract
+    def release(self) -> None:
+        """Release. Raises RuntimeError when not held (by this thread, for RLock)."""
+        raise NotImplementedError
+
+    @_abstract
+    async def async_acquire(self, timeout: float | None = None) -> bool:
+        """Acquire from async code; see each class's own."""
+        raise NotImplementedError
 
 
 class Lock(_LockLike):
@@ -310,23 +353,19 @@ class Lock(_LockLike):
             lambda seconds: self.acquire(True, seconds), self.release, timeout
         )
 
-    async def __aenter__(self) -> None:
-        await self.async_acquire()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
-
 
 class RLock(_LockLike):
     """A reentrant lock, ``threading.RLock``-compatible: the holder may acquire it again.
 
-    - serial: a counter; only the creating thread exists, so it never waits.
-    - parallel: a real reentrant lock, owned per thread.
+    The holder is a thread or a task: ``acquire()`` or ``async_acquire()`` called from an
+    asyncio or trio task makes that task the owner (it may re-acquire across awaits; another
+    task of the same thread may not, it waits), otherwise the calling thread. Only the owner
+    may release it (RuntimeError otherwise).
+
+    - serial: a counter and its owner; acquiring it while another task of the thread holds it
+      raises :class:`BorrowError` (blocking, no timeout) or returns False at once.
+    - parallel: a real reentrant lock; threads and tasks wait for it (threads: in one FIFO
+      queue).
     """
 
     __slots__ = ()
@@ -334,8 +373,22 @@ class RLock(_LockLike):
     def __new__(cls, *, backend: BackendSpec | None = None) -> RLock:
         return resolve_backend(backend).create_rlock()
 
+    @_abstract
+    async def async_acquire(self, timeout: float | None = None) -> bool:
+        """Acquire from async code (asyncio or trio) without blocking the event loop; the
+        calling task becomes the owner, or, if it owns the lock already, acquires it again.
 
-class Semaphore(Primitive):
+        True once acquired; False if *timeout* seconds (None: no limit) passed first; a
+        negative timeout is a ValueError. Cancelled while it waits, it holds nothing more.
+
+        - serial: held by another task raises :class:`BorrowError` (no timeout) or returns
+          False at once.
+        - parallel: waits for the owner's last ``release``, from any thread or task.
+        """
+        raise NotImplementedError
+
+
+class Semaphore(_Held):
     """A counting semaphore, ``threading.Semaphore``-compatible.
 
     - serial: a counter. Acquiring at zero raises :class:`BorrowError` (blocking, no timeout)
@@ -371,28 +424,6 @@ class Semaphore(Primitive):
         return await wait_off_loop(
             lambda seconds: self.acquire(True, seconds), self.release, timeout
         )
-
-    def __enter__(self) -> bool:
-        return self.acquire()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
-
-    async def __aenter__(self) -> None:
-        await self.async_acquire()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
 
 
 class BoundedSemaphore(Semaphore):
@@ -480,9 +511,18 @@ class Condition(_LockLike):
     def wait(self, timeout: float | None = None) -> bool:
         raise NotImplementedError
 
-    @_abstract
     def wait_for(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
-        raise NotImplementedError
+        """Wait until ``predicate()`` is true (it runs here, lock held); its last value.
+
+        As ``threading.Condition.wait_for``: the lock must be held (RuntimeError otherwise).
+        """
+        result = predicate()
+        for remaining in _time_left(timeout):
+            if result:
+                break
+            self.wait(remaining)
+            result = predicate()
+        return result
 
     @_abstract
     def notify(self, n: int = 1) -> None:
@@ -491,6 +531,60 @@ class Condition(_LockLike):
     @_abstract
     def notify_all(self) -> None:
         raise NotImplementedError
+
+    @_abstract
+    async def async_acquire(self, timeout: float | None = None) -> bool:
+        """Acquire the condition's lock from async code (asyncio or trio), as that lock's
+        ``async_acquire`` does (an RLock's owner is then the task); ``async with cond:``
+        holds it for the block. True, or False once *timeout* seconds (None: no limit)
+        passed."""
+        raise NotImplementedError
+
+    @_abstract
+    async def async_wait(self, timeout: float | None = None) -> bool:
+        """``wait`` from async code (asyncio or trio), without blocking the event loop: the
+        calling task must hold the lock (RuntimeError otherwise); it lets go of it, waits
+        until notified (``notify`` from any thread or task) or *timeout* seconds (None: no
+        limit; negative: ValueError) pass, takes the lock back, and returns True if it was
+        notified, False if the time ran out.
+
+        The lock is taken back in every case, cancellation included (as asyncio's and
+        trio's Conditions do): cancelled, the task holds the lock again when the cancellation
+        goes on, so that ``async with cond:`` releases it. A notification that reached a
+        cancelled waiter in the same instant goes to the next waiter.
+
+        - serial: no timeout raises :class:`BorrowError` (no one could notify); with one,
+          False at once.
+        - threads: tasks and threads wait in one FIFO queue; the lock must be a dualmode Lock
+          or RLock of this backend (TypeError for a ``threading`` lock, which a task could
+          only take back by blocking its loop).
+        - processes: the wait runs on a helper thread of its own, in the coordinator's queue.
+        """
+        raise NotImplementedError
+
+    async def async_wait_for(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
+        """``wait_for`` from async code: ``await async_wait()`` until ``predicate()`` (run
+        here, lock held) is true, or *timeout* seconds (None: no limit) passed; its last
+        value. The lock must be held by the calling task."""
+        limit = async_timeout(timeout)
+        result = predicate()
+        for remaining in _time_left(None if limit == -1 else limit):
+            if result:
+                break
+            await self.async_wait(remaining)
+            result = predicate()
+        return result
+
+
+def _time_left(timeout: float | None) -> Iterator[float | None]:
+    """The timeout of each wait of a ``wait_for`` loop: the seconds left of *timeout* (None:
+    no limit, forever), until none are."""
+    if timeout is None:
+        while True:
+            yield None
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        yield left
 
 
 class Barrier(Primitive):
@@ -729,30 +823,24 @@ class MutexGuard(Generic[T]):
             self.release()
 
 
-class _AsyncGuard:
-    """What :meth:`Mutex.async_lock` returns: awaited, the guard; ``async with``, the guard
-    for the block, released at its end."""
+G = TypeVar("G", bound="MutexGuard[Any] | WriteGuard[Any]")
 
-    __slots__ = ("_guard", "_mutex", "_timeout")
 
-    def __init__(self, mutex: Mutex, timeout: float | None) -> None:
-        self._mutex = mutex
-        self._timeout = timeout
-        self._guard: MutexGuard[Any] | None = None
+class _AsyncGuard(Generic[G]):
+    """What :meth:`Mutex.async_lock` and :meth:`FreezeLock.async_write` return: awaited, the
+    guard; ``async with``, the guard for the block, released at its end."""
 
-    async def _lock(self) -> MutexGuard[Any]:
-        if not await self._mutex._async_acquire(self._timeout):
-            raise TimeoutError(
-                f"could not lock the Mutex within {self._timeout} s: another thread or task "
-                "holds it"
-            )
-        return MutexGuard(self._mutex)
+    __slots__ = ("_guard", "_take")
 
-    def __await__(self) -> Generator[Any, None, MutexGuard[Any]]:
-        return self._lock().__await__()
+    def __init__(self, take: Callable[[], Awaitable[G]]) -> None:
+        self._take = take
+        self._guard: G | None = None
 
-    async def __aenter__(self) -> MutexGuard[Any]:
-        self._guard = await self._lock()
+    def __await__(self) -> Generator[Any, None, G]:
+        return self._take().__await__()
+
+    async def __aenter__(self) -> G:
+        self._guard = await self._take()
         return self._guard
 
     async def __aexit__(
@@ -791,7 +879,7 @@ class Mutex(Primitive):
         """Lock without waiting: a guard on success, None if held elsewhere."""
         return MutexGuard(self) if self._acquire(False) else None
 
-    def async_lock(self, timeout: float | None = None) -> _AsyncGuard:
+    def async_lock(self, timeout: float | None = None) -> _AsyncGuard[MutexGuard[Any]]:
         """Lock from async code (asyncio or trio) without blocking the event loop:
         ``async with m.async_lock() as g: g.value += 1``, or ``g = await m.async_lock()``.
 
@@ -801,7 +889,15 @@ class Mutex(Primitive):
         - serial: a live guard raises :class:`BorrowError` (no timeout), TimeoutError at once.
         - parallel: waits for the holder, thread or task (threads: in one FIFO queue).
         """
-        return _AsyncGuard(self, timeout)
+
+        async def take() -> MutexGuard[Any]:
+            if not await self._async_acquire(timeout):
+                raise TimeoutError(
+                    f"could not lock the Mutex within {timeout} s: another thread or task holds it"
+                )
+            return MutexGuard(self)
+
+        return _AsyncGuard(take)
 
     # backend protocol, with defaults
     async def _async_acquire(self, timeout: float | None) -> bool:
@@ -877,7 +973,73 @@ class OnceCell(Primitive):
             self._publish(value)
             return value
 
+    @overload
+    async def async_get_or_init(
+        self, fn: Callable[[], Awaitable[T]], timeout: float | None = None
+    ) -> T: ...
+
+    @overload
+    async def async_get_or_init(self, fn: Callable[[], T], timeout: float | None = None) -> T: ...
+
+    async def async_get_or_init(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
+        """``get_or_init`` from async code (asyncio or trio): the value; if the cell is empty,
+        run ``fn()`` once, across racing threads and tasks, to set it. *fn* may be sync or
+        async: what it returns is awaited if it is awaitable (an ``async def`` initialiser
+        runs on the caller's loop; ``lambda: dm.run_in_worker(cpu_bound)`` runs a CPU-bound
+        one on the backend's workers). A sync *fn* runs on the loop, as a plain call would.
+
+        While another thread or task runs its initialiser, the task waits without blocking
+        its loop, at most *timeout* seconds (None: no limit; negative: ValueError), then
+        raises TimeoutError. If *fn* raises, or the task is cancelled while it runs *fn*,
+        the cell stays empty, the claim is given up, and the next caller (or a waiter) runs
+        its own initialiser; the exception propagates. A task cancelled while it waits has
+        claimed nothing. An initialiser that asks for its own cell raises
+        :class:`BorrowError`.
+
+        - serial: a cell another task is initialising raises :class:`BorrowError` (no
+          timeout: only that task could end the wait) or TimeoutError at once.
+        - threads: tasks and threads wait in one FIFO queue; a claim given up goes to the
+          first waiter.
+        - processes: waits in slices on helper threads; a claim a cancelled task's slice got
+          is given up at once. *fn*'s value must pickle.
+        """
+        got = await self._async_claim(timeout)
+        if got is None:
+            raise TimeoutError(
+                f"OnceCell.async_get_or_init: another thread or task was still initialising "
+                f"the cell after {timeout} s"
+            )
+        done, value = got
+        if done:
+            return value
+        owner = value  # claimed: who must publish or abandon
+        try:
+            value = fn()
+            if inspect.isawaitable(value):
+                value = await value
+        except BaseException:  # cancellation included: the claim goes to the next caller
+            self._abandon_as(owner)
+            raise
+        self._publish_as(owner, value)
+        return value
+
     # backend protocol
+    @_abstract
+    async def _async_claim(self, timeout: float | None) -> tuple[bool, Any] | None:
+        """``_claim`` for the calling task: ``(True, value)`` if set; ``(False, owner)`` once
+        the task holds the claim (*owner* is what ``_publish_as`` / ``_abandon_as`` take);
+        None if *timeout* passed while another caller initialised. Cancelled, it holds no
+        claim."""
+        raise NotImplementedError
+
+    @_abstract
+    def _publish_as(self, owner: Any, value: Any) -> None:
+        raise NotImplementedError
+
+    @_abstract
+    def _abandon_as(self, owner: Any) -> None:
+        raise NotImplementedError
+
     @_abstract
     def _claim(self) -> tuple[bool, Any]:
         """``(True, value)`` if set; else wait while another caller initialises, then either
@@ -1107,6 +1269,77 @@ class FreezeLock(Primitive):
         """Take the write lock and return its guard; BorrowError if frozen."""
         self._acquire_write()
         return WriteGuard(self)
+
+    async def async_read(self, timeout: float | None = None) -> Any:
+        """``read()`` from async code (asyncio or trio): the value, once no writer holds the
+        write guard, waiting without blocking the event loop at most *timeout* seconds
+        (None: no limit; negative: ValueError), then TimeoutError. Once frozen, it returns
+        at once (no lock). Cancelled while it waits, it holds nothing.
+
+        - serial: a live write guard raises :class:`BorrowError` (no timeout), TimeoutError
+          at once with one.
+        - parallel: waits off the loop, in slices (dualmode/off_loop.py).
+        """
+        value = await self._async_read(timeout)
+        if value is NOT_YET:
+            raise TimeoutError(f"could not read the FreezeLock within {timeout} s: it is written")
+        return value
+
+    def async_write(self, timeout: float | None = None) -> _AsyncGuard[WriteGuard[Any]]:
+        """``write()`` from async code (asyncio or trio), without blocking the event loop:
+        ``async with fl.async_write() as g: g.value = ...``, or ``g = await fl.async_write()``
+        (then ``g.release()``). Raises :class:`BorrowError` if frozen (also when it froze
+        while this writer waited), TimeoutError if *timeout* seconds (None: no limit) pass
+        first; cancelled while it waits, it holds nothing.
+
+        - serial: a live write guard raises :class:`BorrowError` (no timeout), TimeoutError
+          at once with one.
+        - parallel: waits off the loop, in slices (dualmode/off_loop.py).
+        """
+
+        async def take() -> WriteGuard[Any]:
+            if not await self._async_acquire_write(timeout):
+                raise TimeoutError(
+                    f"could not write the FreezeLock within {timeout} s: another thread or "
+                    "task writes it"
+                )
+            return WriteGuard(self)
+
+        return _AsyncGuard(take)
+
+    # backend protocol, with defaults
+    async def _async_read(self, timeout: float | None) -> Any:
+        """The value, or NOT_YET once *timeout* passed. By default ``_read_for(0)`` first, on
+        the loop (frozen or not written: no helper thread), then slices of ``_read_for`` off
+        the loop."""
+        async_timeout(timeout)
+        value = self._read_for(0)
+        if value is NOT_YET and timeout != 0:
+            value = await get_off_loop(self._read_for, None, timeout)
+        return value
+
+    async def _async_acquire_write(self, timeout: float | None) -> bool:
+        """Take the write lock from async code: True, or False once *timeout* passed. By
+        default ``_acquire_write_for(0)`` first, on the loop, then slices of it off the loop
+        (a slice that got the lock after a cancellation lets it go)."""
+        async_timeout(timeout)
+        if self._acquire_write_for(0):
+            return True
+        if timeout == 0:
+            return False
+        return await wait_off_loop(self._acquire_write_for, self._release_write, timeout)
+
+    def _read_for(self, seconds: float) -> Any:
+        """The value, waiting at most *seconds* for a writer; NOT_YET if it did not end."""
+        raise NotImplementedError(
+            f"{type(self).__qualname__} defines neither _async_read nor _read_for"
+        )
+
+    def _acquire_write_for(self, seconds: float) -> bool:
+        """Take the write lock, waiting at most *seconds*; BorrowError if frozen."""
+        raise NotImplementedError(
+            f"{type(self).__qualname__} defines neither _async_acquire_write nor _acquire_write_for"
+        )
 
     # backend protocol
     @_abstract

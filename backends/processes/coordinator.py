@@ -17,8 +17,11 @@ from multiprocessing import parent_process
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from dualmode.off_loop import NOT_YET
+
 from .. import threads
 from . import link, mp_internals, primitives
+from .primitives import ABSENT
 
 __all__ = ["Coordinator", "Manager", "init_coordinator"]
 
@@ -147,10 +150,12 @@ def _hosting_backend() -> threads.ThreadsBackend:
 class _HostedFreezeLock(threads.FreezeLock):
     """The threads FreezeLock, plus the two queries a client cache needs (one round trip each)."""
 
-    def _read_frozen(self) -> tuple[bool, Any]:
-        """``read()``, and whether the value was frozen before it: then it is final."""
+    def _read_frozen(self, seconds: float = -1) -> tuple[bool, Any]:
+        """``read()``, and whether the value was frozen before it: then it is final. With
+        *seconds*, ``_read_for(seconds)``: its NOT_YET travels as an ``(False, ABSENT)``."""
         frozen = self.frozen
-        return frozen, self.read()
+        value = self._read_for(seconds)
+        return frozen, ABSENT if value is NOT_YET else value
 
     def _is_frozen(self) -> bool:
         return self.frozen  # a property: the coordinator calls methods only

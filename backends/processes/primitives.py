@@ -9,10 +9,10 @@ See docs/architecture.md#the-processes-backend-one-module-per-process-role.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import secrets
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from types import FunctionType
@@ -22,6 +22,8 @@ import cloudpickle  # type: ignore[import-untyped]
 
 import dualmode.primitives as p
 from dualmode.errors import BorrowError
+from dualmode.off_loop import NOT_YET, async_timeout, get_off_loop, wait_aside, wait_off_loop
+from dualmode.parking_lot import current_task
 
 from . import mp_internals
 from .link import Ref, link_for
@@ -168,10 +170,62 @@ class Lock(Hosted, p.Lock):
     locked = remote("locked")
 
 
-class RLock(Hosted, p.RLock):
+def _owner() -> tuple[str, int] | None:
+    """Who owns what the caller takes (an RLock, a Condition's lock, a OnceCell's claim), as
+    the coordinator is told: None for a thread (the coordinator's thread that serves it stands
+    for it, as for any call), a token of its own for a task, so that two tasks of one thread
+    are told apart and helper threads can act for a task."""
+    task = current_task()
+    if task is None:
+        return None
+    with _task_tokens_lock:
+        token = _task_tokens.get(task)
+        if token is None:
+            token = _task_tokens[task] = (_process_key(), next(_task_serials))
+    return token
+
+
+_task_tokens: weakref.WeakKeyDictionary[object, tuple[str, int]] = weakref.WeakKeyDictionary()
+_task_tokens_lock = threading.Lock()
+_task_serials = itertools.count()
+# (task token, cell ident) for each OnceCell whose initialiser a task of this process runs.
+_initialising: set[tuple[tuple[str, int], str]] = set()
+_initialising_lock = threading.Lock()
+
+
+class _OwnedLock(Hosted):
+    """``acquire`` and ``release`` name their owner (see :func:`_owner`); a task's
+    ``async_acquire`` waits in slices (dualmode/off_loop.py) that act for it."""
+
     __slots__ = ()
-    acquire = remote("acquire")
-    release = remote("release")
+    extra_exposed: ClassVar[tuple[str, ...]] = ("_acquire_as", "_release_as")
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return bool(self._ref.call("_acquire_as", (_owner(), blocking, timeout)))
+
+    def release(self) -> None:
+        self._ref.call("_release_as", (_owner(),))
+
+    async def async_acquire(self, timeout: float | None = None) -> bool:
+        owner = _owner()
+        limit = async_timeout(timeout)
+        # Free, or the task's own (re-entered): one round trip, no helper thread.
+        if self._ref.call("_acquire_as", (owner, False)):
+            return True
+        if limit == 0:
+            return False
+        # The task does not hold it (it would have re-entered above), so a slice that finds
+        # the task's token holding it finds a slice of a cancelled wait, about to give it
+        # back: it waits rather than re-enter (reenter=False).
+        return await wait_off_loop(
+            lambda seconds: bool(self._ref.call("_acquire_as", (owner, True, seconds, False))),
+            lambda: self._ref.call("_release_as", (owner,)),
+            timeout,
+        )
+
+
+class RLock(_OwnedLock, p.RLock):
+    __slots__ = ()
 
 
 class Semaphore(Hosted, p.Semaphore):
@@ -192,30 +246,44 @@ class Event(Hosted, p.Event):
     wait = remote("wait")
 
 
-class Condition(Hosted, p.Condition):
+class Condition(_OwnedLock, p.Condition):
     __slots__ = ()
-    acquire = remote("acquire")
-    release = remote("release")
-    wait = remote("wait")
-    notify = remote("notify")
-    notify_all = remote("notify_all")
+    extra_exposed = (
+        *_OwnedLock.extra_exposed,
+        "_begin_wait",
+        "_cancel_wait",
+        "_end_wait",
+        "_notify_as",
+        "_wait_as",
+    )
 
-    def wait_for(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
-        """Wait until ``predicate()`` is true (it runs here, lock held); its last value.
+    def wait(self, timeout: float | None = None) -> bool:
+        return bool(self._ref.call("_wait_as", (_owner(), timeout)))
 
-        As ``threading.Condition.wait_for``: the lock must be held (RuntimeError otherwise).
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        result = predicate()
-        while not result:
-            remaining = None
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-            self.wait(remaining)
-            result = predicate()
-        return result
+    def notify(self, n: int = 1) -> None:
+        self._ref.call("_notify_as", (_owner(), n))
+
+    def notify_all(self) -> None:
+        self._ref.call("_notify_as", (_owner(), -1))
+
+    async def async_wait(self, timeout: float | None = None) -> bool:
+        # Not in slices: a notification that came between two would be lost. The wait is
+        # queued in the coordinator by one call and waited for by another, both on a helper
+        # thread; a cancellation ends it there (dualmode/off_loop.py's wait_aside).
+        limit = async_timeout(timeout)
+        owner = _owner()
+        key = (owner, next(_task_serials))
+        call = self._ref.call
+        return bool(
+            await wait_aside(
+                lambda: call("_begin_wait", (owner, key)),
+                lambda: call("_end_wait", (key, None if limit == -1 else limit)),
+                lambda: call("_cancel_wait", (key,)),
+                # Notified as the task was cancelled: the next waiter gets it. The wait
+                # took the lock back for the task, so it may notify.
+                lambda notified: notified and call("_notify_as", (owner, 1)),
+            )
+        )
 
 
 class Barrier(Hosted, p.Barrier):
@@ -261,12 +329,74 @@ class Mutex(Hosted, p.Mutex):
 
 
 class OnceCell(Hosted, p.OnceCell):
+    """A task's ``async_get_or_init`` claims for an owner of its own, ``(task token, call
+    serial)``: a claim that a cancelled call's slice got (and gives up within a slice) is then
+    not taken for a later call of the same task. An initialiser that asks for its own cell,
+    which the coordinator can then not tell, is caught here."""
+
     __slots__ = ()
     set = remote("set")
-    _claim = remote("_claim")
-    _publish = remote("_publish")
-    _abandon = remote("_abandon")
-    extra_exposed = ("get",)
+    extra_exposed = ("_abandon_as", "_claim_as", "_publish_as", "get")
+
+    # The claim's owner is named (see _owner), so that a task's claim is its own.
+    def _claim(self) -> tuple[bool, Any]:
+        owner = _owner()
+        self._check_reentry(owner)
+        got: tuple[bool, Any] = self._ref.call("_claim_as", (owner, -1))
+        return got
+
+    def _publish(self, value: Any) -> None:
+        self._publish_as(_owner(), value)
+
+    def _abandon(self) -> None:
+        self._abandon_as(_owner())
+
+    def _check_reentry(self, task: tuple[str, int] | None) -> None:
+        if task is not None and (task, self._ref.ident) in _initialising:
+            raise BorrowError(
+                "OnceCell.async_get_or_init: the initialiser asked for its own cell, which "
+                "would wait for itself forever"
+            )
+
+    async def _async_claim(self, timeout: float | None) -> tuple[bool, Any] | None:
+        task = _owner()
+        self._check_reentry(task)
+        owner = (task, next(_task_serials))
+
+        def attempt(seconds: float) -> Any:
+            got = self._ref.call("_claim_as", (owner, seconds))
+            return NOT_YET if got is None else got
+
+        def undo(got: tuple[bool, Any]) -> None:
+            if not got[0]:  # a claim its task no longer wants: the next caller's
+                self._ref.call("_abandon_as", (owner,))
+
+        got = await get_off_loop(attempt, undo, timeout)
+        if got is NOT_YET:
+            return None
+        if got[0]:
+            return got  # type: ignore[no-any-return]
+        if task is not None:  # (always, in a task)
+            with _initialising_lock:
+                _initialising.add((task, self._ref.ident))
+        return False, owner
+
+    def _publish_as(self, owner: Any, value: Any) -> None:
+        try:
+            self._ref.call("_publish_as", (owner, value))
+        finally:
+            self._claim_ended(owner)
+
+    def _abandon_as(self, owner: Any) -> None:
+        try:
+            self._ref.call("_abandon_as", (owner,))
+        finally:
+            self._claim_ended(owner)
+
+    def _claim_ended(self, owner: Any) -> None:
+        if owner is not None and isinstance(owner[0], tuple):  # an async call's
+            with _initialising_lock:
+                _initialising.discard((owner[0], self._ref.ident))
 
     def get(self, default: Any = None) -> Any:
         """The value if set, else *default* (which stays here: it need not pickle)."""
@@ -311,6 +441,7 @@ class FreezeLock(Hosted, p.FreezeLock):
 
     __slots__ = ("_final",)
     _acquire_write = remote("_acquire_write")
+    _acquire_write_for = remote("_acquire_write_for")
     _release_write = remote("_release_write")
     _load = remote("_load")
     _store = remote("_store")
@@ -322,10 +453,15 @@ class FreezeLock(Hosted, p.FreezeLock):
 
     def read(self) -> Any:
         """The value; once frozen, from this copy's cache (no round trip, no lock)."""
+        return self._read_for(-1)
+
+    def _read_for(self, seconds: float) -> Any:
         final = self._final
         if final is not ABSENT:
             return final
-        frozen, value = self._ref.call("_read_frozen")
+        frozen, value = self._ref.call("_read_frozen", (seconds,))
+        if value is ABSENT:  # a writer held it for the seconds given
+            return NOT_YET
         if frozen:
             self._final = value  # a frozen value never changes
         return value

@@ -233,6 +233,10 @@ def _double(x: int) -> int:
     return 2 * x
 
 
+async def _answer() -> int:
+    return 42
+
+
 async def async_twins(backend: str) -> None:
     lock = dm.Lock(backend=backend)
     async with lock:
@@ -259,6 +263,26 @@ async def async_twins(backend: str) -> None:
         pass
     async with rw.async_write(timeout=0.5):
         pass
+    rlock = dm.RLock(backend=backend)
+    async with rlock:
+        assert_type(await rlock.async_acquire(timeout=0.5), bool)
+        rlock.release()
+    condition = dm.Condition(backend=backend)
+    async with condition:
+        assert_type(await condition.async_wait(timeout=0), bool)
+        assert_type(await condition.async_wait_for(lambda: 3, timeout=0), int)
+        assert_type(await condition.async_acquire(timeout=0.5), bool)
+        condition.release()
+    freeze = dm.FreezeLock(1, backend=backend)
+    assert_type(await freeze.async_read(timeout=0.5), Any)
+    async with freeze.async_write(timeout=0.5) as written:
+        assert_type(written, dm.WriteGuard[Any])
+        written.value = 2
+    held = await freeze.async_write()
+    held.release()
+    cell = dm.OnceCell(backend=backend)
+    assert_type(await cell.async_get_or_init(_answer), int)  # an async initialiser
+    assert_type(await dm.OnceCell(backend=backend).async_get_or_init(lambda: "s", timeout=1), str)
     assert_type(await dm.async_par_map(_double, [-1], backend=backend), list[int])
     assert_type(await dm.run_in_worker(_double, 7, backend=backend), int)
     assert_type(await dm.async_join(lambda: 1, lambda: "b", backend=backend), tuple[int, str])
