@@ -70,9 +70,10 @@ def report(rows: Sequence[Row], json_path: str | None, note: str = "") -> None:
     for column in ("figure", "ratio a/b", "a (s)", "b (s)", "meaning"):
         table.add_column(column)
     for row in rows:
-        table.add_row(
-            row.figure, f"{row.a / row.b:.2f}", f"{row.a:.4f}", f"{row.b:.4f}", row.meaning
-        )
+        ratio = row.a / row.b
+        # Three decimals below 0.1: a ratio against a target of 0.05 must not round onto it.
+        shown = f"{ratio:.3f}" if ratio < 0.1 else f"{ratio:.2f}"
+        table.add_row(row.figure, shown, f"{row.a:.4f}", f"{row.b:.4f}", row.meaning)
     Console(width=160).print(table)
     if json_path:
         with open(json_path, "w") as f:
