@@ -14,6 +14,7 @@ docs/primitives.md.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -85,6 +86,39 @@ async def _held_in_block(lock: p.Lock) -> tuple[bool, bool]:
     async with lock:
         inside = lock.locked()
     return inside, lock.locked()
+
+
+async def _try_rlock(rlock: p.RLock, timeout: float) -> bool:
+    """In one task: ``await async_acquire(timeout)``, and if it got the lock, release it."""
+    got = await rlock.async_acquire(timeout=timeout)
+    if got:
+        rlock.release()
+    return got
+
+
+async def _wait_in_task(cond: p.Condition, how: str, result: Any) -> Any:
+    """In one task: take the Condition's lock (1 ms at most: "busy" if held elsewhere), then
+    ``async_wait(TINY)`` or ``async_wait_for(returning(result), TINY)``, then let go."""
+    if not await cond.async_acquire(timeout=TINY):
+        return "busy"
+    try:
+        if how == "wait":
+            return await cond.async_wait(timeout=TINY)
+        return await cond.async_wait_for(returning(result), timeout=TINY)
+    finally:
+        cond.release()
+
+
+async def _async_write(fl: p.FreezeLock, value: Any) -> Any:
+    """In one task: ``async with fl.async_write(TINY) as g: g.value = value``; the value
+    read back after the block."""
+    async with fl.async_write(timeout=TINY) as guard:
+        guard.value = value
+    return await fl.async_read(timeout=TINY)
+
+
+async def _async_value(value: Any) -> Any:
+    return value
 
 
 async def _rwlock_block(rw: p.RwLock, how: str, timeout: float | None) -> None:
@@ -166,6 +200,14 @@ class RLockRules(ConformanceMachine):
         """``release``: None while held; RuntimeError once every acquire was released."""
         self.call(rlock, "release")
 
+    @rule(rlock=rlocks, loop=_LOOPS)
+    def rlock_async_acquire(self, rlock: Instance, loop: str) -> None:
+        """``await async_acquire(TINY)`` from a task (released again in that task): True if
+        free; False while the thread holds it, since a task is an owner of its own."""
+        self.each(
+            rlock, f"async_acquire({TINY}) on {loop}", lambda o: in_task(loop, _try_rlock, o, TINY)
+        )
+
 
 class ConditionRules(LockRules, RLockRules):
     """``dm.Condition``: wait/notify over its lock (a new RLock, or a Lock/RLock passed in).
@@ -230,6 +272,22 @@ class ConditionRules(LockRules, RLockRules):
     def condition_notify_all(self, cond: Instance) -> None:
         """``notify_all``: as ``notify``."""
         self.call(cond, "notify_all")
+
+    @rule(
+        cond=conditions,
+        loop=_LOOPS,
+        how=st.sampled_from(["wait", "wait_for"]),
+        result=_VALUES,
+    )
+    def condition_async_wait(self, cond: Instance, loop: str, how: str, result: Any) -> None:
+        """From a task that takes the lock (1 ms): ``async_wait(TINY)``, False with nobody to
+        notify; ``async_wait_for(predicate, TINY)``, the predicate's last value; "busy"
+        while the thread holds the lock (a task is an owner of its own)."""
+        self.each(
+            cond,
+            f"async_{how}() on {loop}",
+            lambda o: in_task(loop, _wait_in_task, o, how, result),
+        )
 
 
 class SemaphoreRules(ConformanceMachine):
@@ -540,6 +598,23 @@ class FreezeLockRules(ConformanceMachine):
         fl.state["writing"] = True
         return self.twins("WriteGuard", outcomes, lock=fl)
 
+    @rule(fl=freeze_locks, loop=_LOOPS)
+    def freeze_lock_async_read(self, fl: Instance, loop: str) -> None:
+        """``await async_read(TINY)`` from a task: the value; TimeoutError while the thread's
+        write guard lives."""
+        self.call_async(fl, loop, "async_read", timeout=TINY)
+
+    @rule(fl=freeze_locks, loop=_LOOPS, value=_VALUES)
+    def freeze_lock_async_write(self, fl: Instance, loop: str, value: Any) -> None:
+        """``async with async_write(TINY) as g: g.value = v`` from a task, then the value read
+        back: *v*; BorrowError once frozen; TimeoutError while the thread's write guard
+        lives."""
+        self.each(
+            fl,
+            f"async_write() <- {value!r} on {loop}",
+            lambda o: in_task(loop, _async_write, o, value),
+        )
+
     @rule(guard=write_guards)
     def write_guard_get(self, guard: Instance) -> None:
         """``guard.value``: the value; RuntimeError once released."""
@@ -608,6 +683,21 @@ class OnceCellRules(ConformanceMachine):
 
         self.each(
             cell, f"get_or_init(<fn: {init} {value!r}>)", lambda c: c.get_or_init(initialiser(c))
+        )
+
+    @rule(cell=once_cells, loop=_LOOPS, value=_VALUES, is_async=st.booleans())
+    def once_cell_async_get_or_init(
+        self, cell: Instance, loop: str, value: Any, is_async: bool
+    ) -> None:
+        """``await async_get_or_init(fn)`` from a task, *fn* sync or ``async def``: the
+        stored value, else what *fn* gives (awaited), now stored."""
+        init: Callable[[], Any] = (
+            functools.partial(_async_value, value) if is_async else returning(value)
+        )
+        self.each(
+            cell,
+            f"async_get_or_init(<{'async ' if is_async else ''}fn: {value!r}>) on {loop}",
+            lambda c: in_task(loop, c.async_get_or_init, init),
         )
 
 
