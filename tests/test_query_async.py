@@ -102,3 +102,41 @@ async def test_cancelling_the_await_leaves_the_body_to_finish() -> None:
         await anyio.sleep(0.02)
     assert db.square.peek(5) == 25
     assert db.stats()["square"].executions == 1
+
+
+class Shared(dm.Database):
+    """Nodes that all read a few slow shared ones: more askers than workers."""
+
+    @dm.query
+    def base(self, n: int) -> int:
+        time.sleep(0.01)
+        return n * 10
+
+    @dm.query
+    def node(self, n: int) -> int:
+        time.sleep(0.005)
+        return self.base(n % 2) + self.base(2) + n
+
+
+async def test_more_tasks_than_workers_asking_shared_dependencies_never_hang(
+    dualmode_backend: str,
+) -> None:
+    """Tasks at once, more than the two workers, asking nodes and, directly, the slow
+    queries every node reads: every task gets its value. (A task's claim whose body waits
+    in the pool's queue while every worker waits for that claim would hang here: the
+    async-query branch did, see issue 13's note.)"""
+    db = Shared(backend=dualmode_backend, workers=2)
+    values: dict[tuple[str, int], int] = {}
+
+    async def ask(name: str, n: int) -> None:
+        values[(name, n)] = await getattr(db, name).async_get(n)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tasks:
+            for n in range(6):
+                tasks.start_soon(ask, "node", n)
+                tasks.start_soon(ask, "base", n % 3)
+    assert values == {
+        **{("node", n): (n % 2) * 10 + 20 + n for n in range(6)},
+        **{("base", n): n * 10 for n in range(3)},
+    }
