@@ -102,6 +102,7 @@ def _primer(thread: ThreadState, rt: Runtime, name: str, index: int) -> Callable
             memo = mine[key]
             thread.hits[index] += 1
         elif key in carried:  # valid as it was in an earlier revision: ThreadState.advance
+            # ThreadState.take_carried, inline: re-validation comes here once per green read.
             memo = mine[key] = carried.pop(key)
             thread.greens += 1
             thread.hits[index] += 1
