@@ -400,6 +400,34 @@ class Shipped(dm.Database):
         return n
 
 
+# What a worker's result may be: plain values travel inside their memo's own message, the rest
+# as bytes of their own (backends/processes/packing.py). A bytes value must not be taken for a
+# packed one, nor None for a local=True marker.
+_VALUES = [7, -(2**70), 2.5, "text", True, False, None, b"raw bytes", (1, "two"), {"k": [3]}]
+
+
+class Values(dm.Database):
+    @dm.query
+    def value(self, n: int) -> Any:
+        return _VALUES[n]
+
+    @dm.query
+    def described(self, n: int) -> tuple[str, Any]:
+        value = self.value(n)
+        return type(value).__name__, value
+
+
+def test_every_kind_of_value_travels_between_processes_unchanged() -> None:
+    db = Values(backend="processes", workers=2)
+    keys = range(len(_VALUES))
+    db.value.prefetch(keys)  # executed in the workers
+    assert [db.value(n) for n in keys] == _VALUES
+    assert [type(db.value(n)) for n in keys] == [type(v) for v in _VALUES]
+    expected = [(type(v).__name__, v) for v in _VALUES]
+    assert dm.par_map(db.described, keys, chunksize=1, backend=db.backend) == expected
+    assert [db.described(n) for n in keys] == expected
+
+
 def test_local_queries_keep_values_in_the_process_that_made_them() -> None:
     db = Shipped(backend="processes", workers=2)
     pids = dm.par_map(db.pid_of_tree, [1] * 8, backend=db.backend)

@@ -1,4 +1,5 @@
-"""How query values travel between processes: as cloudpickle bytes inside a memo.
+"""How query values travel between processes: as cloudpickle bytes inside a memo (plain
+numbers, strings, bools and None as they are: ``_PLAIN``).
 
 A database's job table lives in the process that created it (see ``.table_server``); the
 other processes receive memos from it and publish memos to it with their values packed here,
@@ -35,6 +36,11 @@ __all__ = [
 
 OK, ERROR, ERROR_ONCE = MemoState.OK, MemoState.ERROR, MemoState.ERROR_ONCE
 _WITH_VALUE = (OK, ERROR, ERROR_ONCE)  # the states whose value is the user's (or its error)
+# Values that travel as they are, inside the message or entry that carries their memo, not as
+# bytes of their own: every process loads them, and a pickle of its own cost the publishing
+# worker, the owner and every other worker one more pickle call per result. Not bytes: a
+# packed value is bytes (unpack_memo and unpack_fields tell them apart by that).
+_PLAIN = frozenset({int, float, str, bool, type(None)})
 
 
 def pack_value(value: Any, *, by_reference: bool = False) -> bytes:
@@ -72,11 +78,15 @@ def pack_memo(memo: Memo, keep_value: bool = True, *, by_reference: bool = False
 
 
 def packed_value(memo: Memo, keep_value: bool = True, *, by_reference: bool = False) -> Any:
-    """*memo*'s value as it travels (see :func:`pack_memo`)."""
+    """*memo*'s value as it travels (see :func:`pack_memo`): bytes, or the value itself if it
+    is a plain number, string, bool or None (see ``_PLAIN``)."""
     if memo.state not in _WITH_VALUE:
         return memo.value
-    if memo.state is OK and not keep_value:
-        return None
+    if memo.state is OK:
+        if not keep_value:
+            return None
+        if type(memo.value) in _PLAIN:
+            return memo.value
     return pack_value(memo.value, by_reference=by_reference)
 
 
