@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import dualmode.primitives as p
 from dualmode.backend import Backend, Outcome, builds, capture, run_chunk, run_now
-from dualmode.errors import BorrowError, BrokenBarrierError, QueueShutDown, WrongThreadError
+from dualmode.errors import BorrowError, WrongThreadError, broken_barrier, queue_shut_down
 from dualmode.off_loop import NOT_YET, async_timeout
 from dualmode.parking_lot import current_owner
 
@@ -321,7 +321,7 @@ class Barrier(_Owned, p.Barrier):
     def wait(self, timeout: float | None = None) -> int:
         self._check_thread()
         if self._broken:
-            raise BrokenBarrierError
+            raise broken_barrier()
         if self._parties > 1:
             if timeout is None:
                 timeout = self._timeout
@@ -329,7 +329,7 @@ class Barrier(_Owned, p.Barrier):
                 raise _would_block(f"waiting on a Barrier of {self._parties} parties")
             # threading breaks the barrier when the wait times out; nobody else can arrive.
             self._broken = True
-            raise BrokenBarrierError
+            raise broken_barrier()
         if self._action is not None:
             try:
                 self._action()
@@ -679,7 +679,7 @@ class Queue(_Owned, p.Queue):
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         self._check_thread()
         if self._shutdown:
-            raise QueueShutDown
+            raise queue_shut_down("put")
         # queue.Queue's order: a bounded queue checks the timeout before looking for room.
         if self.maxsize > 0 and block and timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
@@ -693,7 +693,7 @@ class Queue(_Owned, p.Queue):
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         self._check_thread()
         if self._shutdown and not self._items:
-            raise QueueShutDown
+            raise queue_shut_down("get")
         if block and timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
         if not self._items:

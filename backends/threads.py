@@ -30,7 +30,7 @@ from typing import Any, TypeVar, cast
 
 import dualmode.primitives as p
 from dualmode.backend import Backend, Outcome, builds, capture, run_chunk
-from dualmode.errors import BorrowError, QueueShutDown
+from dualmode.errors import BorrowError, broken_barrier, queue_shut_down
 from dualmode.off_loop import NOT_YET, async_timeout, retake_shielded
 from dualmode.parking_lot import (
     ParkingLot,
@@ -757,6 +757,14 @@ class Barrier(_Bound, threading.Barrier, p.Barrier):
         super().__init__(parties, cast("Callable[[], None] | None", action), timeout)
         self._backend = backend
 
+    def wait(self, timeout: float | None = None) -> int:
+        try:
+            return super().wait(timeout)
+        except threading.BrokenBarrierError as exc:
+            if exc.args:
+                raise
+            raise broken_barrier() from None  # threading's says nothing
+
 
 class RwLock(_Bound, p.RwLock):
     """Readers share, a writer excludes all; a waiting writer blocks new readers (no starvation).
@@ -1286,7 +1294,7 @@ class Queue(_Bound, p.Queue):
             return None
         with self._mutex:
             if self._is_shutdown:
-                raise QueueShutDown
+                raise queue_shut_down("put")
             if self._has_room():
                 waiter = None
             elif limit == 0:
@@ -1312,7 +1320,7 @@ class Queue(_Bound, p.Queue):
                 self._reserved_room -= 1
             if self._is_shutdown:
                 self._offer_room()
-                raise QueueShutDown
+                raise queue_shut_down("put")
             if not granted:
                 raise Full
             self._unfinished.append(None)
@@ -1322,7 +1330,7 @@ class Queue(_Bound, p.Queue):
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         if self._is_shutdown:  # queue.Queue's order: before the arguments are checked
-            raise QueueShutDown
+            raise queue_shut_down("put")
         limit = self._check_timeout(block, timeout) if self.maxsize > 0 else 0
         waiter = self._try_put(item, limit, ThreadWaiter)
         if waiter is not None:
@@ -1360,7 +1368,7 @@ class Queue(_Bound, p.Queue):
             pass
         with self._mutex:
             if self._is_shutdown:
-                raise QueueShutDown
+                raise queue_shut_down("get")
             if limit == 0:
                 raise Empty
             waiter = make()
@@ -1380,12 +1388,12 @@ class Queue(_Bound, p.Queue):
         except IndexError:
             pass
         if self._is_shutdown:
-            raise QueueShutDown
+            raise queue_shut_down("get")
         raise Empty
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         if self._is_shutdown and not self._items:  # queue.Queue's order, as for put
-            raise QueueShutDown
+            raise queue_shut_down("get")
         limit = self._check_timeout(block, timeout)
         waiter, item = self._try_get(limit, ThreadWaiter)
         if waiter is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import reprlib
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -164,5 +165,45 @@ class _QueueShutDown(Exception):
     """Raised by ``put`` after ``shutdown()``, and by ``get`` once a shut-down queue is empty."""
 
 
+# Named as it is exported: tracebacks show dualmode.errors.QueueShutDown, and pickle finds
+# the class under that name.
+_QueueShutDown.__name__ = _QueueShutDown.__qualname__ = "QueueShutDown"
+
 # Python 3.13 added queue.ShutDown; use it there so `except queue.ShutDown` keeps working.
 QueueShutDown: type[Exception] = getattr(queue, "ShutDown", _QueueShutDown)
+
+
+def check_callable(call: str, argument: str, fn: object, items: object = None) -> None:
+    """TypeError now, naming *call*'s *argument*, where *fn* is not callable: rather than
+    one per item from the workers, or one from deep inside a primitive. *items*: the other
+    argument, when a caller may have swapped the two."""
+    if callable(fn):
+        return
+    swapped = " (the function comes first)" if callable(items) else ""
+    raise TypeError(
+        f"{call}() argument {argument!r} must be callable{swapped}, "
+        f"got {type(fn).__name__}: {reprlib.repr(fn)}"
+    )
+
+
+def broken_barrier() -> BrokenBarrierError:
+    """The BrokenBarrierError that a broken Barrier's ``wait`` raises, saying what breaks one
+    and what to do (``threading.Barrier`` says nothing)."""
+    return BrokenBarrierError(
+        "the Barrier is broken: a wait timed out, the action raised, or abort() was called; "
+        "every waiter gets this error, and reset() makes the barrier usable again"
+    )
+
+
+def queue_shut_down(operation: str) -> Exception:
+    """The :data:`QueueShutDown` that a Queue's *operation* (``"put"`` or ``"get"``) raises
+    once ``shutdown()`` was called, saying so and what to do (``queue.Queue`` says nothing)."""
+    if operation == "put":
+        return QueueShutDown(
+            "put() on a Queue that was shut down: it takes no more items; stop producing, "
+            "or put into a new Queue"
+        )
+    return QueueShutDown(
+        "get() on a Queue that was shut down and is empty: every item was taken; stop "
+        "consuming (catch dm.QueueShutDown to end a consumer's loop)"
+    )

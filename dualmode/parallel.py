@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 from .backend import Backend, Outcome, capture
 from .config import BackendSpec, resolve_backend
 from .errors import ParallelError
+from .errors import check_callable as _check_callable
 from .progress import Progress, Reporter
 
 __all__ = [
@@ -61,17 +62,6 @@ def _check_chunksize(chunksize: object) -> None:
             f"chunksize must be a positive integer, or None to choose automatically; "
             f"got {chunksize!r}"
         )
-
-
-def _check_callable(call: str, argument: str, fn: object, items: object = None) -> None:
-    """TypeError now, naming the argument, rather than one per item from the workers."""
-    if callable(fn):
-        return
-    swapped = " (the function comes first)" if callable(items) else ""
-    raise TypeError(
-        f"{call}() argument {argument!r} must be callable{swapped}, "
-        f"got {type(fn).__name__}: {reprlib.repr(fn)}"
-    )
 
 
 def _listed(call: str, items: object) -> list[Any]:

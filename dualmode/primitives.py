@@ -58,7 +58,7 @@ from typing import (
 
 from .backend import Backend
 from .config import resolve_backend
-from .errors import BorrowError, BrokenBarrierError
+from .errors import BorrowError, BrokenBarrierError, check_callable
 from .off_loop import NOT_YET, async_timeout, get_off_loop, wait_off_loop
 
 if TYPE_CHECKING:
@@ -254,6 +254,11 @@ def check_timeout(blocking: bool, timeout: float | None) -> None:
         raise TypeError("timeout must be a number of seconds, or -1 for no timeout, not None")
     if timeout == -1:
         return
+    if not isinstance(timeout, numbers.Real):
+        raise TypeError(
+            "timeout must be a number of seconds, or -1 for no timeout, "
+            f"got {type(timeout).__name__}: {timeout!r}"
+        )
     if not blocking:
         raise ValueError("can't specify a timeout for a non-blocking call")
     if timeout < 0:
@@ -960,7 +965,9 @@ class OnceCell(Primitive):
         return self.get(MISSING) is not MISSING
 
     def get_or_init(self, fn: Callable[[], T]) -> T:
-        """The value; if the cell is empty, run ``fn()`` (once across racing callers) to set it."""
+        """The value; if the cell is empty, run ``fn()`` (once across racing callers) to set it.
+        TypeError if *fn* is not callable (to store a value, use :meth:`set`)."""
+        check_callable("OnceCell.get_or_init", "fn", fn)
         while True:
             done, value = self._claim()
             if done:
@@ -1003,6 +1010,7 @@ class OnceCell(Primitive):
         - processes: waits in slices on helper threads; a claim a cancelled task's slice got
           is given up at once. *fn*'s value must pickle.
         """
+        check_callable("OnceCell.async_get_or_init", "fn", fn)
         got = await self._async_claim(timeout)
         if got is None:
             raise TimeoutError(
