@@ -19,6 +19,7 @@ from .errors import (
     QueueEmpty,
     QueueFull,
     QueueShutDown,
+    RemoteError,
     WorkerCrashed,
     WrongThreadError,
 )
@@ -95,6 +96,7 @@ __all__ = [
     "QueueFull",
     "QueueShutDown",
     "RLock",
+    "RemoteError",
     "RevisionStats",
     "RwLock",
     "Scope",

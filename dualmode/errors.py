@@ -18,6 +18,7 @@ __all__ = [
     "QueueEmpty",
     "QueueFull",
     "QueueShutDown",
+    "RemoteError",
     "WorkerCrashed",
     "WrongThreadError",
 ]
@@ -79,6 +80,29 @@ class Cancelled(BaseException):
 
 class WorkerCrashed(RuntimeError):
     """A worker process, or the coordinator that hosts primitives, died during this call."""
+
+
+class RemoteError(Exception):
+    """An exception raised in a worker process that cannot travel back as itself: it does
+    not pickle (it holds a lock, a socket...), or it does not unpickle (its ``__init__`` takes
+    other arguments than its ``args``). It keeps what can travel: :attr:`type_name` (module
+    and qualified name), :attr:`message` (``str()`` of it) and :attr:`remote_traceback`, the
+    worker's traceback as text (also in a note, as every failure from a worker has). The
+    threads and serial backends raise the original: make the exception picklable, with
+    ``args`` that rebuild it, to get the same on processes.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(
+            f"{type_name}: {message} (raised in a worker process; it could not be "
+            "sent back as itself)"
+        )
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return RemoteError, (self.type_name, self.message, self.remote_traceback), self.__dict__
 
 
 class ParallelError(ExceptionGroup[Exception]):

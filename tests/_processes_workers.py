@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -146,3 +147,29 @@ class DiesUnderTwoCallers(dm.Database):
     @dm.query
     def square(self, n: int) -> int:
         return n * n
+
+
+# -- exceptions that cannot come back as themselves --------------------------------------------
+
+
+class NeedsTwo(Exception):
+    """Pickles, but does not load: its ``args`` are one message, its ``__init__`` wants two."""
+
+    def __init__(self, what: str, why: str) -> None:
+        super().__init__(f"{what} failed: {why}")
+
+
+class HoldsALock(Exception):
+    """Does not pickle: it holds a lock."""
+
+    def __init__(self) -> None:
+        super().__init__("holding a lock")
+        self.lock = threading.Lock()
+
+
+def fail_unreturnably(n: int) -> int:
+    if n == 1:
+        raise NeedsTwo("item 1", "on purpose")
+    if n == 2:
+        raise HoldsALock
+    return n * 10

@@ -435,6 +435,28 @@ def test_exceptions_keep_their_types(backend: ProcessesBackend) -> None:
         dm.Lock(backend=backend).acquire(blocking=False, timeout=1)
 
 
+def test_an_exception_that_cannot_come_back_arrives_as_a_remote_error(
+    backend: ProcessesBackend,
+) -> None:
+    """One that does not load in the caller, one that does not pickle: each arrives as a
+    RemoteError naming its type, with its message and the worker's traceback, and the other
+    items' results are not lost."""
+    with pytest.raises(dm.ParallelError) as raised:
+        dm.par_map(w.fail_unreturnably, [0, 1, 2, 3], chunksize=4, backend=backend)
+    assert raised.value.indices == [1, 2]
+    needs_two, holds_a_lock = raised.value.exceptions
+    assert isinstance(needs_two, dm.RemoteError) and isinstance(holds_a_lock, dm.RemoteError)
+    assert needs_two.type_name == "_processes_workers.NeedsTwo"
+    assert needs_two.message == "item 1 failed: on purpose"
+    assert holds_a_lock.type_name == "_processes_workers.HoldsALock"
+    assert holds_a_lock.message == "holding a lock"
+    for error in (needs_two, holds_a_lock):
+        assert "in fail_unreturnably" in error.remote_traceback
+        assert "could not be sent back as itself" in str(error)
+        assert any("traceback in dualmode worker process" in n for n in error.__notes__)
+    assert dm.par_map(w.fail_unreturnably, [0, 3], backend=backend) == [0, 30]
+
+
 def test_unpicklable_argument_leaves_the_connection_usable(backend: ProcessesBackend) -> None:
     q, lock = dm.Queue(backend=backend), dm.RLock(backend=backend)
     lock.acquire()

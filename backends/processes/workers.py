@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 import threading
 import traceback
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 import cloudpickle  # type: ignore[import-untyped]
 
 from dualmode.backend import Outcome
-from dualmode.errors import WorkerCrashed
+from dualmode.errors import RemoteError, WorkerCrashed
 
 from . import mp_internals
 from .job_table import sync_job_tables
@@ -50,24 +51,42 @@ def _init_worker(backend: ProcessesBackend) -> None:
 
 def _with_worker_traceback(outcome: Outcome) -> Outcome:
     """A failure keeps its type and message; a note carries the worker's traceback text
-    (notes survive pickling, unlike ``__traceback__`` and ``__cause__``)."""
+    (notes survive pickling, unlike ``__traceback__`` and ``__cause__``). An exception that
+    would not come back as itself becomes a :class:`~dualmode.RemoteError` holding its type's
+    name, its message and that text."""
     ok, value = outcome
     if not ok:
         text = "".join(traceback.format_exception(value)).rstrip()
-        value.add_note(f"[traceback in dualmode worker process {os.getpid()}]\n{text}")
+        note = f"[traceback in dualmode worker process {os.getpid()}]\n{text}"
+        value.add_note(note)
+        if not _comes_back(value):
+            kind = type(value)
+            value = RemoteError(f"{kind.__module__}.{kind.__qualname__}", str(value), text)
+            value.add_note(note)
+            return False, value
     return outcome
 
 
+def _comes_back(exc: BaseException) -> bool:
+    """Whether *exc* survives the trip to the caller: it pickles and loads again. Tried here,
+    where the failure can still be named (the caller could only say that a load failed), and
+    only for failures, which are rare."""
+    try:
+        pickle.loads(cloudpickle.dumps(exc))
+    except Exception:
+        return False
+    return True
+
+
 def _picklable_outcome(outcome: Outcome) -> Outcome:
-    """The outcome, or a TypeError saying why its value or exception cannot travel back."""
+    """The outcome, or a TypeError saying why its value cannot travel back (a failure's
+    exception travels, or became a RemoteError: ``_with_worker_traceback``)."""
     try:
         cloudpickle.dumps(outcome)
     except Exception as exc:
-        ok, value = outcome
-        what = "the result" if ok else f"the exception {type(value).__name__}({value})"
         return False, TypeError(
-            f"{what} could not be pickled to send back from worker process {os.getpid()}: "
-            f"{type(exc).__name__}: {exc}"
+            f"the result could not be pickled to send back from worker process {os.getpid()}: "
+            f"{type(exc).__name__}: {exc}; return picklable data, or use the threads backend"
         )
     return outcome
 
