@@ -188,6 +188,15 @@ class Backend(abc.ABC):
     def broadcast(self, fn: Callable[[], Any]) -> list[Future[Outcome]]:
         """Run ``fn()`` once on every worker; one future per worker, in worker order."""
 
+    def abandon(self, futures: Iterable[Future[Any]]) -> None:
+        """The caller of a parallel call was interrupted (KeyboardInterrupt, SystemExit) while
+        it waited for *futures*: stop that work. Here, those not started are cancelled and
+        those running finish on their workers, their results dropped (threads cannot be
+        stopped). A backend whose workers can be stopped stops the ones running them too
+        (processes: docs/parallel.md#interrupted-calls)."""
+        for future in futures:
+            future.cancel()
+
     # -- the query engine ----------------------------------------------------------------------
 
     def create_job_table(

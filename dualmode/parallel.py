@@ -147,6 +147,9 @@ def _par_map(
     started = _Map(call, fn, items, chunksize, progress, backend)
     try:
         _wait_all(started.backend, started.futures, started.sizes, started.reporter)
+    except BaseException:  # interrupted: the work stops (docs/parallel.md#interrupted-calls)
+        started.backend.abandon(started.futures)
+        raise
     finally:
         started.reporter.close()
     return started.results()
@@ -218,8 +221,12 @@ def join(
     _check_callable("join", "fb", fb)
     resolved = resolve_backend(backend)
     future_b = resolved.submit(fb)
-    a = capture(fa)
-    resolved.wait([future_b])
+    try:
+        a = capture(fa)
+        resolved.wait([future_b])
+    except BaseException:  # interrupted: see _par_map
+        resolved.abandon([future_b])
+        raise
     a_value, b_value = _gather([(0, [a, _settled(future_b, _lost)])], "join", 2)
     return a_value, b_value
 
@@ -375,9 +382,17 @@ class Scope:
         while True:  # a running task may still spawn more
             with self._lock:
                 batch = self._handles[len(outcomes) :]
-            if not batch:
-                return outcomes
+                if not batch:
+                    self._open = False
+                    return outcomes
             outcomes.extend(handle._outcome() for handle in batch)
+
+    def _abandon(self) -> None:
+        """Stop every task of the scope: the block or its join was interrupted."""
+        with self._lock:
+            self._open = False
+            handles = list(self._handles)
+        self._backend.abandon([handle._future for handle in handles])
 
 
 @contextmanager
@@ -395,9 +410,14 @@ def scope(*, backend: BackendSpec | None = None) -> Iterator[Scope]:
         yield spawned
     except Exception as exc:
         body_error = exc
-    finally:
+    except BaseException:  # interrupted: the tasks stop, unjoined (see _par_map)
+        spawned._abandon()
+        raise
+    try:
         outcomes = spawned._join_all()
-        spawned._open = False
+    except BaseException:
+        spawned._abandon()
+        raise
     failed = [(index, value) for index, (ok, value) in enumerate(outcomes) if not ok]
     if failed:
         errors = [exc for _, exc in failed]
@@ -421,6 +441,10 @@ def broadcast(fn: Callable[[], T], *, backend: BackendSpec | None = None) -> lis
     _check_callable("broadcast", "fn", fn)
     resolved = resolve_backend(backend)
     futures = resolved.broadcast(fn)
-    resolved.wait(futures)
+    try:
+        resolved.wait(futures)
+    except BaseException:  # interrupted: see _par_map
+        resolved.abandon(futures)
+        raise
     outcomes = [_settled(future, _lost) for future in futures]
     return _gather([(0, outcomes)], "broadcast", len(outcomes))

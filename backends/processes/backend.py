@@ -247,6 +247,14 @@ class ProcessesBackend(Backend):
         done, not_done = wait(futures, return_when=return_when)
         return set(done), set(not_done)
 
+    def abandon(self, futures: Iterable[Future[Any]]) -> None:
+        """Cancel those not started; if any runs, kill the worker processes (every task they
+        hold fails with WorkerCrashed, other callers' too: an interrupted program is going
+        down) and let the next call start a new pool."""
+        running = [future for future in futures if not future.cancel() and not future.done()]
+        if running:
+            self._pool.stop_workers()
+
     def broadcast(self, fn: Callable[[], Any]) -> list[Future[Outcome]]:
         if in_worker():
             return [self.submit(fn)]

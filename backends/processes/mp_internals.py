@@ -177,6 +177,18 @@ def worker_pool(workers: int, **kwargs: Any) -> ProcessPoolExecutor:
     return executor
 
 
+def kill_workers(executor: ProcessPoolExecutor) -> None:
+    """Kill *executor*'s worker processes (``ProcessPoolExecutor.kill_workers`` from 3.14 on;
+    before, its ``_processes``): its manager thread finds them dead and fails every task it
+    holds with BrokenProcessPool."""
+    kill = getattr(executor, "kill_workers", None)
+    if kill is not None:
+        kill()
+        return
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
+        process.kill()
+
+
 def is_broken(executor: ProcessPoolExecutor) -> bool:
     """Whether a worker of *executor* died: it fails every task, pending or new."""
     return bool(getattr(executor, "_broken", False))

@@ -133,6 +133,18 @@ def dumps_task(fn: Callable[..., Any], args: tuple[Any, ...], *, is_chunk: bool)
     raise TypeError(f"the task cannot be pickled to send to a worker process: {error}")
 
 
+class _TaskFuture(Future[Any]):
+    """The caller's future of a task sent to the pool (``sent``, the pool's own)."""
+
+    sent: Future[bytes] | None = None
+
+    def cancel(self) -> bool:
+        sent = self.sent
+        if sent is not None and not sent.cancel():
+            return False  # running (or done) in a worker: it finishes there
+        return super().cancel()
+
+
 class WorkerPool:
     """Spawned worker processes (a ProcessPoolExecutor) that run tasks sent with cloudpickle.
 
@@ -164,17 +176,30 @@ class WorkerPool:
             return executor
 
     def submit(self, payload: bytes) -> Future[Any]:
-        """Send one pickled task; the returned future holds its unpickled Outcome(s)."""
-        result: Future[Any] = Future()
+        """Send one pickled task; the returned future holds its unpickled Outcome(s), and
+        cancelling it cancels the task in the pool if it has not started."""
+        result = _TaskFuture()
         try:
             sent = self._live_executor().submit(_run_task, payload)
         except BrokenProcessPool:  # broke between the check and the submit: once more
             sent = self._live_executor().submit(_run_task, payload)
+        result.sent = sent
         sent.add_done_callback(functools.partial(self._settle, result))
         return result
 
+    def stop_workers(self) -> None:
+        """Kill the worker processes now, whatever they run: their tasks fail with
+        WorkerCrashed, and the next call starts a new pool (see ``_live_executor``)."""
+        with self._lock:
+            executor = self._executor
+        if executor is not None:
+            mp_internals.kill_workers(executor)
+
     @staticmethod
     def _settle(result: Future[Any], sent: Future[bytes]) -> None:
+        if sent.cancelled():
+            Future.cancel(result)
+            return
         try:
             result.set_result(cloudpickle.loads(sent.result()))
         except BrokenProcessPool as exc:
