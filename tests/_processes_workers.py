@@ -173,3 +173,15 @@ def fail_unreturnably(n: int) -> int:
     if n == 2:
         raise HoldsALock
     return n * 10
+
+
+def dies_at_three(n: int) -> int:
+    """Kills the worker process that runs item 3."""
+    if n == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return n * 10
+
+
+def worker_pid(_: object) -> int:
+    time.sleep(0.05)  # long enough for each worker to take some
+    return os.getpid()

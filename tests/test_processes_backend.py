@@ -457,6 +457,37 @@ def test_an_exception_that_cannot_come_back_arrives_as_a_remote_error(
     assert dm.par_map(w.fail_unreturnably, [0, 3], backend=backend) == [0, 30]
 
 
+@pytest.mark.parametrize("repeat", range(3))
+def test_a_worker_killed_mid_task_fails_that_chunk_alone_and_the_pool_heals(
+    backend: ProcessesBackend, repeat: int
+) -> None:
+    """The chunk whose worker died fails with WorkerCrashed naming the function and its
+    items; every other chunk's results are kept; the next call gets a new pool, and the dead
+    pool's processes are gone."""
+    before = set(dm.par_map(w.worker_pid, range(8), chunksize=1, backend=backend))
+    with pytest.raises(dm.ParallelError) as raised:
+        dm.par_map(w.dies_at_three, range(8), chunksize=2, backend=backend)
+    # The other worker's chunks may be lost with the pool too (a broken pool fails every
+    # task it holds), never silently: each failure is a WorkerCrashed at its chunk's start.
+    assert 2 in raised.value.indices
+    for index, error in zip(raised.value.indices, raised.value.exceptions, strict=True):
+        assert isinstance(error, dm.WorkerCrashed)
+        assert f"dies_at_three on items {index} to {index + 1}" in str(error)
+    assert dm.par_map(w.dies_at_three, [0, 1, 2], backend=backend) == [0, 10, 20]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_process_exists(pid) for pid in before):
+        time.sleep(0.05)
+    assert not [pid for pid in before if _process_exists(pid)], "the dead pool's workers live"
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def test_unpicklable_argument_leaves_the_connection_usable(backend: ProcessesBackend) -> None:
     q, lock = dm.Queue(backend=backend), dm.RLock(backend=backend)
     lock.acquire()

@@ -7,7 +7,9 @@ together. See docs/architecture.md#the-processes-backend-one-module-per-process-
 
 from __future__ import annotations
 
+import functools
 import os
+import reprlib
 import signal
 import sys
 import threading
@@ -210,7 +212,7 @@ class ProcessesBackend(Backend):
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Outcome]:
         if in_worker():
             return run_now(capture, fn, *args)
-        return self._pool.submit(dumps_task(capture, (fn, *args), is_chunk=False))
+        return self._pool.submit(dumps_task(capture, (fn, *args), is_chunk=False), what=_named(fn))
 
     def map_chunks(
         self, fn: Callable[[Any], Any], chunks: Sequence[Sequence[Any]]
@@ -221,11 +223,14 @@ class ProcessesBackend(Backend):
         start = 0
         for chunk in chunks:  # pickle them all before any work starts
             try:
-                payloads.append(dumps_task(run_chunk, (fn, chunk), is_chunk=True))
+                payload = dumps_task(run_chunk, (fn, chunk), is_chunk=True)
             except TypeError as exc:
                 raise self._name_item(fn, chunk, start) from exc
+            last = start + len(chunk) - 1
+            items = f"item {start}" if last == start else f"items {start} to {last}"
+            payloads.append((payload, f"{_named(fn)} on {items}"))
             start += len(chunk)
-        return [self._pool.submit(payload) for payload in payloads]
+        return [self._pool.submit(payload, what=what) for payload, what in payloads]
 
     @staticmethod
     def _name_item(fn: Callable[..., Any], chunk: Sequence[Any], start: int) -> TypeError:
@@ -343,6 +348,13 @@ class ProcessesBackend(Backend):
         # Kept in this process and served to the others (see .table_server): a program whose
         # queries run here alone pays no round trip.
         return SharedJobTable(fallbacks, volatile)
+
+
+def _named(fn: Callable[..., Any]) -> str:
+    """*fn* as a WorkerCrashed message names the task that was lost with its worker."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__qualname__", None) or reprlib.repr(fn)
 
 
 def _after_barrier(meeting: Barrier, fn: Callable[[], T]) -> T:

@@ -175,16 +175,17 @@ class WorkerPool:
                 self._executor = executor
             return executor
 
-    def submit(self, payload: bytes) -> Future[Any]:
+    def submit(self, payload: bytes, what: str = "a task") -> Future[Any]:
         """Send one pickled task; the returned future holds its unpickled Outcome(s), and
-        cancelling it cancels the task in the pool if it has not started."""
+        cancelling it cancels the task in the pool if it has not started. *what* names the
+        task in the WorkerCrashed of a worker that dies running it."""
         result = _TaskFuture()
         try:
             sent = self._live_executor().submit(_run_task, payload)
         except BrokenProcessPool:  # broke between the check and the submit: once more
             sent = self._live_executor().submit(_run_task, payload)
         result.sent = sent
-        sent.add_done_callback(functools.partial(self._settle, result))
+        sent.add_done_callback(functools.partial(self._settle, result, what))
         return result
 
     def stop_workers(self) -> None:
@@ -196,7 +197,7 @@ class WorkerPool:
             mp_internals.kill_workers(executor)
 
     @staticmethod
-    def _settle(result: Future[Any], sent: Future[bytes]) -> None:
+    def _settle(result: Future[Any], what: str, sent: Future[bytes]) -> None:
         if sent.cancelled():
             Future.cancel(result)
             return
@@ -205,8 +206,9 @@ class WorkerPool:
         except BrokenProcessPool as exc:
             result.set_exception(
                 WorkerCrashed(
-                    "a dualmode worker process died while running this task (killed, out of "
-                    f"memory, or os._exit in the task): {exc}"
+                    f"a dualmode worker process died while running {what} (killed, out of "
+                    f"memory, or os._exit in the task); the pool is replaced at the next call: "
+                    f"{exc}"
                 )
             )
         except BaseException as exc:
