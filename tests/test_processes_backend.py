@@ -312,6 +312,75 @@ def test_exit_without_close_leaves_no_coordinator(how: str) -> None:
         assert wait_gone(pid), f"coordinator {pid} outlived its process ({how} exit)"
 
 
+KILLED_SCRIPT = """
+import os, time
+import dualmode as dm
+
+class Pids(dm.Database):
+    @dm.query
+    def pid(self, n):
+        time.sleep(0.01)
+        return os.getpid()
+
+if __name__ == "__main__":
+    dm.Lock(backend="processes").acquire()   # the coordinator
+    db = Pids(backend="processes", workers=2)
+    db.pid.prefetch(range(20))                # the workers, and the table's server
+    print("started", flush=True)
+    time.sleep(120)                           # until killed
+"""
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below *pid*, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_a_parent_killed_hard_leaves_no_process_behind() -> None:
+    """SIGKILL (the OOM killer, a test runner's timeout): the coordinator, the pool's
+    workers and multiprocessing's resource tracker all exit within 5 s (issue 16)."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", KILLED_SCRIPT], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None and parent.stdout.readline().strip() == "started"
+        started = _descendants(parent.pid)
+        assert len(started) >= 4, started  # tracker, coordinator, 2 workers
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_running(pid) for pid in started):
+        time.sleep(0.1)
+    left = [pid for pid in started if _running(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"{len(left)} of {len(started)} processes outlived their killed parent"
+
+
 UNGUARDED_SCRIPTS = {
     # The coordinator starts for the first primitive.
     "primitive": """

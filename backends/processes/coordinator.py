@@ -13,8 +13,6 @@ import itertools
 import os
 import threading
 from collections.abc import Callable, Iterable
-from multiprocessing import parent_process
-from multiprocessing.process import BaseProcess
 from typing import Any
 
 from dualmode.off_loop import NOT_YET
@@ -120,16 +118,7 @@ class Manager(mp_internals.HostingManager, server=_CoordinatorServer):
 
 def init_coordinator() -> None:
     """First code in the coordinator process: exit when the owning process is gone."""
-    owner = parent_process()
-    if owner is not None:
-        threading.Thread(
-            target=_exit_after, args=(owner,), name="dualmode-owner-watch", daemon=True
-        ).start()
-
-
-def _exit_after(owner: BaseProcess) -> None:
-    owner.join()  # returns when the owner exits, however it exits (its pipe end closes)
-    os._exit(0)
+    mp_internals.exit_with_parent("dualmode-owner-watch")
 
 
 # -- the hosted objects ---------------------------------------------------------------------

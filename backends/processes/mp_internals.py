@@ -14,9 +14,10 @@ from __future__ import annotations
 import io
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import connection, current_process, get_context, util
+from multiprocessing import connection, current_process, get_context, parent_process, util
 from multiprocessing.managers import BaseManager, RemoteError, Server
 from multiprocessing.process import BaseProcess
 from multiprocessing.reduction import ForkingPickler
@@ -195,6 +196,23 @@ def is_broken(executor: ProcessPoolExecutor) -> bool:
 
 
 # -- process lifecycle ----------------------------------------------------------------------
+
+
+def exit_with_parent(name: str) -> None:
+    """In a child started by multiprocessing: a daemon thread (*name*) that ends this process
+    as soon as its parent has exited, however it exited (SIGKILL, the OOM killer, a test
+    runner's timeout). It waits on the parent's sentinel, a pipe whose other end only the
+    parent holds: the pipe breaks when the parent is gone, on every platform that
+    multiprocessing runs on, with no polling (loky polls the parent's pid instead; a child's
+    PR_SET_PDEATHSIG would fire when the thread that started it ends, not the process)."""
+    parent = parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_after, args=(parent,), name=name, daemon=True).start()
+
+
+def _exit_after(parent: BaseProcess) -> None:
+    parent.join()
+    os._exit(0)
 
 
 # The exit status of a child that found itself running the unguarded main module.

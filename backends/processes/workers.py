@@ -41,9 +41,12 @@ def in_worker() -> bool:
 
 
 def _init_worker(backend: ProcessesBackend) -> None:
-    """Start-up of a pool worker: the pool's backend is current here, and runs inline."""
+    """Start-up of a pool worker: the pool's backend is current here, and runs inline; the
+    worker exits when the process that started the pool is gone (the pool's queues do not
+    tell it: every worker holds their write ends)."""
     global _in_worker
     _in_worker = True
+    mp_internals.exit_with_parent("dualmode-parent-watch")
     from dualmode.config import configure
 
     configure(backend)
