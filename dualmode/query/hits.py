@@ -414,7 +414,9 @@ class BoundQuery(functools.partial[T]):
 
     def prefetch(self, keys: Iterable[Any]) -> None:
         """Compute every missing key in parallel on the database's backend (a key that is a
-        tuple is passed as several arguments). Failures stay memoized; nothing is raised."""
+        tuple is passed as several arguments). Keys already memoized in the current revision
+        are skipped at once. Failures stay memoized; nothing is raised, but TypeError for a
+        key that cannot be hashed."""
         binding = self._binding
         binding._rt.prefetch(binding._name, keys)
 

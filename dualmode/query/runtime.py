@@ -30,7 +30,7 @@ from ..errors import Cancelled, WrongThreadError
 from . import verify
 from .backdate import backdate
 from .execute import execute
-from .hits import BoundQuery, Frame, ThreadState
+from .hits import BoundQuery, Frame, ThreadState, unhashable
 from .job_table import Claim, HitCounts, JobTable, Verdict
 from .memo import Memo, MemoState
 from .stats import DatabaseStats, QueryStats, RevisionStats
@@ -339,9 +339,22 @@ class Runtime:
 
     def prefetch(self, name: str, keys: Iterable[Any]) -> None:
         """Compute every missing key of query *name* in parallel on the database's backend."""
-        # Which keys are missing is for the workers to find: checked here, it would be work
-        # that the caller does alone while they wait.
-        wanted = [k if isinstance(k, tuple) else (k,) for k in keys]
+        # Only keys with a memo verified in this revision, found here without a claim, are
+        # left out: verifying the others is for the workers (a memo of an older revision may
+        # need its dependencies brought up to date). The check costs the caller well under a
+        # microsecond a key; without it, prefetching 10,000 keys all computed already took
+        # ~90 ms on processes (a reservation and a memo sent back for each) where serial
+        # takes a few.
+        memos, revision = self.memos[name], self.revision
+        wanted = []
+        for k in keys:
+            key = k if isinstance(k, tuple) else (k,)
+            try:
+                memoized = key in memos and memos[key].verified_at == revision  # memo.lookup
+            except TypeError:
+                raise unhashable(name, key) from None
+            if not memoized:
+                wanted.append(key)
         if wanted:
             from ..parallel import par_for_each
 
