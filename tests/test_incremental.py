@@ -396,3 +396,50 @@ def test_an_input_change_reaches_results_computed_in_worker_processes() -> None:
             for key in keys
         ]
         assert db.executed() == ["a", "b", "c"]
+
+
+class Tree(dm.Database):
+    """200 nodes over 20 inputs: each revision changes one input and re-validates the tree."""
+
+    source = dm.input()
+
+    @dm.query
+    def node(self, i: int) -> int:
+        return self.source[i % 20] + (self.node(i // 2) if i > 0 else 0)
+
+    @dm.query
+    def total(self) -> int:
+        return sum(self.node(i) for i in range(200))
+
+
+def test_memory_stays_flat_over_many_revisions(dualmode_backend: str) -> None:
+    """What the engine keeps per revision (verdict counts, each thread's greens, dirty
+    marks) is dropped after COUNTED_REVISIONS revisions: after a warm-up, 450 more
+    revisions leave the memory where it was (it grew by ~10 kB a revision before)."""
+    import gc
+    import tracemalloc
+
+    from dualmode.query.memo import COUNTED_REVISIONS
+
+    db = Tree(backend=dualmode_backend, workers=2)
+    for k in range(20):
+        db.source[k] = k
+
+    def revise(times: int) -> None:
+        for r in range(times):
+            db.source[r % 20] = r
+            assert db.total() > 0
+
+    tracemalloc.start()
+    try:
+        revise(150)
+        gc.collect()
+        warm = tracemalloc.get_traced_memory()[0]
+        revise(450)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert after < warm * 1.05 + 20_000, (warm, after)
+    kept = db.stats().revisions
+    assert len(kept) <= COUNTED_REVISIONS + 1 and db.revision in kept

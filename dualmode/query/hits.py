@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable
 from threading import get_ident
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from .memo import HIGH, Memo, MemoState, QKey
+from .memo import COUNTED_REVISIONS, HIGH, Memo, MemoState, QKey
 
 if TYPE_CHECKING:
     from .database import Database, _QueryDescriptor
@@ -226,6 +226,9 @@ class ThreadState:
         if self.greens:
             self.past_greens[self.revision] = self.greens
             self.greens = 0
+        oldest = revision - COUNTED_REVISIONS  # as the table counts verdicts
+        if self.past_greens and min(self.past_greens) < oldest:
+            self.past_greens = {r: n for r, n in self.past_greens.items() if r >= oldest}
         self.revision = revision
         if changes is None:
             self.carried = [{} for _ in self.memos]

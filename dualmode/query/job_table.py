@@ -37,7 +37,16 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from ..errors import CycleError, WorkerCrashed
-from .memo import LOW, ImmortalEnum, Memo, MemoState, QKey, ThreadId, lookup
+from .memo import (
+    COUNTED_REVISIONS,
+    LOW,
+    ImmortalEnum,
+    Memo,
+    MemoState,
+    QKey,
+    ThreadId,
+    lookup,
+)
 
 __all__ = [
     "Claim",
@@ -617,10 +626,13 @@ class InProcessJobTable:
         return queries, verdicts
 
     def _count(self, shard: int, revision: int, verdict: Verdict) -> None:
-        """Count a verdict (the shard's lock held)."""
+        """Count a verdict (the shard's lock held); not one of a revision no longer counted
+        (a body that ran across many input changes)."""
         verdicts = self._verdicts[shard]
         counts = lookup(verdicts, revision)
         if counts is None:
+            if revision < self.revision - COUNTED_REVISIONS:
+                return
             counts = verdicts[revision] = _no_verdicts()
         counts[verdict] += 1
 
@@ -645,9 +657,12 @@ class InProcessJobTable:
             self._take_deferred_edges()
             self._mark_dependents(sources, revision)
             self._marked = revision
-            for marked_in, lock in zip(self._marked_in, self._locks, strict=True):
+            for marked_in, verdicts, lock in zip(
+                self._marked_in, self._verdicts, self._locks, strict=True
+            ):
                 with lock:
                     marked_in.pop(revision - _LISTED_REVISIONS - 1, None)
+                    verdicts.pop(revision - COUNTED_REVISIONS - 1, None)
         return revision
 
     def _record_edges(

@@ -12,6 +12,7 @@ import enum
 from typing import Any, TypeVar, overload
 
 __all__ = [
+    "COUNTED_REVISIONS",
     "HIGH",
     "LOW",
     "MEDIUM",
@@ -35,6 +36,11 @@ D = TypeVar("D")
 # free-threaded builds make immortal, where an enum member's reference count would be written
 # by every thread that reads it (see docs/architecture.md#the-hit-path).
 LOW, MEDIUM, HIGH = 0, 1, 2
+
+# Revisions whose verdicts are counted for ``db.stats().revisions`` (by the job table, and the
+# greens by each thread): older ones are dropped, so that a database that lives through 10,000
+# revisions keeps the memory it had after the first 100.
+COUNTED_REVISIONS = 64
 
 
 class Durability(enum.IntEnum):
