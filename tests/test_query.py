@@ -325,51 +325,69 @@ def test_eight_callers_asking_one_missing_key_execute_it_once(backend: str, repe
 
 
 class Crossing(dm.Database):
+    """``a`` needs ``b`` and ``b`` needs ``a``; each body first meets the other at ``both``,
+    so both are running, on two runners, when they ask for each other."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        parties = 1 if self.backend.name == "serial" else 2
+        self.both = dm.Barrier(parties, backend=self.backend, timeout=20)
+
     @dm.query
     def a(self, k: int) -> int:
-        time.sleep(0.1)
+        self.both.wait()
         return self.b(k)
 
     @dm.query
     def b(self, k: int) -> int:
-        time.sleep(0.1)
+        self.both.wait()
         return self.a(k)
 
 
-def enter_crossing(db: Crossing, start: dm.Barrier, name: str) -> tuple[list[Any], float]:
-    start.wait()
-    begin = time.monotonic()
+def enter_crossing(db: Crossing, name: str) -> list[Any]:
     try:
         getattr(db, name)(7)
     except dm.CycleError as exc:
-        return exc.cycle, time.monotonic() - begin
+        return exc.cycle
     raise AssertionError(f"{name}(7) did not raise CycleError")
 
 
 @pytest.mark.parametrize("backend", ["threads", "processes"])
 @pytest.mark.parametrize("repeat", range(3))
 def test_a_cycle_across_two_runners_raises_in_both_at_once(backend: str, repeat: int) -> None:
-    # A on one thread (or worker process) needs B while B on the other needs A.
+    # A on one thread (or worker process) needs B while B on the other needs A: both bodies
+    # are running (they met at the barrier), so the cycle is closed across the two runners,
+    # and each raises instead of waiting for the other (the test's timeout fails a hang).
     db = Crossing(backend=backend, workers=2)
-    start = dm.Barrier(2, backend=db.backend, timeout=20)
-    enter = functools.partial(enter_crossing, db, start)
-    (cycle_a, took_a), (cycle_b, took_b) = dm.par_map(enter, ["a", "b"], backend=db.backend)
+    enter = functools.partial(enter_crossing, db)
+    cycle_a, cycle_b = dm.par_map(enter, ["a", "b"], chunksize=1, backend=db.backend)
     assert cycle_a == cycle_b == [("a", 7), ("b", 7)]
-    assert took_a < 1.0 and took_b < 1.0
     with pytest.raises(dm.CycleError) as serial:
         Crossing(backend="serial").b(7)
     assert serial.value.cycle == cycle_a
 
 
+class Meeting(Analyzer):
+    """``met(n)`` waits until another body is running too: it fails (BrokenBarrierError,
+    memoized) unless two bodies run at the same time."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pairs = dm.Barrier(2, backend=self.backend, timeout=10)
+
+    @dm.query
+    def met(self, n: int) -> int:
+        self._note("met", n)
+        self.pairs.wait()
+        return n * 2
+
+
 @pytest.mark.parametrize("backend", ["threads", "processes"])
 def test_prefetch_computes_missing_keys_in_parallel(backend: str) -> None:
-    db = Analyzer(backend=backend, workers=2)
-    dm.par_map(abs, range(4), backend=db.backend)  # start the workers first
-    begin = time.monotonic()
-    db.slow.prefetch(range(4))
-    assert time.monotonic() - begin < 0.75  # 4 x 0.2 s on 2 workers, not 0.8 s
-    assert sorted(db.executed) == [("slow", n) for n in range(4)]
-    assert [db.slow(n) for n in range(4)] == [0, 2, 4, 6]
+    db = Meeting(backend=backend, workers=2)
+    db.met.prefetch(range(4))
+    assert sorted(db.executed) == [("met", n) for n in range(4)]
+    assert [db.met(n) for n in range(4)] == [0, 2, 4, 6]  # each met another: in parallel
 
 
 # -- processes: the coordinator's job table ----------------------------------------------------
