@@ -10,6 +10,7 @@ Every wait here has a timeout, so a deadlock fails its test instead of hanging i
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -67,6 +68,23 @@ def wait_until(predicate: Callable[[], bool], timeout: float = JOIN_TIMEOUT) -> 
     while not predicate():
         assert time.monotonic() < deadline, "condition never became true"
         time.sleep(0.001)
+
+
+# The innermost Python function of a thread asleep in a blocking wait: dualmode's parking lot,
+# threading's Condition and Event waits, a lock's acquire.
+_BLOCKING = frozenset({"park_thread", "wait", "acquire"})
+
+
+def wait_until_blocked(thread: threading.Thread, timeout: float = JOIN_TIMEOUT) -> None:
+    """Wait until *thread* sleeps in a blocking wait (its innermost frame is one of
+    ``_BLOCKING``), so that a test then exercises the wake-up path, not a race that a sleep
+    usually wins."""
+
+    def blocked() -> bool:
+        frame = sys._current_frames().get(thread.ident or 0)
+        return frame is not None and frame.f_code.co_name in _BLOCKING
+
+    wait_until(blocked, timeout)
 
 
 def read_while_changing(

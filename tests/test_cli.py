@@ -49,7 +49,13 @@ def test_demo_gives_the_same_totals_on_every_available_backend(
 
 def test_demo_on_one_backend(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--backend", "serial", "--iterations", "3"]) == 0
-    assert "threads" not in capsys.readouterr().out.split("backend in force")[-1]
+    out = capsys.readouterr().out
+    assert "<SerialBackend name='serial' workers=1>" in out.split("backend in force")[1]
+    results = out.split("OnceCell for its value")[1]
+    columns = [line for line in results.splitlines() if "parallel" in line]
+    assert columns and "no" in columns[0]  # one column, serial's: it ran there alone
+    assert "AtomicInt total │ 12" in results  # 4 tasks x 3 updates
+    assert "every backend computed the same totals" in out
 
 
 def test_demo_unknown_backend_names_the_choices(capsys: pytest.CaptureFixture[str]) -> None:

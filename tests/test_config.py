@@ -314,8 +314,11 @@ def test_bad_worker_count_in_environment(monkeypatch: pytest.MonkeyPatch, worker
 
 
 def test_good_worker_count_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DUALMODE_WORKERS", " 2 ")
+    monkeypatch.setenv("DUALMODE_WORKERS", " 3 ")
     assert dm.current().name == "serial"  # serial accepts and checks it, keeps one worker
+    assert dm.current().workers == 1
+    monkeypatch.setenv("DUALMODE_BACKEND", "threads")
+    assert (dm.current().name, dm.current().workers) == ("threads", 3)  # " 3 " read as 3
 
 
 def test_worker_count_as_text_is_refused_outside_the_environment() -> None:

@@ -9,12 +9,11 @@ from __future__ import annotations
 import functools
 import queue
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from _concurrency import JOIN_TIMEOUT, in_thread, start_thread, wait_until
+from _concurrency import JOIN_TIMEOUT, in_thread, start_thread, wait_until, wait_until_blocked
 
 import dualmode as dm
 from dualmode.backends import threads as th
@@ -497,7 +496,8 @@ def test_freeze_lock_writer_queued_behind_freeze() -> None:
             outcome.append("frozen")
 
     workers = [start_thread(late_writer), start_thread(fl.freeze)]
-    time.sleep(0.02)  # let both queue up behind the live guard
+    for worker in workers:  # both queue up behind the live guard
+        wait_until_blocked(worker)
     guard.release()
     for worker in workers:
         worker.join(JOIN_TIMEOUT)
@@ -622,7 +622,8 @@ def test_queue_shutdown_wakes_blocked_callers() -> None:
         start_thread(lambda: expect_shutdown(empty.get)),
         start_thread(lambda: expect_shutdown(lambda: full.put(1))),
     ]
-    time.sleep(0.02)
+    for worker in workers:
+        wait_until_blocked(worker)
     empty.shutdown()
     full.shutdown()
     for worker in workers:
