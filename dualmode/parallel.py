@@ -146,13 +146,23 @@ def _par_map(
 ) -> list[T]:
     started = _Map(call, fn, items, chunksize, progress, backend)
     try:
-        _wait_all(started.backend, started.futures, started.sizes, started.reporter)
-    except BaseException:  # interrupted: the work stops (docs/parallel.md#interrupted-calls)
-        started.backend.abandon(started.futures)
-        raise
+        with _stopped_if_interrupted(started.backend, started.futures):
+            _wait_all(started.backend, started.futures, started.sizes, started.reporter)
     finally:
         started.reporter.close()
     return started.results()
+
+
+@contextmanager
+def _stopped_if_interrupted(backend: Backend, futures: Sequence[Future[Any]]) -> Iterator[None]:
+    """A caller interrupted while it waits for *futures* (KeyboardInterrupt, SystemExit: the
+    only exceptions a wait lets through) stops their work before it re-raises
+    (docs/parallel.md#interrupted-calls)."""
+    try:
+        yield
+    except BaseException:
+        backend.abandon(futures)
+        raise
 
 
 class _Map:
@@ -221,12 +231,9 @@ def join(
     _check_callable("join", "fb", fb)
     resolved = resolve_backend(backend)
     future_b = resolved.submit(fb)
-    try:
+    with _stopped_if_interrupted(resolved, [future_b]):
         a = capture(fa)
         resolved.wait([future_b])
-    except BaseException:  # interrupted: see _par_map
-        resolved.abandon([future_b])
-        raise
     a_value, b_value = _gather([(0, [a, _settled(future_b, _lost)])], "join", 2)
     return a_value, b_value
 
@@ -410,7 +417,7 @@ def scope(*, backend: BackendSpec | None = None) -> Iterator[Scope]:
         yield spawned
     except Exception as exc:
         body_error = exc
-    except BaseException:  # interrupted: the tasks stop, unjoined (see _par_map)
+    except BaseException:  # interrupted: the tasks stop, unjoined (_stopped_if_interrupted)
         spawned._abandon()
         raise
     try:
@@ -441,10 +448,7 @@ def broadcast(fn: Callable[[], T], *, backend: BackendSpec | None = None) -> lis
     _check_callable("broadcast", "fn", fn)
     resolved = resolve_backend(backend)
     futures = resolved.broadcast(fn)
-    try:
+    with _stopped_if_interrupted(resolved, futures):
         resolved.wait(futures)
-    except BaseException:  # interrupted: see _par_map
-        resolved.abandon(futures)
-        raise
     outcomes = [_settled(future, _lost) for future in futures]
     return _gather([(0, outcomes)], "broadcast", len(outcomes))
