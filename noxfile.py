@@ -186,6 +186,21 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", f"--rootdir={ROOT}", "-c", str(ROOT / "pyproject.toml"), *args, env=env)
 
 
+@nox.session(python="3.11")
+def coverage(session: nox.Session) -> None:
+    """The suite under coverage, measured as it runs: coverage starts before pytest (so before
+    dualmode's pytest plugin imports dualmode), and measures the coordinator, the worker
+    processes and the child interpreters the tests start ([tool.coverage.run] in
+    pyproject.toml). Prints the report; extra arguments go to pytest. Not part of CI (it runs
+    the suite once more, slower); its last figure is in docs/development.md."""
+    # Editable: the report names the checkout's files.
+    session.install("-e", ".[test,coverage]")
+    session.run("coverage", "erase")
+    session.run("coverage", "run", "-m", "pytest", *(session.posargs or ["tests"]))
+    session.run("coverage", "combine", "--quiet")
+    session.run("coverage", "report")
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check over the whole repository."""
