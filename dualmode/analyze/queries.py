@@ -1,0 +1,192 @@
+"""The analyzer's queries: a :class:`dualmode.Database` over the files' text.
+
+Per file (coarse on purpose: each query executed costs the processes backend about 30 us of
+bookkeeping, so a query does a file's worth of work): ``parse`` (``local=True``: a syntax
+tree stays in the process that parsed it and is never pickled), ``symbols``,
+``complexity``, ``unused_imports``, ``resolved_imports`` and ``file_findings``. Over the
+tree: ``module_index``, ``import_graph``, ``import_cycles`` and ``report``.
+
+Inputs: ``db.source[path]`` (the file's text) and ``db.layout[LAYOUT]`` (which files there
+are, and their module names). Changing one file's text re-executes that file's queries and
+the few over the tree; every other file's stay green.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Any
+
+import dualmode as dm
+
+from .complexity import FunctionComplexity, function_complexities
+from .cycles import strongly_connected
+from .files import SourceFile
+from .findings import COMPLEX_FUNCTION, IMPORT_CYCLE, SYNTAX_ERROR, Finding
+from .imports import ResolvedImports, module_names, resolve_imports
+from .parse import ParsedModule, parse_module
+from .report import ComplexFunction, Report
+from .symbols import ModuleSymbols, count_lines, module_symbols
+from .unused import unused_imports
+
+__all__ = ["LAYOUT", "Analysis", "ModuleIndex"]
+
+LAYOUT = "layout"  # the one key of the layout input
+DEFAULT_MAX_COMPLEXITY = 10  # mccabe's customary threshold
+MOST_COMPLEX = 10
+CYCLE_MEMBERS_SHOWN = 8
+
+
+@dataclass(frozen=True)
+class ModuleIndex:
+    """Each analyzed file's module (and whether it is a package), and every module name
+    that an import can resolve to."""
+
+    by_path: dict[str, tuple[str, bool]]
+    known: frozenset[str]
+
+
+class Analysis(dm.Database):
+    """A Python code analyzer: set ``layout`` and every file's ``source``, then ask
+    ``report()`` (after ``file_findings.prefetch(paths)`` to work on every worker).
+
+    *max_complexity*: a function whose complexity is above it is a ``complex-function``
+    finding. Other keyword arguments (``backend``, ``workers``) go to :class:`dm.Database`.
+    """
+
+    source = dm.input()
+    layout = dm.input()
+
+    def __init__(self, *, max_complexity: int = DEFAULT_MAX_COMPLEXITY, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_complexity = max_complexity
+
+    # -- per file ----------------------------------------------------------------------------
+
+    @dm.query(local=True)
+    def parse(self, path: str) -> ParsedModule:
+        return parse_module(self.source[path], path)
+
+    @dm.query
+    def symbols(self, path: str) -> ModuleSymbols:
+        parsed = self.parse(path)
+        if parsed.tree is None:
+            return ModuleSymbols(count_lines(parsed.text), (), (), ())  # lines still count
+        return module_symbols(parsed.tree, parsed.text)
+
+    @dm.query
+    def complexity(self, path: str) -> tuple[FunctionComplexity, ...]:
+        tree = self.parse(path).tree
+        return () if tree is None else function_complexities(tree)
+
+    @dm.query
+    def unused_imports(self, path: str) -> tuple[Finding, ...]:
+        parsed = self.parse(path)
+        return () if parsed.tree is None else unused_imports(parsed.tree, parsed.text, path)
+
+    @dm.query
+    def resolved_imports(self, path: str) -> ResolvedImports:
+        index = self.module_index()
+        module, is_package = index.by_path[path]
+        imports = self.symbols(path).imports
+        return resolve_imports(path, module, is_package, imports, index.known)
+
+    @dm.query
+    def file_findings(self, path: str) -> tuple[Finding, ...]:
+        """Every finding of one file but import cycles (which are the tree's), sorted."""
+        error = self.parse(path).error
+        found = [] if error is None else [Finding(path, error.line, SYNTAX_ERROR, error.message)]
+        found += self.unused_imports(path)
+        found += self.resolved_imports(path).unresolved
+        limit = self.max_complexity
+        found += (
+            Finding(
+                path,
+                f.line,
+                COMPLEX_FUNCTION,
+                f"{f.qualname} has cyclomatic complexity {f.complexity} (threshold {limit})",
+            )
+            for f in self.complexity(path)
+            if f.complexity > limit
+        )
+        return tuple(sorted(found))
+
+    # -- over the tree -----------------------------------------------------------------------
+
+    @dm.query
+    def module_index(self) -> ModuleIndex:
+        files: tuple[SourceFile, ...] = self.layout[LAYOUT]
+        by_path = {f.path: (f.module, f.is_package) for f in files}
+        return ModuleIndex(by_path, module_names(f.module for f in files))
+
+    @dm.query
+    def import_graph(self) -> dict[str, tuple[tuple[str, int], ...]]:
+        """Each module's imports of analyzed modules, with the line of each: {module: ((target,
+        line), ...)}."""
+        index = self.module_index()
+        return {
+            module: self.resolved_imports(path).edges
+            for path, (module, _) in sorted(index.by_path.items())
+        }
+
+    @dm.query
+    def import_cycles(self) -> tuple[tuple[str, ...], ...]:
+        graph = self.import_graph()
+        return strongly_connected({m: [t for t, _ in edges] for m, edges in graph.items()})
+
+    @dm.query
+    def report(self) -> Report:
+        files: tuple[SourceFile, ...] = self.layout[LAYOUT]
+        lines = functions = classes = 0
+        findings: list[Finding] = []
+        complex_heap: list[ComplexFunction] = []
+        for f in files:
+            symbols = self.symbols(f.path)
+            lines += symbols.lines
+            functions += len(symbols.functions)
+            classes += len(symbols.classes)
+            findings += self.file_findings(f.path)
+            for c in self.complexity(f.path):
+                entry = ComplexFunction(c.complexity, f.path, c.qualname, c.line)
+                if len(complex_heap) < MOST_COMPLEX:
+                    heapq.heappush(complex_heap, entry)
+                elif complex_heap[0] < entry:
+                    heapq.heapreplace(complex_heap, entry)
+        graph = self.import_graph()
+        cycles = self.import_cycles()
+        findings += self._cycle_findings(graph, cycles)
+        most_complex = sorted(complex_heap, key=lambda c: (-c.complexity, c.path, c.line))
+        return Report(
+            files=len(files),
+            lines=lines,
+            functions=functions,
+            classes=classes,
+            import_edges=sum(len(edges) for edges in graph.values()),
+            cycles=cycles,
+            most_complex=tuple(most_complex),
+            findings=tuple(sorted(findings)),
+        )
+
+    def _cycle_findings(
+        self, graph: dict[str, tuple[tuple[str, int], ...]], cycles: tuple[tuple[str, ...], ...]
+    ) -> list[Finding]:
+        """One finding per cycle, at its first module's first import of another member."""
+        paths = {module: path for path, (module, _) in self.module_index().by_path.items()}
+        found = []
+        for cycle in cycles:
+            first = cycle[0]
+            members = set(cycle)
+            line = min((ln for target, ln in graph[first] if target in members), default=1)
+            shown = ", ".join(cycle[:CYCLE_MEMBERS_SHOWN])
+            more = len(cycle) - CYCLE_MEMBERS_SHOWN
+            if more > 0:
+                shown += f" and {more} more"
+            found.append(
+                Finding(
+                    paths[first],
+                    line,
+                    IMPORT_CYCLE,
+                    f"import cycle of {len(cycle)} modules: {shown}",
+                )
+            )
+        return found
