@@ -225,7 +225,9 @@ def _output(
 
 def _compare(tree: SourceTree, args: argparse.Namespace, show_progress: bool) -> int:
     """Every available backend on the same tree: same report, and how fast each was."""
-    names = [n for n, why in dm.available_backends().items() if why is None]
+    order = {"serial": 0, "threads": 1, "processes": 2}  # serial first: the baseline
+    usable = [n for n, why in dm.available_backends().items() if why is None]
+    names = sorted(usable, key=lambda n: (order.get(n, 3), n))
     results: list[tuple[str, Outcome]] = []
     for name in names:
         choice = BackendChoice(name, args.workers, "--compare")

@@ -179,8 +179,10 @@ def read_source(path: str) -> str:
         data = f.read()
     try:
         encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
-    except SyntaxError as exc:  # an unknown coding cookie
-        raise UnicodeError(str(exc)) from None
+    except SyntaxError as exc:
+        if "invalid or missing encoding declaration" not in str(exc):
+            raise UnicodeError(str(exc)) from None  # an unknown coding cookie
+        encoding = "utf-8"  # not UTF-8 in its first lines: decoding says where
     text = data.decode(encoding)
     return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 

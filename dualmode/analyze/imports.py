@@ -92,8 +92,10 @@ def resolve_imports(
                     )
                 )
                 continue
-            targets.append(target)
+            # `from . import sub` imports the submodule; the package is the importer's own
             targets.extend(f"{target}.{n}" for n in stmt.names if f"{target}.{n}" in known)
+            if not targets:
+                targets.append(target)
         else:
             found = _longest_known(stmt.module, known)
             if found is not None:

@@ -1,10 +1,12 @@
 """The analyzer's queries: a :class:`dualmode.Database` over the files' text.
 
-Per file (coarse on purpose: each query executed costs the processes backend about 30 us of
-bookkeeping, so a query does a file's worth of work): ``parse`` (``local=True``: a syntax
-tree stays in the process that parsed it and is never pickled), ``symbols``,
-``complexity``, ``unused_imports``, ``resolved_imports`` and ``file_findings``. Over the
-tree: ``module_index``, ``import_graph``, ``import_cycles`` and ``report``.
+Per file: ``parse`` (``local=True``: a syntax tree stays in the process that parsed it and
+is never pickled) and ``file_facts``, everything one parse gives, which the workers
+compute: coarse on purpose, as a worker process asks the job table's owner once for each
+query it needs. Then, cheap and in the calling process: ``symbols``, ``complexity`` and
+``unused_imports`` (projections of ``file_facts``, each backdated on its own),
+``resolved_imports`` and ``file_findings``. Over the tree: ``module_index``,
+``import_graph``, ``import_cycles`` and ``report``.
 
 Inputs: ``db.source[path]`` (the file's text) and ``db.layout[LAYOUT]`` (which files there
 are, and their module names). Changing one file's text re-executes that file's queries and
@@ -24,17 +26,27 @@ from .cycles import strongly_connected
 from .files import SourceFile
 from .findings import COMPLEX_FUNCTION, IMPORT_CYCLE, SYNTAX_ERROR, Finding
 from .imports import ResolvedImports, module_names, resolve_imports
-from .parse import ParsedModule, parse_module
+from .parse import BadSyntax, ParsedModule, parse_module
 from .report import ComplexFunction, Report
 from .symbols import ModuleSymbols, count_lines, module_symbols
 from .unused import unused_imports
 
-__all__ = ["LAYOUT", "Analysis", "ModuleIndex"]
+__all__ = ["LAYOUT", "Analysis", "FileFacts", "ModuleIndex"]
 
 LAYOUT = "layout"  # the one key of the layout input
 DEFAULT_MAX_COMPLEXITY = 10  # mccabe's customary threshold
 MOST_COMPLEX = 10
 CYCLE_MEMBERS_SHOWN = 8
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What one parse of a file gives (:meth:`Analysis.file_facts`)."""
+
+    symbols: ModuleSymbols
+    complexity: tuple[FunctionComplexity, ...]
+    unused_imports: tuple[Finding, ...]
+    syntax_error: BadSyntax | None
 
 
 @dataclass(frozen=True)
@@ -48,7 +60,7 @@ class ModuleIndex:
 
 class Analysis(dm.Database):
     """A Python code analyzer: set ``layout`` and every file's ``source``, then ask
-    ``report()`` (after ``file_findings.prefetch(paths)`` to work on every worker).
+    ``report()`` (after ``file_facts.prefetch(paths)`` to work on every worker).
 
     *max_complexity*: a function whose complexity is above it is a ``complex-function``
     finding. Other keyword arguments (``backend``, ``workers``) go to :class:`dm.Database`.
@@ -68,21 +80,35 @@ class Analysis(dm.Database):
         return parse_module(self.source[path], path)
 
     @dm.query
-    def symbols(self, path: str) -> ModuleSymbols:
+    def file_facts(self, path: str) -> FileFacts:
+        """Everything one parse of *path* gives: the unit of parallel work (a worker asks
+        the owner of the job table once per query it needs, so one query does it all)."""
         parsed = self.parse(path)
-        if parsed.tree is None:
-            return ModuleSymbols(count_lines(parsed.text), (), (), ())  # lines still count
-        return module_symbols(parsed.tree, parsed.text)
+        tree = parsed.tree
+        if tree is None:
+            symbols = ModuleSymbols(count_lines(parsed.text), (), (), ())  # lines still count
+            return FileFacts(symbols, (), (), parsed.error)
+        return FileFacts(
+            module_symbols(tree, parsed.text),
+            function_complexities(tree),
+            unused_imports(tree, parsed.text, path),
+            None,
+        )
+
+    # Projections of file_facts: each backdates on its own, so an edit inside a function body
+    # leaves symbols (and the import graph after it) green.
+
+    @dm.query
+    def symbols(self, path: str) -> ModuleSymbols:
+        return self.file_facts(path).symbols
 
     @dm.query
     def complexity(self, path: str) -> tuple[FunctionComplexity, ...]:
-        tree = self.parse(path).tree
-        return () if tree is None else function_complexities(tree)
+        return self.file_facts(path).complexity
 
     @dm.query
     def unused_imports(self, path: str) -> tuple[Finding, ...]:
-        parsed = self.parse(path)
-        return () if parsed.tree is None else unused_imports(parsed.tree, parsed.text, path)
+        return self.file_facts(path).unused_imports
 
     @dm.query
     def resolved_imports(self, path: str) -> ResolvedImports:
@@ -94,7 +120,7 @@ class Analysis(dm.Database):
     @dm.query
     def file_findings(self, path: str) -> tuple[Finding, ...]:
         """Every finding of one file but import cycles (which are the tree's), sorted."""
-        error = self.parse(path).error
+        error = self.file_facts(path).syntax_error
         found = [] if error is None else [Finding(path, error.line, SYNTAX_ERROR, error.message)]
         found += self.unused_imports(path)
         found += self.resolved_imports(path).unresolved

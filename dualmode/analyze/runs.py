@@ -60,7 +60,7 @@ def load(db: Analysis, files: Sequence[SourceFile]) -> tuple[list[SourceFile], l
 
 
 def _analyze_chunk(db: Analysis, paths: list[str]) -> None:
-    db.file_findings.prefetch(paths)
+    db.file_facts.prefetch(paths)
 
 
 def _stats(db: Analysis, kind: str, seconds: float) -> RunStats:

@@ -82,9 +82,9 @@ def _update(db: Analysis, tree: SourceTree, before: Snapshot, now: Snapshot) -> 
 
 async def _reanalyze(db: Analysis, changed: list[str]) -> Report:
     if not db.backend.parallel:  # a serial database belongs to this thread
-        db.file_findings.prefetch(changed)
+        db.file_facts.prefetch(changed)
         return db.report()
-    await anyio.to_thread.run_sync(functools.partial(db.file_findings.prefetch, changed))
+    await anyio.to_thread.run_sync(functools.partial(db.file_facts.prefetch, changed))
     return await anyio.to_thread.run_sync(db.report)
 
 
