@@ -10,13 +10,14 @@ and ``cli``.
 
 from __future__ import annotations
 
-from .files import Problem, SourceFile, SourceTree, discover
+from .files import Problem, SourceFile, SourceTree, discover, read_source
 from .findings import KINDS, Finding
-from .queries import Analysis
+from .queries import LAYOUT, Analysis
 from .report import Report
 
 __all__ = [
     "KINDS",
+    "LAYOUT",
     "Analysis",
     "Finding",
     "Problem",
@@ -24,4 +25,5 @@ __all__ = [
     "SourceFile",
     "SourceTree",
     "discover",
+    "read_source",
 ]

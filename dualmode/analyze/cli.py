@@ -209,7 +209,7 @@ def _output(
         print(json.dumps(document, indent=2))
         return
     console = Console()
-    print_summary(console, outcome.report, outcome.skipped)
+    print_summary(console, outcome.report, outcome.skipped, args.paths)
     label = f"{backend.name}, {backend.workers} worker{'s' * (backend.workers != 1)}"
     print_runs(console, outcome.runs, label, choice.reason, stats)
     if outcome.edited:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from rich.console import Console
@@ -10,13 +11,24 @@ from rich.table import Table
 import dualmode as dm
 
 from .files import Problem
+from .findings import KINDS
 from .report import Report
 from .runs import RunStats
 
 __all__ = ["print_profile", "print_runs", "print_summary"]
 
 CYCLES_SHOWN = 5
-FINDINGS_SHOWN = 15
+FINDINGS_SHOWN = 3  # of each kind
+
+
+def shorten(path: str, roots: Sequence[str]) -> str:
+    """*path* relative to the directory given on the command line that holds it (the JSON
+    keeps paths as given)."""
+    for root in roots:
+        base = root.rstrip(os.sep) + os.sep
+        if path.startswith(base):
+            return path[len(base) :]
+    return path
 
 
 def _table(title: str, *headers: str) -> Table:
@@ -27,11 +39,17 @@ def _table(title: str, *headers: str) -> Table:
 
 
 def print_summary(
-    console: Console, report: Report, skipped: Sequence[Problem], show: int = FINDINGS_SHOWN
+    console: Console,
+    report: Report,
+    skipped: Sequence[Problem],
+    roots: Sequence[str],
+    show: int = FINDINGS_SHOWN,
 ) -> None:
     """Totals, the largest import cycles, the most complex functions, findings by kind and
-    the first *show* findings."""
-    totals = _table("analyzed", "files", "lines", "functions", "classes", "import edges")
+    the first *show* findings of each kind; paths relative to *roots* (those given)."""
+    totals = _table(
+        f"analyzed {', '.join(roots)}", "files", "lines", "functions", "classes", "import edges"
+    )
     totals.add_row(
         *(f"{n:,}" for n in (report.files, report.lines, report.functions, report.classes)),
         f"{report.import_edges:,}",
@@ -47,16 +65,20 @@ def print_summary(
     if report.most_complex:
         complex_table = _table("most complex functions", "function", "complexity")
         for f in report.most_complex:
-            complex_table.add_row(f"{f.path}:{f.line} {f.qualname}", str(f.complexity))
+            where = f"{shorten(f.path, roots)}:{f.line}"
+            complex_table.add_row(f"{where} {f.qualname}", str(f.complexity))
         console.print(complex_table)
     kinds = _table("findings by kind", "kind", "count")
     for kind, count in report.by_kind().items():
         kinds.add_row(kind, str(count))
     console.print(kinds)
-    for finding in report.findings[:show]:
-        console.print(str(finding), markup=False, highlight=False, soft_wrap=True)
-    if len(report.findings) > show:
-        console.print(f"... and {len(report.findings) - show} more findings (--json lists all)")
+    for kind in KINDS:
+        of_kind = [f for f in report.findings if f.kind == kind]
+        for f in of_kind[:show]:
+            text = f"{shorten(f.path, roots)}:{f.line}: {kind}: {f.message}"
+            console.print(text, markup=False, highlight=False, soft_wrap=True)
+        if len(of_kind) > show:
+            console.print(f"  ... and {len(of_kind) - show} more {kind} (--json lists all)")
     for problem in skipped:
         console.print(f"skipped: {problem}", markup=False, highlight=False, style="yellow")
 
