@@ -74,8 +74,9 @@ def print_summary(
     console.print(kinds)
     for kind in KINDS:
         of_kind = [f for f in report.findings if f.kind == kind]
-        for f in of_kind[:show]:
-            text = f"{shorten(f.path, roots)}:{f.line}: {kind}: {f.message}"
+        for finding in of_kind[:show]:
+            where = f"{shorten(finding.path, roots)}:{finding.line}"
+            text = f"{where}: {kind}: {finding.message}"
             console.print(text, markup=False, highlight=False, soft_wrap=True)
         if len(of_kind) > show:
             console.print(f"  ... and {len(of_kind) - show} more {kind} (--json lists all)")
