@@ -375,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dualmode {args.command}: {problem}", file=sys.stderr)
         return 1
     handler: Callable[[argparse.Namespace], int] = args.handler
+    args.exiting = argv is None  # the console script: the process ends with the command
     try:
         result: Any = handler(args)
         sys.stdout.flush()

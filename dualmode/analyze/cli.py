@@ -92,16 +92,18 @@ def choose_backend(requested: str | None, workers: int | None) -> BackendChoice:
 
 
 @contextlib.contextmanager
-def collecting_less(db: Analysis) -> Iterator[None]:
-    """:data:`GC_THRESHOLD` in this process and the backend's worker processes while the
-    block runs; this process's thresholds are restored after it."""
+def collecting_less(exiting: bool) -> Iterator[None]:
+    """:data:`GC_THRESHOLD` in this process while the block runs (the syntax trees live until
+    its end: restoring the thresholds earlier would make the next collection walk them all).
+    *exiting*: the process ends after the block, so what it made is frozen instead (no
+    collection walks or frees it: seconds on the standard library's trees)."""
     before = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLD)
-    if db.backend.name == "processes":  # the other processes hold syntax trees too
-        dm.broadcast(_set_gc_threshold, backend=db.backend)
     try:
         yield
     finally:
+        if exiting:
+            gc.freeze()
         gc.set_threshold(*before)
 
 
@@ -146,28 +148,29 @@ def analyze(
 ) -> Outcome | int:
     """Load and analyze *tree* on *choice*; an exit status instead when nothing could be."""
     db = Analysis(backend=choice.name, workers=choice.workers, max_complexity=args.max_complexity)
-    with collecting_less(db):
-        files, unreadable = load(db, tree.files)
-        skipped = sorted([*tree.problems, *unreadable])
-        paths = [f.path for f in files]
-        if not paths:
-            for problem in skipped:
-                _error(str(problem))
-            if skipped:
-                _error("no file could be analyzed")
-                return EXIT_SKIPPED
-            _error(
-                f"no Python files under {', '.join(args.paths)}; give a directory that holds "
-                ".py files, or a .py file"
-            )
-            return EXIT_EMPTY
-        with progress_bar(show_progress, f"analyzing {len(paths)} files") as progress:
-            report, run = first_run(db, paths, progress)
-        runs = [run]
-        edited: list[str] = []
-        if args.edit:
-            report, again, edited = edit_run(db, paths, args.edit)
-            runs.append(again)
+    if db.backend.name == "processes":  # the worker processes hold syntax trees too
+        dm.broadcast(_set_gc_threshold, backend=db.backend)
+    files, unreadable = load(db, tree.files)
+    skipped = sorted([*tree.problems, *unreadable])
+    paths = [f.path for f in files]
+    if not paths:
+        for problem in skipped:
+            _error(str(problem))
+        if skipped:
+            _error("no file could be analyzed")
+            return EXIT_SKIPPED
+        _error(
+            f"no Python files under {', '.join(args.paths)}; give a directory that holds "
+            ".py files, or a .py file"
+        )
+        return EXIT_EMPTY
+    with progress_bar(show_progress, f"analyzing {len(paths)} files") as progress:
+        report, run = first_run(db, paths, progress)
+    runs = [run]
+    edited: list[str] = []
+    if args.edit:
+        report, again, edited = edit_run(db, paths, args.edit)
+        runs.append(again)
     return Outcome(db, report, runs, skipped, edited)
 
 
@@ -287,6 +290,11 @@ def _compare(tree: SourceTree, args: argparse.Namespace, show_progress: bool) ->
 
 def run_command(args: argparse.Namespace) -> int:
     """The ``dualmode analyze`` command; returns its exit status."""
+    with collecting_less(getattr(args, "exiting", False)):
+        return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         _error("--workers must be a positive integer")
         return EXIT_USAGE
