@@ -165,23 +165,22 @@ class Analysis(dm.Database):
         files: tuple[SourceFile, ...] = self.layout[LAYOUT]
         lines = functions = classes = 0
         findings: list[Finding] = []
-        complex_heap: list[ComplexFunction] = []
+        functions_of: list[ComplexFunction] = []
         for f in files:
             symbols = self.symbols(f.path)
             lines += symbols.lines
             functions += len(symbols.functions)
             classes += len(symbols.classes)
             findings += self.file_findings(f.path)
-            for c in self.complexity(f.path):
-                entry = ComplexFunction(c.complexity, f.path, c.qualname, c.line)
-                if len(complex_heap) < MOST_COMPLEX:
-                    heapq.heappush(complex_heap, entry)
-                elif complex_heap[0] < entry:
-                    heapq.heapreplace(complex_heap, entry)
+            functions_of += (ComplexFunction(f.path, c) for c in self.complexity(f.path))
         graph = self.import_graph()
         cycles = self.import_cycles()
         findings += self._cycle_findings(graph, cycles)
-        most_complex = sorted(complex_heap, key=lambda c: (-c.complexity, c.path, c.line))
+        most_complex = heapq.nsmallest(
+            MOST_COMPLEX,
+            functions_of,
+            key=lambda c: (-c.function.complexity, c.path, c.function.line),
+        )
         return Report(
             files=len(files),
             lines=lines,

@@ -10,19 +10,18 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from .complexity import FunctionComplexity
 from .findings import KINDS, Finding
 
 __all__ = ["ComplexFunction", "Report"]
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class ComplexFunction:
-    """A function in the report's top 10 by complexity."""
+    """A function in the report's top 10 by complexity, and its file."""
 
-    complexity: int
     path: str
-    qualname: str
-    line: int
+    function: FunctionComplexity
 
 
 @dataclass(frozen=True)
@@ -53,8 +52,13 @@ class Report:
             "import_edges": self.import_edges,
             "import_cycles": [list(c) for c in self.cycles],
             "most_complex": [
-                {"path": f.path, "function": f.qualname, "line": f.line, "complexity": f.complexity}
-                for f in self.most_complex
+                {
+                    "path": c.path,
+                    "function": c.function.qualname,
+                    "line": c.function.line,
+                    "complexity": c.function.complexity,
+                }
+                for c in self.most_complex
             ],
             "findings_by_kind": self.by_kind(),
             "findings": [f.to_json() for f in self.findings],

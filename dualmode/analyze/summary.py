@@ -64,9 +64,9 @@ def print_summary(
         console.print(cycles)
     if report.most_complex:
         complex_table = _table("most complex functions", "function", "complexity")
-        for f in report.most_complex:
-            where = f"{shorten(f.path, roots)}:{f.line}"
-            complex_table.add_row(f"{where} {f.qualname}", str(f.complexity))
+        for c in report.most_complex:
+            where = f"{shorten(c.path, roots)}:{c.function.line}"
+            complex_table.add_row(f"{where} {c.function.qualname}", str(c.function.complexity))
         console.print(complex_table)
     kinds = _table("findings by kind", "kind", "count")
     for kind, count in report.by_kind().items():
