@@ -19,6 +19,7 @@ __all__ = [
 ]
 
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
+_LOOPS = (ast.For, ast.AsyncFor, ast.While, ast.With, ast.AsyncWith)  # a body, maybe an else
 
 
 @dataclass(frozen=True)
@@ -132,9 +133,11 @@ def module_symbols(tree: ast.Module, text: str) -> ModuleSymbols:
                 assert isinstance(node, ast.Match)
                 for case in node.cases:
                     visit(case.body, prefix, at_import_time)
-            else:  # for, while, with: a body and maybe an else
-                visit(node.body, prefix, at_import_time)  # type: ignore[attr-defined]
+            elif kind in _LOOPS:
+                assert isinstance(node, _LOOPS)
+                visit(node.body, prefix, at_import_time)
                 visit(getattr(node, "orelse", []), prefix, at_import_time)
+            # anything else holds no statements (``type X = ...`` on 3.12, ...)
 
     visit(tree.body, "", True)
     return ModuleSymbols(count_lines(text), tuple(functions), tuple(classes), tuple(imports))

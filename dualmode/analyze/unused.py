@@ -8,8 +8,9 @@ rules are pyflakes' (its ``checkDeadScopes``):
 - every scope but a class body is checked; ``from __future__`` imports are always used;
 - the binding reported is the last one a scope made for that name; a later plain binding of
   the name (assignment, ``def``, ``del``, ...) replaces the import, which is then not reported;
-- a name is used where the scope reads it, where a nested scope reads it from there, in a
-  string annotation, or, at module level, in ``__all__``;
+- a name is used where the scope reads it, where a nested scope reads it from there, in an
+  annotation (postponed ones read after the module), or, at module level, in ``__all__``;
+  reading ``Y`` of ``import X as Y`` uses the scope's ``import X.sub`` too;
 - ``from m import *`` is used when the module reads a name it does not define.
 
 Deliberate differences (docs/analyze.md): a read of a module-level name *before* the import
@@ -64,6 +65,7 @@ class _Import:
     order: int
     line: int
     display: str  # as pyflakes shows it: 'a.b', 'a as b', 'm.x', '.x', 'm.*'
+    alias_of: str | None = None  # X of `import X as Y` (X without dots)
 
 
 @dataclass
@@ -75,6 +77,7 @@ class _Scope:
     stars: list[_Import] = field(default_factory=list)
     rebound: dict[str, int] = field(default_factory=dict)  # name: order of its last binding
     used: set[str] = field(default_factory=set)  # read in string annotations or __all__
+    annotated: set[str] = field(default_factory=set)  # `name: T`, no value
     order: int = 0
 
     def tick(self) -> int:
@@ -146,6 +149,8 @@ class _Collector:
         self.scopes: list[_Scope] = []
         self.exported: list[str] = []
         self.deleted: set[str] = set()  # names a module-level `del` unbinds
+        self.annotation_reads: list[tuple[_Scope, str, bool]] = []  # scope, name, postponed
+        self.postponed = False  # under `from __future__ import annotations`
 
     def scope(self, node: ast.AST, is_class: bool, parent: _Scope | None) -> _Scope:
         scope = _Scope(node, is_class, parent)
@@ -153,31 +158,37 @@ class _Collector:
         return scope
 
     def annotation(self, scope: _Scope, node: ast.expr | None) -> None:
+        """Note the names *node* reads; they are resolved after the walk, as pyflakes reads
+        postponed annotations once the module is done."""
         if node is None:
             return
         # Read here even under `from __future__ import annotations`, whose annotations the
         # 3.11 symbol table leaves out.
         for sub in ast.walk(node):
             if isinstance(sub, ast.Name):
-                self.read_from(scope, sub.id)
+                self.annotation_reads.append((scope, sub.id, self.postponed))
         for text in _annotation_strings(node, []):
             try:
                 parsed = ast.parse(text.strip(), mode="eval")
             except (SyntaxError, ValueError):
                 continue
             for sub in ast.walk(parsed):
-                if isinstance(sub, ast.Name):
-                    self.read_from(scope, sub.id)
+                if isinstance(sub, ast.Name):  # a string annotation is always postponed
+                    self.annotation_reads.append((scope, sub.id, True))
 
-    @staticmethod
-    def read_from(scope: _Scope, name: str) -> None:
-        """Mark *name* used in the scope that a read in *scope* finds it in."""
-        here: _Scope | None = scope
-        while here is not None:
-            if name in here.imports and (here is scope or not here.is_class):
-                here.used.add(name)
-                return
-            here = here.parent
+    def resolve_annotations(self) -> None:
+        """Mark each name an annotation read used in the scope the read finds it in: the
+        nearest scope that imports it (class bodies only their own). A postponed read stops
+        at a scope that annotates the name (``name: T`` with no value), as pyflakes' does."""
+        for scope, name, postponed in self.annotation_reads:
+            here: _Scope | None = scope
+            while here is not None:
+                if postponed and name in here.annotated:
+                    break
+                if name in here.imports and (here is scope or not here.is_class):
+                    here.used.add(name)
+                    break
+                here = here.parent
 
     def arguments(self, scope: _Scope, args: ast.arguments) -> None:
         for arg in (*args.posonlyargs, *args.args, args.vararg, *args.kwonlyargs, args.kwarg):
@@ -201,10 +212,12 @@ class _Collector:
                         display = alias.name if short else f"{alias.name} as {name}"
                     else:
                         name, display = alias.name.split(".", 1)[0], alias.name
-                    scope.imports[name] = _Import(scope.tick(), node.lineno, display)
+                    alias_of = alias.name if alias.asname and "." not in alias.name else None
+                    scope.imports[name] = _Import(scope.tick(), node.lineno, display, alias_of)
             elif isinstance(node, ast.ImportFrom):
                 module = "." * node.level + (node.module or "")
                 if module == "__future__":
+                    self.postponed |= any(a.name == "annotations" for a in node.names)
                     continue
                 for alias in node.names:
                     if alias.name == "*":
@@ -232,6 +245,8 @@ class _Collector:
                 names = _targets(node.target, [])
                 if isinstance(node, ast.AnnAssign):
                     self.annotation(scope, node.annotation)
+                    if node.value is None:
+                        scope.annotated.update(names)
                 if node.value is not None:
                     self.bind(scope, names)
                     if scope.parent is None and names == ["__all__"]:
@@ -308,6 +323,7 @@ def unused_imports(tree: ast.Module, text: str, path: str) -> tuple[Finding, ...
     collector = _Collector()
     module = collector.scope(tree, False, None)
     collector.visit(tree.body, module)
+    collector.resolve_annotations()
     module.used.update(collector.exported)
     if not any(s.imports or s.stars for s in collector.scopes):
         return ()
@@ -326,6 +342,7 @@ def unused_imports(tree: ast.Module, text: str, path: str) -> tuple[Finding, ...
                 continue
         symbols: dict[str, int] = entry.symbols  # type: ignore[attr-defined]
         inner: list[dict[str, int]] | None = None
+        unused: dict[str, _Import] = {}
         for name, binding in scope.imports.items():
             if name in scope.used or scope.rebound.get(name, 0) > binding.order:
                 continue
@@ -344,7 +361,13 @@ def unused_imports(tree: ast.Module, text: str, path: str) -> tuple[Finding, ...
                 continue
             if _INLINED_COMPREHENSIONS and _read_in_comprehension(scope.node, name):
                 continue
-            found.append((binding.line, binding.order, binding.display))
+            unused[name] = binding
+        # pyflakes: reading the alias Y of `import X as Y` uses the scope's binding of X too
+        # (`import multiprocessing as mp; import multiprocessing.connection`)
+        for name, binding in scope.imports.items():
+            if binding.alias_of is not None and name not in unused:
+                unused.pop(binding.alias_of, None)
+        found.extend((b.line, b.order, b.display) for b in unused.values())
         if scope.stars and not _reads_undefined(top, collector, path):
             found.extend((star.line, star.order, star.display) for star in scope.stars)
     found.sort()
