@@ -78,13 +78,15 @@ def first_run(
     """Analyze every file of *paths* on the backend's workers, then build the report in this
     thread. *progress* is called with (files done, files) as chunks finish."""
     start = time.perf_counter()
-    workers = db.backend.workers
-    size = max(1, -(-len(paths) // (workers * CHUNKS_PER_WORKER)))
-    chunks = [list(paths[i : i + size]) for i in range(0, len(paths), size)]
+    count = min(len(paths), db.backend.workers * CHUNKS_PER_WORKER)
+    # Chunks of about the same amount of text: the largest files dealt out first, one to
+    # each chunk in turn, so no worker is left with a chunk of big files at the end.
+    by_size = sorted(paths, key=lambda p: -len(db.source[p]))
+    chunks = [by_size[i::count] for i in range(count)]
 
     def files_done(done: int, total: int) -> None:
         if progress is not None:
-            progress(min(done * size, len(paths)), len(paths))
+            progress(sum(len(c) for c in chunks[:done]), len(paths))
 
     dm.par_for_each(
         functools.partial(_analyze_chunk, db),
