@@ -449,9 +449,9 @@ def test_unused_imports_agree_with_pyflakes_on_the_standard_library(relpath: str
 # -- --watch ----------------------------------------------------------------------------------
 
 
-def _watch_argv(root: Path, how: str) -> list[str]:
+def _watch_argv(root: Path, how: str, backend: str) -> list[str]:
     argv = [sys.executable, "-m", "dualmode", "analyze", str(root), "--watch", "--no-progress"]
-    return [*argv, "--backend", "serial", *(["--poll", "0.2"] if how == "poll" else [])]
+    return [*argv, "--backend", backend, *(["--poll", "0.2"] if how == "poll" else [])]
 
 
 def _read_until(lines: queue.Queue[str], wanted: str, seconds: float) -> list[str]:
@@ -476,13 +476,18 @@ def _lines_of(stream: IO[str]) -> queue.Queue[str]:
     return lines
 
 
-@pytest.mark.parametrize("how", ["poll", "watchfiles"])
-def test_watch_prints_changed_findings_within_2_seconds(how: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("how", "backend"),
+    [("poll", "serial"), ("poll", "threads"), ("poll", "processes"), ("watchfiles", "serial")],
+)
+def test_watch_prints_changed_findings_within_2_seconds(
+    how: str, backend: str, tmp_path: Path
+) -> None:
     if how == "watchfiles":
         pytest.importorskip("watchfiles")
     root = write_tree(tmp_path / "tree", {"pkg/__init__.py": "", "pkg/a.py": "import os\nos\n"})
     with subprocess.Popen(
-        _watch_argv(root, how),
+        _watch_argv(root, how, backend),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
