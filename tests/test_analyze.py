@@ -305,6 +305,28 @@ def test_an_unknown_backend_names_the_choices(
     assert "unknown backend 'nope'; choose from: auto, " in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--workers", "0"], "--workers must be a positive integer"),
+        (["--edit", "-1"], "--edit must be 0 or a positive integer"),
+    ],
+)
+def test_bad_counts_are_usage_errors(
+    argv: list[str], message: str, project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["analyze", str(project), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_bad_workers_variable_is_a_usage_error(
+    project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DUALMODE_WORKERS", "many")
+    assert main(["analyze", str(project), "--backend", "threads"]) == 2
+    assert "DUALMODE_WORKERS='many' is not a worker count" in capsys.readouterr().err
+
+
 # -- the analyses -----------------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import dualmode as dm
-from dualmode.config import BACKEND_ENV, WORKERS_ENV, _auto_name, _free_threaded
+from dualmode.config import BACKEND_ENV, _auto_name, _free_threaded, _workers_from_environment
 
 from .files import DEFAULT_EXCLUDES, STDLIB_EXCLUDES, Problem, SourceTree, discover, stdlib_path
 from .findings import changes
@@ -86,8 +86,8 @@ def choose_backend(requested: str | None, workers: int | None) -> BackendChoice:
         raise dm.ConfigError(f"unknown backend {name!r}; choose from: auto, {', '.join(found)}")
     if found[name] is not None:
         raise dm.ConfigError(f"backend {name!r} cannot run here: {found[name]}")
-    if workers is None and os.environ.get(WORKERS_ENV, "").strip():
-        workers = int(os.environ[WORKERS_ENV])
+    if workers is None:
+        workers = _workers_from_environment()  # ConfigError naming a bad DUALMODE_WORKERS
     return BackendChoice(name, workers, why)
 
 
