@@ -175,6 +175,27 @@ def test_compare_finds_every_backend_identical(
     assert all(r["identical"] for r in rows)
 
 
+def test_compare_shows_a_difference_and_exits_1(
+    project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dualmode.analyze import cli
+
+    honest = cli._report_json
+
+    def tampered(outcome: Any) -> dict[str, Any]:
+        report = honest(outcome)
+        if outcome.db.backend.name == "threads":  # a backend that gets one count wrong
+            report["functions"] += 1
+        return report
+
+    monkeypatch.setattr(cli, "_report_json", tampered)
+    assert main(["analyze", str(project), "--compare", "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "threads's report differs from serial's:" in captured.err
+    assert '- "functions": 2,' in captured.err and '+ "functions": 3,' in captured.err
+    assert "DIFFERENT" in captured.out
+
+
 def test_the_rich_summary_and_the_profile(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

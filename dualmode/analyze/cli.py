@@ -26,6 +26,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 import dualmode as dm
 from dualmode.config import BACKEND_ENV, _auto_name, _free_threaded, _workers_from_environment
@@ -226,65 +227,80 @@ def _output(
         print_profile(console, stats)
 
 
+@dataclass(frozen=True)
+class _Compared:
+    """One backend's part in ``--compare``."""
+
+    backend: str
+    workers: int
+    seconds: float
+    report: list[str]  # the report's JSON, a line each, for a diff
+
+
 def _compare(tree: SourceTree, args: argparse.Namespace, show_progress: bool) -> int:
     """Every available backend on the same tree: same report, and how fast each was."""
     order = {"serial": 0, "threads": 1, "processes": 2}  # serial first: the baseline
     usable = [n for n, why in dm.available_backends().items() if why is None]
     names = sorted(usable, key=lambda n: (order.get(n, 3), n))
-    results: list[tuple[str, Outcome]] = []
+    errors = Console(stderr=True)
+    status = EXIT_OK
+    compared: list[_Compared] = []
+    first_json: dict[str, Any] = {}
     for name in names:
-        choice = BackendChoice(name, args.workers, "--compare")
-        outcome = analyze(tree, choice, args, show_progress)
+        try:
+            outcome = analyze(
+                tree, BackendChoice(name, args.workers, "--compare"), args, show_progress
+            )
+        except Exception as exc:
+            _error(f"--compare: backend {name!r} failed: {type(exc).__name__}: {exc}")
+            status = EXIT_MISMATCH
+            continue
         if isinstance(outcome, int):
             return outcome
-        results.append((name, outcome))
-    base_name, base = results[0]
-    base_text = json.dumps(_report_json(base), indent=1).splitlines()
-    console = Console()
-    status = EXIT_OK
-    rows = []
-    for name, outcome in results:
-        text = json.dumps(_report_json(outcome), indent=1).splitlines()
-        same = text == base_text
-        speedup = base.runs[0].seconds / outcome.runs[0].seconds
+        report = _report_json(outcome)
+        first_json = first_json or report
+        lines = json.dumps(report, indent=1).splitlines()
         workers = outcome.db.backend.workers
-        rows.append((name, workers, outcome.runs[0].seconds, speedup, same))
-        if not same:
-            status = EXIT_MISMATCH
-            diff = difflib.unified_diff(base_text, text, base_name, name, lineterm="", n=1)
-            console.print(f"{name}'s report differs from {base_name}'s:", style="red")
-            for line in list(diff)[:60]:
-                console.print(line, markup=False, highlight=False)
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "report": _report_json(base),
-                    "compare": [
-                        {
-                            "backend": n,
-                            "workers": w,
-                            "seconds": round(s, 4),
-                            "speedup": round(x, 3),
-                            "identical": same,
-                        }
-                        for n, w, s, x, same in rows
-                    ],
-                },
-                indent=2,
-            )
-        )
+        compared.append(_Compared(name, workers, outcome.runs[0].seconds, lines))
+        del outcome  # its syntax trees: one backend's at a time
+        gc.collect()
+    if not compared:
         return status
-    from rich.table import Table
-
-    table = Table(title=f"{base.report.files} files on every backend", title_justify="left")
-    for header in ("backend", "workers", "seconds", f"speed-up vs {base_name}", "report"):
+    base = compared[0]
+    for other in compared[1:]:
+        if other.report != base.report:
+            status = EXIT_MISMATCH
+            errors.print(f"{other.backend}'s report differs from {base.backend}'s:", style="red")
+            diff = difflib.unified_diff(
+                base.report, other.report, base.backend, other.backend, lineterm="", n=1
+            )
+            for line in list(diff)[:60]:
+                errors.print(line, markup=False, highlight=False)
+    rows = [(c, base.seconds / c.seconds, c.report == base.report) for c in compared]
+    if args.json:
+        table_json = [
+            {
+                "backend": c.backend,
+                "workers": c.workers,
+                "seconds": round(c.seconds, 4),
+                "speedup": round(speedup, 3),
+                "identical": same,
+            }
+            for c, speedup, same in rows
+        ]
+        print(json.dumps({"report": first_json, "compare": table_json}, indent=2))
+        return status
+    table = Table(title=f"{first_json['files']} files on every backend", title_justify="left")
+    for header in ("backend", "workers", "seconds", f"speed-up vs {base.backend}", "report"):
         table.add_column(header)
-    for n, w, s, x, same in rows:
-        table.add_row(n, str(w), f"{s:.3f}", f"{x:.2f}x", "identical" if same else "DIFFERENT")
+    for c, speedup, same in rows:
+        shown = "identical" if same else "DIFFERENT"
+        table.add_row(c.backend, str(c.workers), f"{c.seconds:.3f}", f"{speedup:.2f}x", shown)
+    console = Console()
     console.print(table)
     if status == EXIT_OK:
-        console.print(f"every backend gave the same report ({len(base.report.findings)} findings)")
+        findings = len(first_json["findings"])
+        console.print(f"every backend gave the same report ({findings} findings)")
     return status
 
 
