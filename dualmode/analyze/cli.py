@@ -172,6 +172,10 @@ def analyze(
     if args.edit:
         report, again, edited = edit_run(db, paths, args.edit)
         runs.append(again)
+    if getattr(args, "exiting", False) and db.backend.name == "processes":
+        # The worker processes end with this one: freeze their trees, as collecting_less
+        # does here, so that no last collection walks them (seconds on the stdlib).
+        dm.broadcast(gc.freeze, backend=db.backend)
     return Outcome(db, report, runs, skipped, edited)
 
 
