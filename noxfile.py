@@ -45,6 +45,9 @@ GIL_CHECK_MODULES = [
     "cloudpickle",
     "rich",
     "sybil",  # runs the docs' code blocks
+    "dualmode.analyze.cli",  # dualmode analyze, with its symbol table and rich output
+    "dualmode.analyze.watch",
+    "pyflakes",  # what the analyzer's unused imports are checked against
 ]
 
 # CPython warns "The global interpreter lock (GIL) has been enabled to load module ..." when an
