@@ -1,6 +1,9 @@
 """``dualmode analyze`` on the standard library, per backend, against pyflakes (issue 14).
 
-    python benchmarks/bench_analyze.py [--repeats 3] [--json out.json]
+    python benchmarks/bench_analyze.py [--repeats 3] [--json out.json] [--publish DIR]
+
+``--publish DIR`` also writes DIR/analyze-<interpreter>.json, which
+``benchmarks/publish_analyze.py`` turns into docs/bench.md and its plot.
 
 Each figure is one process per run, started the way a user starts it, best of --repeats runs
 taken in turn (pyflakes, serial, threads(2), processes(2), ...) so that a noisy spell of a
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import subprocess
 import sys
 import time
@@ -94,6 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--publish", metavar="DIR", help="also write DIR/analyze-<python>.json")
     args = parser.parse_args()
     files = [f.path for f in discover([stdlib_path()], DEFAULT_EXCLUDES + STDLIB_EXCLUDES).files]
     backends = ["serial", "threads", "processes"]
@@ -148,6 +153,36 @@ def main() -> None:
             )
         )
     report(rows, args.json)
+    if args.publish:
+        _publish(args.publish, free_threaded, len(files), walls, first, runs)
+
+
+def _publish(
+    directory: str,
+    free_threaded: bool,
+    files: int,
+    walls: tuple[float, ...],
+    first: dict[str, float],
+    runs: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The figures publish_analyze.py tabulates and plots, for this interpreter."""
+    version = ".".join(map(str, sys.version_info[:2])) + ("t" if free_threaded else "")
+    figures = {
+        "python": version,
+        "files": files,
+        "pyflakes_seconds": walls[0],
+        "serial_process_seconds": walls[1],
+        "first_run_seconds": first,
+        "speedup": {b: first["serial"] / s for b, s in first.items()},
+        "ceiling_speedup": walls[-2] / walls[-1],
+        "edit": {
+            b: {"seconds": r[1]["seconds"], "executed": r[1]["executed"]} for b, r in runs.items()
+        },
+        "first_executed": runs["serial"][0]["executed"],
+    }
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, f"analyze-{version}.json"), "w") as f:
+        json.dump(figures, f, indent=2)
 
 
 if __name__ == "__main__":
