@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import os
 import sys
 import time
@@ -30,6 +31,7 @@ Snapshot = dict[str, tuple[int, int]]  # path: (mtime in ns, size)
 
 
 def _snapshot(tree: SourceTree) -> Snapshot:
+    """The files of *tree* as they stand: what a poll compares."""
     found: Snapshot = {}
     for f in tree.files:
         try:
@@ -40,7 +42,7 @@ def _snapshot(tree: SourceTree) -> Snapshot:
     return found
 
 
-async def _poll(paths: Sequence[str], seconds: float) -> AsyncIterator[None]:
+async def _poll(seconds: float) -> AsyncIterator[None]:
     """Wake every *seconds*: the caller compares snapshots."""
     while True:
         await anyio.sleep(seconds)
@@ -55,11 +57,7 @@ async def _watchfiles(paths: Sequence[str]) -> AsyncIterator[None]:
 
 
 def _has_watchfiles() -> bool:
-    try:
-        import watchfiles  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("watchfiles") is not None
 
 
 def _print(text: str) -> None:
@@ -67,17 +65,20 @@ def _print(text: str) -> None:
 
 
 def _update(db: Analysis, tree: SourceTree, before: Snapshot, now: Snapshot) -> list[str]:
-    """Set the inputs of the files that changed, appeared or went; the changed paths."""
+    """Set the inputs of the files that changed, appeared or went; the changed paths that
+    were read (one that cannot be read is left out of the analysis, and says why)."""
     changed = sorted(p for p in now if before.get(p) != now[p])
+    unread = set()
     for path in changed:
         try:
             db.source[path] = read_source(path)
         except (OSError, ValueError) as exc:
             _print(f"skipped: {path}: {describe_read_error(exc)}")
-    readable = tuple(f for f in tree.files if f.path in now)
+            unread.add(path)
+    readable = tuple(f for f in tree.files if f.path in now and f.path not in unread)
     if readable != db.layout[LAYOUT] or set(before) != set(now):
         db.layout[LAYOUT] = readable
-    return changed
+    return [p for p in changed if p not in unread]
 
 
 async def _reanalyze(db: Analysis, changed: list[str]) -> Report:
@@ -95,7 +96,7 @@ async def _loop(db: Analysis, args: argparse.Namespace, excludes: Sequence[str])
     use_watchfiles = args.poll is None and _has_watchfiles()
     how = "watchfiles" if use_watchfiles else f"polling every {args.poll or 0.5:g} s"
     _print(f"watching {len(snapshot)} files under {', '.join(args.paths)} ({how}); Ctrl-C stops")
-    events = _watchfiles(args.paths) if use_watchfiles else _poll(args.paths, args.poll or 0.5)
+    events = _watchfiles(args.paths) if use_watchfiles else _poll(args.poll or 0.5)
     async for _ in events:
         tree = discover(args.paths, excludes)
         now = _snapshot(tree)
