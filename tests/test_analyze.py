@@ -233,6 +233,11 @@ def _syntax_error(root: Path) -> list[str]:
     return [str(root)]
 
 
+def _symbol_table_error(root: Path) -> list[str]:
+    write_tree(root, {"ok.py": "import os\n", "bad.py": "import sys\nnonlocal x\n"})
+    return [str(root)]
+
+
 def _undecodable(root: Path) -> list[str]:
     write_tree(root, {"ok.py": "x = 1\n"})
     (root / "latin.py").write_bytes(b"s = '\xe9t\xe9'\n")
@@ -260,6 +265,7 @@ def _symlink_loop(root: Path) -> list[str]:
 BAD_INPUT: list[tuple[Callable[[Path], list[str]], int, list[str]]] = [
     (_missing, 2, ["nowhere: no such file or directory; give existing files or directories"]),
     (_syntax_error, 0, []),
+    (_symbol_table_error, 0, []),
     (
         _undecodable,
         3,
@@ -302,7 +308,7 @@ def test_bad_input(
         report = json.loads(captured.out)["report"]
         assert report["files"] >= 1
         assert len(report["skipped"]) == len(messages)
-    if make is _syntax_error:  # a finding, not a failure
+    if make in (_syntax_error, _symbol_table_error):  # a finding, not a failure
         report = json.loads(captured.out)["report"]
         assert report["findings_by_kind"]["syntax-error"] == 1
         assert report["findings_by_kind"]["unused-import"] == 1  # ok.py still analyzed
@@ -399,6 +405,10 @@ SNIPPETS = {
     "alias_uses_submodule": (
         "import multiprocessing as mp\nimport multiprocessing.connection\nmp\n"
         "import os.path as osp\nimport os.path\nosp\n"
+    ),
+    "class_rebinds": (
+        "from email import policy\nimport errno\nclass T:\n    policy = policy.default\n"
+        "    def f(self):\n        class E:\n            errno = errno.EINVAL\n"
     ),
     "literal": "from typing import Literal\nimport os\nx: Literal['os'] = 'os'\n",
     "comprehension": "def f(xs):\n    import math\n    return [math.floor(x) for x in xs]\n",

@@ -88,12 +88,13 @@ class Analysis(dm.Database):
         if tree is None:
             symbols = ModuleSymbols(count_lines(parsed.text), (), (), ())  # lines still count
             return FileFacts(symbols, (), (), parsed.error)
-        return FileFacts(
-            module_symbols(tree, parsed.text),
-            function_complexities(tree),
-            unused_imports(tree, parsed.text, path),
-            None,
-        )
+        symbols = module_symbols(tree, parsed.text)
+        complexity = function_complexities(tree)
+        try:
+            unused = unused_imports(tree, parsed.text, path)
+        except SyntaxError as exc:  # the symbol table's (`nonlocal x` at module level, ...)
+            return FileFacts(symbols, complexity, (), BadSyntax(exc.lineno or 1, exc.msg))
+        return FileFacts(symbols, complexity, unused, None)
 
     # Projections of file_facts: each backdates on its own, so an edit inside a function body
     # leaves symbols (and the import graph after it) green.

@@ -298,6 +298,7 @@ def _entries(top: object) -> dict[tuple[str, int], object]:
 
 
 def _descendants(entry: object) -> list[dict[str, int]]:
+    """The symbols of every scope nested in *entry*."""
     out: list[dict[str, int]] = []
     stack = list(entry.children)  # type: ignore[attr-defined]
     while stack:
@@ -305,6 +306,25 @@ def _descendants(entry: object) -> list[dict[str, int]]:
         out.append(child.symbols)
         stack.extend(child.children)
     return out
+
+
+def _global_reads(top: object) -> set[str]:
+    """The module-level names that nested scopes read: as globals, or in a class body that
+    also assigns them (``policy = policy.default``: the read, before the assignment, finds
+    the module's; the symbol table cannot say which came first, so it counts as a read)."""
+    reads: set[str] = set()
+    stack = list(top.children)  # type: ignore[attr-defined]
+    while stack:
+        child = stack.pop()
+        in_class = child.type == _symtable.TYPE_CLASS
+        for name, flags in child.symbols.items():
+            if not flags & _USE:
+                continue
+            scope = (flags >> _SCOPE_OFF) & _SCOPE_MASK
+            if scope in _GLOBALS or (in_class and scope == _symtable.LOCAL):
+                reads.add(name)
+        stack.extend(child.children)
+    return reads
 
 
 def _read_in_comprehension(node: ast.AST, name: str) -> bool:
@@ -341,7 +361,7 @@ def unused_imports(tree: ast.Module, text: str, path: str) -> tuple[Finding, ...
             if entry is None:
                 continue
         symbols: dict[str, int] = entry.symbols  # type: ignore[attr-defined]
-        inner: list[dict[str, int]] | None = None
+        global_reads: set[str] | None = None
         unused: dict[str, _Import] = {}
         for name, binding in scope.imports.items():
             if name in scope.used or scope.rebound.get(name, 0) > binding.order:
@@ -350,12 +370,9 @@ def unused_imports(tree: ast.Module, text: str, path: str) -> tuple[Finding, ...
             if flags & (_USE | _symtable.DEF_GLOBAL | _symtable.DEF_NONLOCAL):
                 continue  # read here, or bound in a scope around (pyflakes: not this one's)
             if scope is module:
-                if inner is None:
-                    inner = _descendants(top)
-                if any(
-                    (s.get(name, 0) >> _SCOPE_OFF) & _SCOPE_MASK in _GLOBALS and s[name] & _USE
-                    for s in inner
-                ):
+                if global_reads is None:
+                    global_reads = _global_reads(top)
+                if name in global_reads:
                     continue
             elif (flags >> _SCOPE_OFF) & _SCOPE_MASK == _symtable.CELL:
                 continue
