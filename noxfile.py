@@ -45,6 +45,9 @@ GIL_CHECK_MODULES = [
     "cloudpickle",
     "rich",
     "sybil",  # runs the docs' code blocks
+    "dualmode.analyze.cli",  # dualmode analyze, with its symbol table and rich output
+    "dualmode.analyze.watch",
+    "pyflakes",  # what the analyzer's unused imports are checked against
 ]
 
 # CPython warns "The global interpreter lock (GIL) has been enabled to load module ..." when an
@@ -232,7 +235,8 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=["3.11", FREE_THREADED])
 def bench(session: nox.Session) -> None:
-    """Run every benchmarks/bench_*.py script (not part of CI); extra arguments go to each."""
+    """Run every benchmarks/bench_*.py script (not part of CI); extra arguments go to each.
+    Then write docs/bench.md and its plot from bench_analyze.py's figures (per interpreter)."""
     assert isinstance(session.python, str)
     if session.python.endswith("t"):
         session.install(".[bench]", *FREE_THREADED_PINS)
@@ -241,5 +245,11 @@ def bench(session: nox.Session) -> None:
     scripts = sorted((ROOT / "benchmarks").glob("bench_*.py"))  # report.py is a helper
     if not scripts:
         session.skip("no benchmarks/bench_*.py scripts")
+    published = ROOT / "docs" / "bench"
     for script in scripts:
-        session.run("python", str(script), *session.posargs)
+        extra = ["--publish", str(published)] if script.name == "bench_analyze.py" else []
+        session.run("python", str(script), *extra, *session.posargs)
+    # docs/bench.md and its plot, from every interpreter's figures so far (the plot needs
+    # matplotlib, which may have no wheel for a free-threaded build: then the table only)
+    session.run("python", "-m", "pip", "install", "matplotlib", success_codes=[0, 1])
+    session.run("python", str(ROOT / "benchmarks" / "publish_analyze.py"), str(published))

@@ -1,4 +1,5 @@
-"""The ``dualmode`` command: ``dualmode demo`` and ``dualmode backends``.
+"""The ``dualmode`` command: ``dualmode demo``, ``dualmode backends`` and ``dualmode analyze``
+(the last in :mod:`dualmode.analyze.cli`, with its own exit statuses).
 
 ``python -m dualmode demo`` runs one short program on every available backend: it creates an
 AtomicInt, a ShardedDict, a Mutex and a OnceCell under ``dm.use(name)``, updates them from
@@ -357,6 +358,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Print dualmode.available_backends() and how the backend is selected.",
     )
     backends.set_defaults(handler=_cmd_backends)
+    from dualmode.analyze.cli import add_command
+
+    add_command(commands)
     return parser
 
 
@@ -371,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dualmode {args.command}: {problem}", file=sys.stderr)
         return 1
     handler: Callable[[argparse.Namespace], int] = args.handler
+    args.exiting = argv is None  # the console script: the process ends with the command
     try:
         result: Any = handler(args)
         sys.stdout.flush()

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 import pytest
 from _concurrency import Stress
 
+from dualmode import config
+
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
@@ -35,3 +37,15 @@ def stress(dualmode_parallel_backend: str, switch_often: None) -> Stress:
     """A stress test's backend and sizing, once per selected parallel backend (threads,
     processes; ``--dualmode-backend`` chooses, as for ``dualmode_backend``)."""
     return Stress.on(dualmode_parallel_backend)
+
+
+@pytest.fixture
+def close_named_backends() -> Iterator[None]:
+    """Backends selected by name are shared instances: close and forget those the test made,
+    so later tests get fresh instances (with their own default worker count)."""
+    before = dict(config._instances)
+    yield
+    for key, backend in list(config._instances.items()):
+        if before.get(key) is not backend:
+            del config._instances[key]
+            backend.close()

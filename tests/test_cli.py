@@ -6,28 +6,15 @@ import os
 import site
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import dualmode as dm
-from dualmode import config
 from dualmode.__main__ import _selection_lines, main
 
-pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(autouse=True)
-def _close_backends_the_demo_made() -> Iterator[None]:
-    """The demo selects backends by name, which makes shared instances; close and forget the
-    new ones, so later tests get fresh instances (with their own default worker count)."""
-    before = dict(config._instances)
-    yield
-    for key, backend in list(config._instances.items()):
-        if before.get(key) is not backend:
-            del config._instances[key]
-            backend.close()
+# The demo selects backends by name, which makes shared instances: close the new ones.
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("close_named_backends")]
 
 
 def test_backends_lists_every_registered_backend(capsys: pytest.CaptureFixture[str]) -> None:
