@@ -216,10 +216,11 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over dualmode/ and backends/ (configured in pyproject.toml), then over
     tests/typing/, the user code that shows the installed package type-checks as documented."""
-    # The extras give mypy the stubs it checks against (pytest, hypothesis, anyio, trio, rich).
+    # The extras give mypy the stubs it checks against (pytest, hypothesis, anyio, trio, rich,
+    # watchfiles for dualmode analyze --watch).
     # Not an editable install: mypy cannot follow setuptools' editable import hook, and the
     # user code must find dualmode where a user's project does, in site-packages (py.typed).
-    session.install(".[test,bench]", _requirement("dev", "mypy"))
+    session.install(".[test,bench,watch]", _requirement("dev", "mypy"))
     session.run("mypy", *session.posargs)
     # From outside the checkout (no ./dualmode to find) and with no config file, as a user.
     session.chdir(session.create_tmp())
