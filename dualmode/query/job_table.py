@@ -37,6 +37,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from ..errors import CycleError, WorkerCrashed
+from ..parking_lot import Latch
 from .memo import LOW, ImmortalEnum, Memo, MemoState, QKey, ThreadId, lookup
 
 __all__ = [
@@ -110,6 +111,7 @@ TableStats = tuple[
 # (Claim.MEMO) costs a Python-level lookup (~50 ns on 3.11) on every claim and publish.
 MEMO, RUN, VERIFY, STALE = Claim.MEMO, Claim.RUN, Claim.VERIFY, Claim.STALE
 GREEN, EXECUTED, BACKDATED = Verdict.GREEN, Verdict.EXECUTED, Verdict.BACKDATED
+_WAIT: Any = object()  # claim(_no_wait=True): the job to wait for is the payload
 SET, UNSET, INPUT_STALE = InputState.SET, InputState.UNSET, InputState.STALE
 CHANGED, UNCHANGED, CHECK_STALE = InputCheck.CHANGED, InputCheck.UNCHANGED, InputCheck.STALE
 
@@ -294,7 +296,7 @@ class _Job:
         self.revision = revision
         self.old = old  # the older revision's memo being verified, if any
         # Made by the first waiter, under the shard lock: most jobs never have one.
-        self.latch: threading.Event | None = None
+        self.latch: Latch | None = None
         self.settlement: Memo | None = None  # set when a cycle through this job was settled
         self.result: Memo | None = None  # what waiters get, set before the latch opens
 
@@ -397,6 +399,8 @@ class InProcessJobTable:
         revision: int,
         scope: Hashable | None = None,
         hits: Iterable[tuple[str, int]] = (),
+        _no_wait: bool = False,
+        refuse: Callable[[], None] | None = None,
     ) -> tuple[Claim, Any]:
         """See :meth:`JobTable.claim`. A memo is answered when it was verified in *revision*,
         found green without looking at its dependencies (no input of its durability changed,
@@ -406,7 +410,8 @@ class InProcessJobTable:
         closes a cycle, the cycle is settled first (see :meth:`_settle`). *scope* keeps
         separate memos per scope (the processes backend's ``local=True`` queries, per
         process); *hits* are counts a client served from its own cache (sent along to save a
-        round trip).
+        round trip). *refuse*: called (to raise) instead of sleeping, after the cycle check,
+        where this caller must not wait (a thread whose event loop runs).
         """
         if hits:
             self.add_hits(hits)
@@ -437,14 +442,37 @@ class InProcessJobTable:
                     owner.stack.append(job)
                     return (RUN, None) if memo is None else (VERIFY, memo)
                 if job.latch is None:
-                    job.latch = threading.Event()
+                    job.latch = Latch()
                     if job.result is not None:  # settled already
                         job.latch.set()
+            if _no_wait:  # async_claim waits itself
+                return _WAIT, job
             self._before_wait(thread)
-            result = self._wait(job, thread)
+            result = self._wait(job, thread, refuse)
             if job.revision == revision and result.state is not RETRY:
                 return MEMO, result
             # An older revision's job, or an abandoned one: look again.
+
+    async def async_claim(
+        self,
+        name: str,
+        key: tuple[Any, ...],
+        thread: ThreadId,
+        revision: int,
+    ) -> tuple[Claim, Any]:
+        """:meth:`claim` for a task (*thread*: its own id in the wait-for graph), awaited: a
+        wait for another caller's job parks the task on its event loop (the graph is checked
+        first, as for a thread). Cancelled while it waits, it leaves the graph and the latch's
+        queue, and has claimed nothing. (Not for ``local=True`` scopes: only runtimes whose
+        table is in their own process use it.)"""
+        while True:
+            found = self.claim(name, key, thread, revision, _no_wait=True)
+            if found[0] is not _WAIT:
+                return found
+            job: _Job = found[1]
+            result = await self._async_wait(job, thread)
+            if job.revision == revision and result.state is not RETRY:
+                return MEMO, result
 
     def _valid(
         self,
@@ -726,10 +754,51 @@ class InProcessJobTable:
 
     # -- waiting and cycles --------------------------------------------------------------------
 
-    def _wait(self, job: _Job, thread: ThreadId) -> Memo:
+    def _wait(self, job: _Job, thread: ThreadId, refuse: Callable[[], None] | None) -> Memo:
         if job.result is not None:  # published, settled or given up meanwhile (_before_wait)
             return job.result
-        name = job.qkey[0]
+        found, me = self._enter_wait(job, thread)
+        if found is not None:
+            return found
+        start = time.perf_counter()
+        try:
+            if refuse is not None and job.result is None:
+                refuse()
+            self._sleep(job)
+        finally:
+            self._leave_wait(job, me, time.perf_counter() - start)
+        assert job.result is not None  # set before the latch opened
+        return job.result
+
+    def forget(self, thread: ThreadId) -> None:
+        """Drop the record of a caller that will not ask again (a task's id: one per task,
+        so the records would pile up), unless it still owns or waits for a job."""
+        with self._graph_lock:
+            mine = lookup(self._threads, thread)
+            if mine is not None and not mine.stack and mine.waiting is None:
+                del self._threads[thread]
+
+    async def _async_wait(self, job: _Job, thread: ThreadId) -> Memo:
+        """:meth:`_wait` for a task: the latch is awaited; cancelled, the task leaves the
+        wait-for graph before the cancellation goes on."""
+        if job.result is not None:
+            return job.result
+        found, me = self._enter_wait(job, thread)
+        if found is not None:
+            return found
+        start = time.perf_counter()
+        assert job.latch is not None  # made by claim before it waits
+        try:
+            await job.latch.async_wait()
+        finally:
+            self._leave_wait(job, me, time.perf_counter() - start)
+        assert job.result is not None
+        return job.result
+
+    def _enter_wait(self, job: _Job, thread: ThreadId) -> tuple[Memo | None, _ThreadJobs | None]:
+        """The wait-for graph's part of a wait for *job*: settle the cycle that waiting would
+        close, if any, and record the edge. Returns the memo to take at once (a cycle through
+        the caller's own frames), else None and the caller's entry (to :meth:`_leave_wait`)."""
         me: _ThreadJobs | None = None
         with self._graph_lock:
             if job.settlement is None:
@@ -743,20 +812,19 @@ class InProcessJobTable:
                         # fallback: waiting for it would wait for myself. Unwind to it.
                         assert cycle is not None
                         error = CycleError(canonical_cycle([j.qkey for j in cycle]))
-                        return Memo(ERROR, error, None, job.revision, job.revision, LOW)
+                        return Memo(ERROR, error, None, job.revision, job.revision, LOW), None
                     if me is None:
                         me = self._threads[thread] = _ThreadJobs(thread)
                     me.waiting = job  # its chain reaches a running or settled job
-        start = time.perf_counter()
-        self._sleep(job)
-        waited = time.perf_counter() - start
+        return None, me
+
+    def _leave_wait(self, job: _Job, me: _ThreadJobs | None, waited: float) -> None:
+        """Take the edge :meth:`_enter_wait` recorded out of the graph; count the wait."""
         with self._graph_lock:
             if me is not None:
                 me.waiting = None
         with self._shard(job.slot):
-            self._counts(job.slot, name).wait += waited
-        assert job.result is not None  # set before the latch opened
-        return job.result
+            self._counts(job.slot, job.qkey[0]).wait += waited
 
     def _sleep(self, job: _Job) -> None:
         """Wait for *job*'s latch; if its owner's process dies first, abandon it for them."""
