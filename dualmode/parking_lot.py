@@ -335,25 +335,31 @@ class Latch:
         for waiter in woken:
             waiter.wake()
 
-    def _queue(self, waiter: Waiter) -> bool:
-        """Queue *waiter* unless it is open already: whether it was queued."""
+    def queue(self, waiter: Waiter) -> bool:
+        """Queue *waiter* unless it is open already: whether it was queued (it is woken,
+        granted, when the latch opens)."""
         with self._mutex:
             if self._open:
                 return False
             self._lot.enqueue(waiter)
             return True
 
+    def withdraw(self, waiter: Waiter) -> None:
+        """Take a queued *waiter* off the queue, if it is still on it."""
+        with self._mutex:
+            self._lot.withdraw(waiter)
+
     def wait(self, timeout: float = -1) -> bool:
         """Block until open (True) or *timeout* seconds (-1: none) pass (False)."""
         if self._open:
             return True
         waiter = ThreadWaiter()
-        return not self._queue(waiter) or park_thread(self._mutex, self._lot, waiter, timeout)
+        return not self.queue(waiter) or park_thread(self._mutex, self._lot, waiter, timeout)
 
     async def async_wait(self) -> None:
         """Wait, without blocking the loop, until open. Cancelled, it leaves the queue."""
         waiter = task_waiter()
-        if self._queue(waiter):
+        if self.queue(waiter):
             await park_task(self._mutex, self._lot, waiter, -1, _nothing)
 
 

@@ -150,6 +150,147 @@ async def test_more_tasks_than_workers_asking_shared_dependencies_never_hang(
     }
 
 
+class Handed(dm.Database):
+    """A worker busy with ``outer``, whose body waits for a gate and then asks what a task
+    has handed to the workers meanwhile: queued behind that very body."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.started = threading.Event()
+        self.gate = threading.Event()
+        self.ran_on: dict[tuple[object, ...], int] = {}
+
+    @dm.query
+    def outer(self, what: str, n: int) -> int:
+        self.ran_on[("outer", what, n)] = threading.get_ident()
+        self.started.set()
+        assert self.gate.wait(10)
+        return int(getattr(self, what)(n)) + 1
+
+    @dm.query
+    def base(self, n: int) -> int:
+        self.ran_on[("base", n)] = threading.get_ident()
+        return n * 10
+
+    @dm.query
+    def back(self, n: int) -> int:  # a cycle through outer("back", n)
+        return self.outer("back", n)
+
+    @dm.query
+    async def summary(self, n: int) -> int:
+        await anyio.sleep(0.1)  # the worker waits for this body meanwhile
+        return await self.base.async_get(n) + 2
+
+    # A sync query calling an async one, which awaits a sync one: on a worker, each worker
+    # runs the async body on a private loop, and the sync body it awaits there.
+    @dm.query
+    def leaf(self, n: int) -> int:
+        time.sleep(0.01)
+        return n
+
+    @dm.query
+    async def mid(self, n: int) -> int:
+        return await self.leaf.async_get(n) + 1
+
+    @dm.query
+    def top(self, n: int) -> int:
+        return self.mid(n) + 1
+
+
+async def _while_busy(db: Handed, what: str, *asked: object) -> tuple[object, list[object]]:
+    """Run ``outer(what, 1)`` on the only worker, then await each of *asked* from a task of
+    its own, in turn (a sync body is queued behind outer), then open the gate: outer's
+    outcome and the tasks'."""
+    busy = db.backend.submit(db.outer, what, 1)
+    assert await anyio.to_thread.run_sync(db.started.wait, 10)
+    outcomes: list[object] = [None] * len(asked)
+
+    async def ask(i: int) -> None:
+        try:
+            outcomes[i] = await asked[i]  # type: ignore[misc]
+        except dm.CycleError as exc:
+            outcomes[i] = exc
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tasks:
+            for i in range(len(asked)):
+                tasks.start_soon(ask, i)
+                await anyio.sleep(0.01)  # the task has claimed (and handed its body over)
+            db.gate.set()
+            _ok, value = await anyio.to_thread.run_sync(busy.result, 20)
+    return value, outcomes  # outer's value, or the exception it raised
+
+
+async def test_a_worker_waiting_for_a_queued_hand_over_runs_it_itself() -> None:
+    """The only worker waits for a body a task handed over, queued behind the worker's own:
+    it runs that body itself, under the task's claim, and both get the value, once."""
+    db = Handed(backend="threads", workers=1)
+    outer, tasks = await _while_busy(db, "base", db.base.async_get(1))
+    assert (outer, tasks) == (11, [10])
+    assert db.ran_on[("base", 1)] == db.ran_on[("outer", "base", 1)]
+    assert db.stats()["base"].executions == 1
+
+
+async def test_a_hand_over_cancelled_before_anyone_takes_it_is_abandoned() -> None:
+    """A task cancelled while its body waits in the queue abandons its claim: the worker that
+    then asks for the key claims and computes it itself; the queued call does nothing."""
+    db = Handed(backend="threads", workers=1)
+    busy = db.backend.submit(db.outer, "base", 1)
+    assert await anyio.to_thread.run_sync(db.started.wait, 10)
+    with anyio.move_on_after(0.05) as scope:
+        await db.base.async_get(1)
+    assert scope.cancelled_caught and db.base.peek(1) is None
+    db.gate.set()
+    assert await anyio.to_thread.run_sync(busy.result, 20) == (True, 11)
+    assert db.ran_on[("base", 1)] == db.ran_on[("outer", "base", 1)]
+    assert db.stats()["base"].executions == 1
+
+
+async def test_a_cycle_through_a_taken_over_hand_over_raises_cycle_error_in_both() -> None:
+    """The worker that takes a task's body over runs it under the task's id: a cycle from
+    there back to the worker's own query is found, as if another thread ran it."""
+    db = Handed(backend="threads", workers=1)
+    outer, [task] = await _while_busy(db, "back", db.back.async_get(1))
+    assert isinstance(outer, dm.CycleError) and isinstance(task, dm.CycleError)
+    assert outer.cycle == task.cycle == [("back", 1), ("outer", ("back", 1))]
+
+
+async def test_a_worker_waiting_for_a_task_runs_the_body_that_task_hands_over_later() -> None:
+    """The only worker waits for an async body running in a task, which then awaits a sync
+    query: the task's hand-over wakes the waiting worker, which runs it."""
+    db = Handed(backend="threads", workers=1)
+    outer, tasks = await _while_busy(db, "summary", db.summary.async_get(1))
+    assert (outer, tasks) == (13, [12])
+    assert db.ran_on[("base", 1)] == db.ran_on[("outer", "summary", 1)]
+
+
+async def test_a_worker_waiting_for_a_task_that_waits_for_a_hand_over_runs_it() -> None:
+    """The only worker waits for an async body running in a task, which then awaits a sync
+    query another task handed over before: the worker runs that body."""
+    db = Handed(backend="threads", workers=1)
+    outer, tasks = await _while_busy(db, "summary", db.base.async_get(1), db.summary.async_get(1))
+    assert (outer, tasks) == (13, [10, 12])
+    assert db.ran_on[("base", 1)] == db.ran_on[("outer", "summary", 1)]
+
+
+async def test_sync_async_sync_chains_asked_by_more_tasks_than_workers_never_hang() -> None:
+    """Tasks hand sync bodies to the workers that call an async query (run on a private loop
+    there), which awaits a sync one: that runs on the same thread, not queued for the
+    workers, which may all be busy the same way."""
+    db = Handed(backend="threads", workers=2)
+    values: dict[int, int] = {}
+
+    async def ask(n: int) -> None:
+        values[n] = await db.top.async_get(n)
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tasks:
+            for n in range(6):
+                tasks.start_soon(ask, n)
+    assert values == {n: n + 2 for n in range(6)}
+    assert db.stats()["leaf"].executions == 6
+
+
 # -- async queries: ``@dm.query async def`` -------------------------------------------------
 
 

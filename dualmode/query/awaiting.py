@@ -8,7 +8,8 @@ Where the work goes (``docs/queries.md#async-queries``):
   waits for another owner on its event loop (``InProcessJobTable.async_claim``). As owner, it
   runs an async body on the running event loop (``execute.async_execute``) and hands a sync
   body to one of the backend's workers, which runs it under the task's id (serial: on this
-  thread, as every serial call);
+  thread, as every serial call). A thread about to wait for that body in the job table runs
+  it itself if no worker has started it (:class:`_HandOver`);
 - on processes the whole call runs on a worker process (``dualmode.run_in_worker``), where a
   sync call runs an async body on a loop of its own (``tasks.run_body``); a ``local=True``
   query, on a thread of this process.
@@ -19,13 +20,16 @@ body's state, so re-validation, backdating and cycles work as for sync bodies.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, cast
 
+from ..errors import Cancelled
 from .execute import async_execute
 from .hits import Frame, ThreadState, unhashable
 from .job_table import Claim, InProcessJobTable
 from .memo import Memo, MemoState
-from .tasks import TaskState, here, in_body, swap
+from .tasks import TaskState, here, in_body, loop_here, on_private_loop, swap
 from .verify import _inputs_changed as inputs_changed
 
 if TYPE_CHECKING:
@@ -116,9 +120,17 @@ async def _fetch_cold(
     descriptor = rt.queries[name]
     table = rt.table
     scope = None
+    hand_over = None
     if _in_process(rt):
+        if (
+            not descriptor.is_async
+            and rt.home is None
+            and isinstance(state, TaskState)
+            and not on_private_loop()
+        ):  # made before the claim: a waiter may take it over at once
+            hand_over = _HandOver(rt, descriptor, key, state)
         in_process = cast(InProcessJobTable, table)
-        kind, answer = await in_process.async_claim(name, key, state.id, state.revision)
+        kind, answer = await in_process.async_claim(name, key, state.id, state.revision, hand_over)
     else:
         scope = rt.scope if descriptor.local else None
         kind, answer = table.claim(name, key, state.id, state.revision, scope)
@@ -129,7 +141,13 @@ async def _fetch_cold(
         return None
     if descriptor.is_async:
         return await _async_update(rt, descriptor, key, state, scope, answer)
-    return await _hand_over(rt, descriptor, key, state, scope, answer)
+    if hand_over is not None:
+        return await _hand_over(rt, hand_over, state, answer)
+    if not isinstance(state, TaskState):  # a sync caller's private loop: its thread is the owner
+        return rt._update(descriptor, key, state, scope, answer)
+    # Serial (the loop's thread is the database's), or a private loop (its thread blocks
+    # anyway, and a worker busy with it could not run it): here, under the task's id.
+    return _run_for(rt, descriptor, key, state.id, state.revision, answer, scope)
 
 
 async def _async_update(
@@ -175,43 +193,87 @@ async def _changed(rt: Runtime, old: Memo, state: ThreadState) -> bool:
     return bool(inputs) and inputs_changed(rt, inputs, since, state)
 
 
-async def _hand_over(
-    rt: Runtime,
-    descriptor: _QueryDescriptor[Any],
-    key: tuple[Any, ...],
-    state: ThreadState,
-    scope: Any,
-    old: Memo | None,
-) -> Memo:
-    """Bring a sync query claimed by *state* up to date off the event loop: on a worker of
-    the backend, under the task's id (serial: on this thread). A sync caller's private loop
-    runs it on its own thread, which is the owner.
+class _HandOver:
+    """A sync body claimed by a task, for a thread to run under the task's id: the worker of
+    the backend it is queued for, or a thread about to wait for it in the job table, whichever
+    comes first (:meth:`take_over`). When every worker waits for it, the queue would never
+    reach it (docs/queries.md#async-queries). ``future`` gets the memo (or what it raised);
+    cancelled before either starts it, nothing runs."""
 
-    Cancelled before the worker starts it, the claim is abandoned. Once it runs it finishes
-    and is memoized; a task that owns queries below it waits for that (shielded) before the
+    __slots__ = ("_lock", "_taken", "descriptor", "future", "ident", "key", "revision", "rt")
+
+    def __init__(
+        self, rt: Runtime, descriptor: _QueryDescriptor[Any], key: tuple[Any, ...], state: TaskState
+    ) -> None:
+        self.rt = rt
+        self.descriptor = descriptor
+        self.key = key
+        self.ident = state.id
+        self.revision = state.revision
+        self._lock = threading.Lock()
+        self._taken = False
+        self.future: Future[Memo] = Future()
+
+    def _take(self) -> bool:
+        """Whether the caller runs it: the first to ask, unless the task cancelled it."""
+        with self._lock:
+            if self._taken:
+                return False
+            self._taken = True
+        return self.future.set_running_or_notify_cancel()
+
+    def run(self, old: Memo | None) -> None:
+        """The worker's call: run it unless a waiter has, or it was cancelled."""
+        if self._take():
+            self._run(old, waiter=False)
+
+    def take_over(self, old: Memo | None) -> bool:
+        """See :meth:`HandOver.take_over <dualmode.query.job_table.HandOver.take_over>`. Not
+        on a thread whose event loop runs (a sync body must not run there), private or not
+        (its calls of async queries would fail there, not on a worker)."""
+        if loop_here() or not self._take():
+            return False
+        self._run(old, waiter=True)
+        return True
+
+    def _run(self, old: Memo | None, waiter: bool) -> None:
+        try:
+            memo = _run_for(self.rt, self.descriptor, self.key, self.ident, self.revision, old)
+        except BaseException as exc:
+            self.future.set_exception(exc)  # the task re-raises it
+            # A waiter goes on to its own claim, whose revision may be newer than the task's.
+            if waiter and not isinstance(exc, Cancelled):
+                raise
+        else:
+            self.future.set_result(memo)
+
+
+async def _hand_over(
+    rt: Runtime, hand_over: _HandOver, state: ThreadState, old: Memo | None
+) -> Memo:
+    """Bring a sync query claimed by task *state* up to date off the event loop: queued for
+    a worker of the backend, which runs it under the task's id, unless a thread waiting for
+    it takes it over first.
+
+    Cancelled before either starts it, the claim is abandoned. Once it runs it finishes and
+    is memoized; a task that owns queries below it waits for that (shielded) before the
     cancellation goes on, so they are given up in order."""
-    if not isinstance(state, TaskState):
-        return rt._update(descriptor, key, state, scope, old)
-    if rt.home is not None:
-        return _run_for(rt, descriptor, key, state.id, state.revision, old)
     import anyio
 
     from ..parking_lot import wait_done
 
-    future = rt.db.backend.submit(_run_for, rt, descriptor, key, state.id, state.revision, old)
+    rt.db.backend.submit(hand_over.run, old)
+    future = hand_over.future
     try:
         await wait_done([future])
     except BaseException:
         if future.cancel():
-            rt.table.abandon(descriptor.name, key, state.id, scope)
+            rt.table.abandon(hand_over.descriptor.name, hand_over.key, state.id)
         elif state.stack:
             with anyio.CancelScope(shield=True):
                 await wait_done([future])
         raise
-    ok, value = future.result()
-    if not ok:
-        raise value
-    return value  # type: ignore[no-any-return]
+    return future.result()
 
 
 def _run_for(
@@ -221,13 +283,14 @@ def _run_for(
     ident: tuple[int, int],
     revision: int,
     old: Memo | None,
+    scope: Any = None,
 ) -> Memo:
     """On a worker: bring the sync query that task *ident* claimed up to date, under its id
     (so the wait-for graph sees the task and this thread as one chain) and in its revision."""
     state = TaskState(rt, here(rt), revision, ident)
     previous = swap(rt, state)
     try:
-        return rt._update(descriptor, key, state, None, old)
+        return rt._update(descriptor, key, state, scope, old)
     finally:
         swap(rt, previous)
         rt.retire(state)

@@ -39,6 +39,7 @@ __all__ = [
     "in_body",
     "loop_here",
     "no_loop_here",
+    "on_private_loop",
     "run_body",
     "swap",
 ]
@@ -54,6 +55,10 @@ _ids_lock = threading.Lock()
 _running: ContextVar[tuple[ThreadState, object] | None] = ContextVar(
     "dualmode_query_running", default=None
 )
+
+# True in the tasks of a sync caller's private loop (run_body): its thread blocks for the body
+# anyway, so the sync bodies they claim run there rather than wait for a worker.
+_private: ContextVar[bool] = ContextVar("dualmode_query_private_loop", default=False)
 
 
 class TaskState(ThreadState):
@@ -171,6 +176,11 @@ class LoopRunning(RuntimeError):
     memoized: it is about where the query was asked, not its value."""
 
 
+def on_private_loop() -> bool:
+    """Whether the calling task runs on a sync caller's private loop (:func:`run_body`)."""
+    return _private.get()
+
+
 def loop_here() -> bool:
     """Whether an event loop (asyncio's, trio's) runs in this thread."""
     try:
@@ -200,6 +210,7 @@ def run_body(thread: ThreadState, coro: Coroutine[Any, Any, Any]) -> Any:
 
     async def main() -> Any:
         _running.set((thread, current_task()))
+        _private.set(True)
         return await coro
 
     return asyncio.run(main())
