@@ -356,11 +356,13 @@ class Latch:
         waiter = ThreadWaiter()
         return not self.queue(waiter) or park_thread(self._mutex, self._lot, waiter, timeout)
 
-    async def async_wait(self) -> None:
-        """Wait, without blocking the loop, until open. Cancelled, it leaves the queue."""
+    async def async_wait(self, timeout: float = -1) -> bool:
+        """Wait, without blocking the loop, until open (True) or *timeout* seconds (-1: none)
+        pass (False). Cancelled, it leaves the queue."""
         waiter = task_waiter()
-        if self.queue(waiter):
-            await park_task(self._mutex, self._lot, waiter, -1, _nothing)
+        if not self.queue(waiter):
+            return True
+        return await park_task(self._mutex, self._lot, waiter, timeout, _nothing)
 
 
 async def wait_done(futures: Sequence[Future[Any]], *, first: bool = False) -> None:

@@ -177,6 +177,10 @@ class Handed(dm.Database):
         return self.outer("back", n)
 
     @dm.query
+    async def via_loop(self, n: int) -> int:  # called by outer: on a private loop
+        return await self.base.async_get(n) + 3
+
+    @dm.query
     async def summary(self, n: int) -> int:
         await anyio.sleep(0.1)  # the worker waits for this body meanwhile
         return await self.base.async_get(n) + 2
@@ -271,6 +275,15 @@ async def test_a_worker_waiting_for_a_task_that_waits_for_a_hand_over_runs_it() 
     outer, tasks = await _while_busy(db, "summary", db.base.async_get(1), db.summary.async_get(1))
     assert (outer, tasks) == (13, [10, 12])
     assert db.ran_on[("base", 1)] == db.ran_on[("outer", "summary", 1)]
+
+
+async def test_a_worker_whose_private_loop_waits_for_a_queued_hand_over_gets_it_run() -> None:
+    """The only worker calls an async query (on a private loop there) that awaits a sync one
+    a task handed over before: a thread of its own runs that body (not the loop's thread)."""
+    db = Handed(backend="threads", workers=1)
+    outer, tasks = await _while_busy(db, "via_loop", db.base.async_get(1))
+    assert (outer, tasks) == (14, [10])
+    assert db.stats()["base"].executions == 1
 
 
 async def test_sync_async_sync_chains_asked_by_more_tasks_than_workers_never_hang() -> None:

@@ -21,6 +21,7 @@ body's state, so re-validation, backdating and cycles work as for sync bodies.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, cast
 
@@ -122,15 +123,16 @@ async def _fetch_cold(
     scope = None
     hand_over = None
     if _in_process(rt):
-        if (
-            not descriptor.is_async
-            and rt.home is None
-            and isinstance(state, TaskState)
-            and not on_private_loop()
-        ):  # made before the claim: a waiter may take it over at once
-            hand_over = _HandOver(rt, descriptor, key, state)
+        private = on_private_loop()
+        handing = not (descriptor.is_async or private) and rt.home is None
+        if handing and isinstance(state, TaskState):
+            hand_over = _HandOver(rt, descriptor, key, state)  # before the claim: see _HandOver
+        # A private loop's thread may be a worker that the body it waits for needs.
+        helper = _to_thread if private else None
         in_process = cast(InProcessJobTable, table)
-        kind, answer = await in_process.async_claim(name, key, state.id, state.revision, hand_over)
+        kind, answer = await in_process.async_claim(
+            name, key, state.id, state.revision, hand_over, helper
+        )
     else:
         scope = rt.scope if descriptor.local else None
         kind, answer = table.claim(name, key, state.id, state.revision, scope)
@@ -214,6 +216,10 @@ class _HandOver:
         self._taken = False
         self.future: Future[Memo] = Future()
 
+    @property
+    def pending(self) -> bool:
+        return not self._taken
+
     def _take(self) -> bool:
         """Whether the caller runs it: the first to ask, unless the task cancelled it."""
         with self._lock:
@@ -246,6 +252,12 @@ class _HandOver:
                 raise
         else:
             self.future.set_result(memo)
+
+
+async def _to_thread(fn: Callable[[Memo | None], bool], old: Memo | None) -> bool:
+    import anyio.to_thread
+
+    return await anyio.to_thread.run_sync(fn, old)
 
 
 async def _hand_over(

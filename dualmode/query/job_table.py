@@ -32,7 +32,7 @@ import enum
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -122,6 +122,11 @@ class HandOver(Protocol):
     A thread about to wait for it, or for a job whose chain of owners ends at it, runs it
     instead if no worker has started it: the workers may all be such waiters
     (docs/queries.md#async-queries)."""
+
+    @property
+    def pending(self) -> bool:
+        """Whether nobody has started it (nor has the task cancelled it) yet."""
+        ...
 
     def take_over(self, old: Memo | None) -> bool:
         """Run the body on this thread, *old* the memo its claim answered, unless it has
@@ -354,6 +359,10 @@ class _Sleeper(Waiter):
         return False
 
 
+# Runs a call on a thread of its own, awaited (anyio.to_thread.run_sync).
+_Helper = Callable[[Callable[[Memo | None], bool], Memo | None], Awaitable[Any]]
+
+
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -516,13 +525,15 @@ class InProcessJobTable:
         thread: ThreadId,
         revision: int,
         hand_over: HandOver | None = None,
+        helper: _Helper | None = None,
     ) -> tuple[Claim, Any]:
         """:meth:`claim` for a task (*thread*: its own id in the wait-for graph), awaited: a
         wait for another caller's job parks the task on its event loop (the graph is checked
         first, as for a thread). Cancelled while it waits, it leaves the graph and the latch's
         queue, and has claimed nothing. (Not for ``local=True`` scopes: only runtimes whose
         table is in their own process use it.) *hand_over*: see :meth:`claim`; the threads
-        waiting in the table are woken to look for it once it is claimed."""
+        waiting in the table are woken to look for it once it is claimed. *helper*: for a
+        task of a sync caller's private loop, see :meth:`_async_sleep`."""
         while True:
             found = self.claim(name, key, thread, revision, _no_wait=True, hand_over=hand_over)
             kind = found[0]
@@ -531,7 +542,7 @@ class InProcessJobTable:
                     self._nudge()
                 return found
             job: _Job = found[1]
-            result = await self._async_wait(job, thread)
+            result = await self._async_wait(job, thread, helper)
             if job.revision == revision and result.state is not RETRY:
                 return MEMO, result
 
@@ -840,7 +851,7 @@ class InProcessJobTable:
             if mine is not None and not mine.stack and mine.waiting is None:
                 del self._threads[thread]
 
-    async def _async_wait(self, job: _Job, thread: ThreadId) -> Memo:
+    async def _async_wait(self, job: _Job, thread: ThreadId, helper: _Helper | None) -> Memo:
         """:meth:`_wait` for a task: the latch is awaited; cancelled, the task leaves the
         wait-for graph before the cancellation goes on."""
         if job.result is not None:
@@ -854,11 +865,31 @@ class InProcessJobTable:
         start = time.perf_counter()
         assert job.latch is not None  # made by claim before it waits
         try:
-            await job.latch.async_wait()
+            if helper is None:
+                await job.latch.async_wait()
+            else:
+                await self._async_sleep(job, helper)
         finally:
             self._leave_wait(job, me, time.perf_counter() - start)
         assert job.result is not None
         return job.result
+
+    async def _async_sleep(self, job: _Job, helper: _Helper) -> None:
+        """:meth:`_sleep` for a task of a sync caller's private loop, whose thread may be a
+        worker that the body it waits for needs: a hand-over the wait is stuck behind runs on
+        a thread *helper* starts (a sync body must not run under a loop), looked for now and
+        at each 0.5 s check (such a task is not nudged)."""
+        latch = job.latch
+        assert latch is not None  # made by claim before it waits
+        while not latch.is_set():
+            with self._graph_lock:
+                stalled = self._stalled(job)
+            hand_over = None if stalled is None else stalled.hand_over
+            if hand_over is not None and hand_over.pending:
+                assert stalled is not None
+                await helper(hand_over.take_over, stalled.old)
+            else:
+                await latch.async_wait(_OWNER_CHECK)
 
     def _enter_wait(self, job: _Job, thread: ThreadId) -> tuple[Memo | None, _ThreadJobs | None]:
         """The wait-for graph's part of a wait for *job*: settle the cycle that waiting would
