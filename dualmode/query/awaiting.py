@@ -218,7 +218,7 @@ class _HandOver:
 
     @property
     def pending(self) -> bool:
-        return not self._taken
+        return not self._taken and not self.future.cancelled()
 
     def _take(self) -> bool:
         """Whether the caller runs it: the first to ask, unless the task cancelled it."""
@@ -297,8 +297,9 @@ def _run_for(
     old: Memo | None,
     scope: Any = None,
 ) -> Memo:
-    """On a worker: bring the sync query that task *ident* claimed up to date, under its id
-    (so the wait-for graph sees the task and this thread as one chain) and in its revision."""
+    """On a worker (or a thread that took it over): bring the sync query that task *ident*
+    claimed up to date, under its id (so the wait-for graph sees the task and this thread as
+    one chain) and in its revision."""
     state = TaskState(rt, here(rt), revision, ident)
     previous = swap(rt, state)
     try:
