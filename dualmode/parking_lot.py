@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from _thread import LockType as _RawLock
 
 __all__ = [
+    "Latch",
     "ParkingLot",
     "TaskWaiter",
     "ThreadWaiter",
@@ -309,6 +310,59 @@ async def park_task(
         if not withdrawn:
             give_back(waiter)
         raise
+
+
+class Latch:
+    """Opens once (:meth:`set`); threads (:meth:`wait`) and tasks (:meth:`async_wait`) wait
+    for it to open, in one queue. The job table's latch: a task awaiting another caller's
+    query parks on its event loop, never blocking it."""
+
+    __slots__ = ("_lot", "_mutex", "_open")
+
+    def __init__(self) -> None:
+        self._open = False
+        self._mutex = allocate_lock()
+        self._lot = ParkingLot()
+
+    def is_set(self) -> bool:
+        return self._open
+
+    def set(self) -> None:
+        """Open it and wake every waiter (from any thread)."""
+        with self._mutex:
+            self._open = True
+            woken = self._lot.grant_all()
+        for waiter in woken:
+            waiter.wake()
+
+    def queue(self, waiter: Waiter) -> bool:
+        """Queue *waiter* unless it is open already: whether it was queued (it is woken,
+        granted, when the latch opens)."""
+        with self._mutex:
+            if self._open:
+                return False
+            self._lot.enqueue(waiter)
+            return True
+
+    def withdraw(self, waiter: Waiter) -> None:
+        """Take a queued *waiter* off the queue, if it is still on it."""
+        with self._mutex:
+            self._lot.withdraw(waiter)
+
+    def wait(self, timeout: float = -1) -> bool:
+        """Block until open (True) or *timeout* seconds (-1: none) pass (False)."""
+        if self._open:
+            return True
+        waiter = ThreadWaiter()
+        return not self.queue(waiter) or park_thread(self._mutex, self._lot, waiter, timeout)
+
+    async def async_wait(self, timeout: float = -1) -> bool:
+        """Wait, without blocking the loop, until open (True) or *timeout* seconds (-1: none)
+        pass (False). Cancelled, it leaves the queue."""
+        waiter = task_waiter()
+        if not self.queue(waiter):
+            return True
+        return await park_task(self._mutex, self._lot, waiter, timeout, _nothing)
 
 
 async def wait_done(futures: Sequence[Future[Any]], *, first: bool = False) -> None:

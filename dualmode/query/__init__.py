@@ -10,7 +10,8 @@ The public API is :class:`Database`, :func:`query`, :class:`input` and the types
 - ``hits``: the hit path (bound queries and each thread's caches), with its free-threading
   invariants; measured by ``benchmarks/bench_query.py``.
 - ``runtime``: the miss path of one database in one process: fetch, then ``verify``,
-  ``execute`` and ``backdate``, each a module of its own.
+  ``execute`` and ``backdate``, each a module of its own; ``awaiting``: the miss path from
+  async code; ``tasks``: a task's state and the driver of an async body's steps.
 - ``job_table``: the :class:`~dualmode.query.job_table.JobTable` protocol (claims, latches,
   the wait-for graph, memos, inputs, revisions) and its in-process implementation;
   ``memo``: the memos and their states.

@@ -22,11 +22,12 @@ database is made (see :func:`_schema`): a class rebuilt by value in another proc
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import threading
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from threading import get_ident
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
@@ -62,6 +63,8 @@ class _QueryDescriptor(property, Generic[T]):
         volatile: bool = False,
     ) -> None:
         self.fn = fn
+        # An async body runs on an event loop (dualmode.query.awaiting; tasks.run_body).
+        self.is_async = inspect.iscoroutinefunction(fn)
         self.cycle = cycle
         self.cache_errors = cache_errors
         self.local = local
@@ -147,6 +150,10 @@ class _Uninitialized(metaclass=_Misplaced):
 
 
 @overload
+def query(fn: Callable[..., Coroutine[Any, Any, T]], /) -> _QueryDescriptor[T]: ...
+
+
+@overload
 def query(fn: Callable[..., T], /) -> _QueryDescriptor[T]: ...
 
 
@@ -183,6 +190,12 @@ def query(
     ``eval_always``, for bodies that read something outside the database) executes again in
     every new revision in which it is asked for; if its value is unchanged, what depends on
     it stays green.
+
+    An ``async def`` method is an async query: from async code ``await db.q.async_get(key)``
+    runs its body on the running event loop (asyncio or trio); a sync call ``db.q(key)`` runs
+    it on a private asyncio loop in the calling thread (and raises RuntimeError on a thread
+    whose event loop is running). Memoization, single-flight, cycles, errors and
+    re-validation are those of sync queries; see ``docs/queries.md#async-queries``.
     """
 
     def decorate(f: Callable[..., T]) -> _QueryDescriptor[T]:

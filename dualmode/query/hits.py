@@ -394,17 +394,21 @@ class BoundQuery(functools.partial[T]):
         return self.args[1]  # type: ignore[no-any-return]
 
     async def async_get(self, *key: Any) -> T:
-        """``self(*key)`` from async code, under asyncio or trio (through anyio).
+        """``self(*key)`` from async code, under asyncio or trio (through anyio), for sync
+        and async queries alike.
 
         A memo that is still valid is returned (or its exception raised) at once. Otherwise,
-        on a parallel backend the query runs on one of the backend's workers
-        (:func:`dualmode.run_in_worker`: a thread of the threads pool, a worker process; a
-        ``local=True`` query on processes, on a thread of this process), so the event loop
-        never blocks on a body or on another caller's execution. Cancelling the await before
-        the work starts cancels it; once it runs, it abandons the wait, not the computation:
-        the body finishes and is memoized. On the serial backend, whose database belongs to
-        the thread that created it, the query runs on the event loop's thread, after a
-        checkpoint (so a cancelled caller does not start it), as every serial call does.
+        on serial and threads, the calling task claims the key (or waits for its owner on the
+        event loop, after the cycle check): an async body runs on this event loop, a sync
+        body on one of the backend's workers (serial: on this thread), so the loop never
+        blocks on a sync body or on another caller. On processes the call runs on a worker
+        process (a ``local=True`` query: on a thread of this process).
+
+        Cancelled while it waits, the task leaves nothing behind; cancelled while it computes
+        an async body, it abandons the claim (a waiter or the next caller computes it); a sync
+        body already running on a worker finishes and is memoized. Raises what the query
+        raises, ``CycleError``, ``dm.Cancelled`` (an input changed meanwhile), TypeError for
+        an unhashable key. See ``docs/queries.md#async-queries``.
         """
         return await self._binding._rt.async_get(self, key)
 

@@ -32,11 +32,12 @@ import enum
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from ..errors import CycleError, WorkerCrashed
+from ..parking_lot import Latch, Waiter
 from .memo import (
     COUNTED_REVISIONS,
     LOW,
@@ -50,6 +51,7 @@ from .memo import (
 
 __all__ = [
     "Claim",
+    "HandOver",
     "HitCounts",
     "InProcessJobTable",
     "InputCheck",
@@ -119,8 +121,26 @@ TableStats = tuple[
 # (Claim.MEMO) costs a Python-level lookup (~50 ns on 3.11) on every claim and publish.
 MEMO, RUN, VERIFY, STALE = Claim.MEMO, Claim.RUN, Claim.VERIFY, Claim.STALE
 GREEN, EXECUTED, BACKDATED = Verdict.GREEN, Verdict.EXECUTED, Verdict.BACKDATED
+_WAIT: Any = object()  # claim(_no_wait=True): the job to wait for is the payload
 SET, UNSET, INPUT_STALE = InputState.SET, InputState.UNSET, InputState.STALE
 CHANGED, UNCHANGED, CHECK_STALE = InputCheck.CHANGED, InputCheck.UNCHANGED, InputCheck.STALE
+
+
+class HandOver(Protocol):
+    """A sync body that a task claimed and queued for a worker (``dualmode.query.awaiting``).
+    A thread about to wait for it, or for a job whose chain of owners ends at it, runs it
+    instead if no worker has started it: the workers may all be such waiters
+    (docs/queries.md#async-queries)."""
+
+    @property
+    def pending(self) -> bool:
+        """Whether nobody has started it (nor has the task cancelled it) yet."""
+        ...
+
+    def take_over(self, old: Memo | None) -> bool:
+        """Run the body on this thread, *old* the memo its claim answered, unless it has
+        started or was cancelled: whether it ran."""
+        ...
 
 
 class JobTable(Protocol):
@@ -292,10 +312,26 @@ class _Job:
     """A claimed (query, key): the thread that owns (executes) it, and the latch its waiters
     sleep on."""
 
-    __slots__ = ("latch", "old", "owner", "qkey", "result", "revision", "settlement", "slot")
+    __slots__ = (
+        "hand_over",
+        "latch",
+        "old",
+        "owner",
+        "qkey",
+        "result",
+        "revision",
+        "settlement",
+        "slot",
+    )
 
     def __init__(
-        self, qkey: QKey, slot: Any, owner: _ThreadJobs, revision: int, old: Memo | None
+        self,
+        qkey: QKey,
+        slot: Any,
+        owner: _ThreadJobs,
+        revision: int,
+        old: Memo | None,
+        hand_over: HandOver | None = None,
     ) -> None:
         self.qkey = qkey
         self.slot = slot  # the job-table key: qkey, plus the scope for local=True queries
@@ -303,9 +339,37 @@ class _Job:
         self.revision = revision
         self.old = old  # the older revision's memo being verified, if any
         # Made by the first waiter, under the shard lock: most jobs never have one.
-        self.latch: threading.Event | None = None
+        self.latch: Latch | None = None
         self.settlement: Memo | None = None  # set when a cycle through this job was settled
         self.result: Memo | None = None  # what waiters get, set before the latch opens
+        self.hand_over = hand_over  # its body, queued for a worker by the task that owns it
+
+
+class _Sleeper(Waiter):
+    """A thread waiting in the table for a job's latch (granted when it opens), which a task
+    handing a body over also wakes (:meth:`nudge`): the wait may now be stuck behind it."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._event = threading.Event()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    nudge = wake
+
+    def sleep(self, timeout: float) -> bool:
+        """Until woken (True; then look at ``granted``) or *timeout* seconds pass (False)."""
+        if self._event.wait(timeout):
+            self._event.clear()  # before the caller reads granted: no wake-up is lost
+            return True
+        return False
+
+
+# Runs a call on a thread of its own, awaited (anyio.to_thread.run_sync).
+_Helper = Callable[[Callable[[Memo | None], bool], Memo | None], Awaitable[Any]]
 
 
 def _alive(pid: int) -> bool:
@@ -357,6 +421,7 @@ class InProcessJobTable:
         self._jobs: list[dict[Any, _Job]] = [{} for _ in range(_SHARDS)]
         self._locks = [threading.Lock() for _ in range(_SHARDS)]
         self._graph_lock = threading.Lock()  # taken only by a caller about to wait
+        self._sleepers: set[_Sleeper] = set()  # threads waiting for a latch (graph_lock)
         # Kept while idle (one per thread that ever asked; a thread id reused later finds an
         # empty one): a claim need not build one each time.
         self._threads: dict[ThreadId, _ThreadJobs] = {}
@@ -406,6 +471,9 @@ class InProcessJobTable:
         revision: int,
         scope: Hashable | None = None,
         hits: Iterable[tuple[str, int]] = (),
+        _no_wait: bool = False,
+        refuse: Callable[[], None] | None = None,
+        hand_over: HandOver | None = None,
     ) -> tuple[Claim, Any]:
         """See :meth:`JobTable.claim`. A memo is answered when it was verified in *revision*,
         found green without looking at its dependencies (no input of its durability changed,
@@ -415,7 +483,9 @@ class InProcessJobTable:
         closes a cycle, the cycle is settled first (see :meth:`_settle`). *scope* keeps
         separate memos per scope (the processes backend's ``local=True`` queries, per
         process); *hits* are counts a client served from its own cache (sent along to save a
-        round trip).
+        round trip). *refuse*: called (to raise) instead of sleeping, after the cycle check,
+        where this caller must not wait (a thread whose event loop runs). *hand_over*: the
+        body of the job this claim would create, which a task queues for a worker.
         """
         if hits:
             self.add_hits(hits)
@@ -442,18 +512,48 @@ class InProcessJobTable:
                     owner = lookup(self._threads, thread)
                     if owner is None:
                         owner = self._threads[thread] = _ThreadJobs(thread)
-                    job = jobs[slot] = _Job(qkey, slot, owner, revision, memo)
+                    job = jobs[slot] = _Job(qkey, slot, owner, revision, memo, hand_over)
                     owner.stack.append(job)
                     return (RUN, None) if memo is None else (VERIFY, memo)
                 if job.latch is None:
-                    job.latch = threading.Event()
+                    job.latch = Latch()
                     if job.result is not None:  # settled already
                         job.latch.set()
+            if _no_wait:  # async_claim waits itself
+                return _WAIT, job
             self._before_wait(thread)
-            result = self._wait(job, thread)
+            result = self._wait(job, thread, refuse)
             if job.revision == revision and result.state is not RETRY:
                 return MEMO, result
             # An older revision's job, or an abandoned one: look again.
+
+    async def async_claim(
+        self,
+        name: str,
+        key: tuple[Any, ...],
+        thread: ThreadId,
+        revision: int,
+        hand_over: HandOver | None = None,
+        helper: _Helper | None = None,
+    ) -> tuple[Claim, Any]:
+        """:meth:`claim` for a task (*thread*: its own id in the wait-for graph), awaited: a
+        wait for another caller's job parks the task on its event loop (the graph is checked
+        first, as for a thread). Cancelled while it waits, it leaves the graph and the latch's
+        queue, and has claimed nothing. (Not for ``local=True`` scopes: only runtimes whose
+        table is in their own process use it.) *hand_over*: see :meth:`claim`; the threads
+        waiting in the table are woken to look for it once it is claimed. *helper*: for a
+        task of a sync caller's private loop, see :meth:`_async_sleep`."""
+        while True:
+            found = self.claim(name, key, thread, revision, _no_wait=True, hand_over=hand_over)
+            kind = found[0]
+            if kind is not _WAIT:
+                if hand_over is not None and (kind is RUN or kind is VERIFY):
+                    self._nudge()
+                return found
+            job: _Job = found[1]
+            result = await self._async_wait(job, thread, helper)
+            if job.revision == revision and result.state is not RETRY:
+                return MEMO, result
 
     def _valid(
         self,
@@ -741,10 +841,75 @@ class InProcessJobTable:
 
     # -- waiting and cycles --------------------------------------------------------------------
 
-    def _wait(self, job: _Job, thread: ThreadId) -> Memo:
+    def _wait(self, job: _Job, thread: ThreadId, refuse: Callable[[], None] | None) -> Memo:
         if job.result is not None:  # published, settled or given up meanwhile (_before_wait)
             return job.result
-        name = job.qkey[0]
+        found, me = self._enter_wait(job, thread)
+        if found is not None:
+            return found
+        start = time.perf_counter()
+        ran = 0.0
+        try:
+            if refuse is not None and job.result is None:
+                refuse()
+            ran = self._sleep(job)
+        finally:
+            self._leave_wait(job, me, time.perf_counter() - start - ran)
+        assert job.result is not None  # set before the latch opened
+        return job.result
+
+    def forget(self, thread: ThreadId) -> None:
+        """Drop the record of a caller that will not ask again (a task's id: one per task,
+        so the records would pile up), unless it still owns or waits for a job."""
+        with self._graph_lock:
+            mine = lookup(self._threads, thread)
+            if mine is not None and not mine.stack and mine.waiting is None:
+                del self._threads[thread]
+
+    async def _async_wait(self, job: _Job, thread: ThreadId, helper: _Helper | None) -> Memo:
+        """:meth:`_wait` for a task: the latch is awaited; cancelled, the task leaves the
+        wait-for graph before the cancellation goes on."""
+        if job.result is not None:
+            return job.result
+        found, me = self._enter_wait(job, thread)
+        if found is not None:
+            return found
+        # The chains of threads already asleep may now end at a hand-over, and a task does
+        # not take it over: they look again.
+        self._nudge()
+        start = time.perf_counter()
+        assert job.latch is not None  # made by claim before it waits
+        try:
+            if helper is None:
+                await job.latch.async_wait()
+            else:
+                await self._async_sleep(job, helper)
+        finally:
+            self._leave_wait(job, me, time.perf_counter() - start)
+        assert job.result is not None
+        return job.result
+
+    async def _async_sleep(self, job: _Job, helper: _Helper) -> None:
+        """:meth:`_sleep` for a task of a sync caller's private loop, whose thread may be a
+        worker that the body it waits for needs: a hand-over the wait is stuck behind runs on
+        a thread *helper* starts (a sync body must not run under a loop), looked for now and
+        at each 0.5 s check (such a task is not nudged)."""
+        latch = job.latch
+        assert latch is not None  # made by claim before it waits
+        while not latch.is_set():
+            with self._graph_lock:
+                stalled = self._stalled(job)
+            hand_over = None if stalled is None else stalled.hand_over
+            if hand_over is not None and hand_over.pending:
+                assert stalled is not None
+                await helper(hand_over.take_over, stalled.old)
+            else:
+                await latch.async_wait(_OWNER_CHECK)
+
+    def _enter_wait(self, job: _Job, thread: ThreadId) -> tuple[Memo | None, _ThreadJobs | None]:
+        """The wait-for graph's part of a wait for *job*: settle the cycle that waiting would
+        close, if any, and record the edge. Returns the memo to take at once (a cycle through
+        the caller's own frames), else None and the caller's entry (to :meth:`_leave_wait`)."""
         me: _ThreadJobs | None = None
         with self._graph_lock:
             if job.settlement is None:
@@ -758,29 +923,79 @@ class InProcessJobTable:
                         # fallback: waiting for it would wait for myself. Unwind to it.
                         assert cycle is not None
                         error = CycleError(canonical_cycle([j.qkey for j in cycle]))
-                        return Memo(ERROR, error, None, job.revision, job.revision, LOW)
+                        return Memo(ERROR, error, None, job.revision, job.revision, LOW), None
                     if me is None:
                         me = self._threads[thread] = _ThreadJobs(thread)
                     me.waiting = job  # its chain reaches a running or settled job
-        start = time.perf_counter()
-        self._sleep(job)
-        waited = time.perf_counter() - start
+        return None, me
+
+    def _leave_wait(self, job: _Job, me: _ThreadJobs | None, waited: float) -> None:
+        """Take the edge :meth:`_enter_wait` recorded out of the graph; count the wait."""
         with self._graph_lock:
             if me is not None:
                 me.waiting = None
         with self._shard(job.slot):
-            self._counts(job.slot, name).wait += waited
-        assert job.result is not None  # set before the latch opened
-        return job.result
+            self._counts(job.slot, job.qkey[0]).wait += waited
 
-    def _sleep(self, job: _Job) -> None:
-        """Wait for *job*'s latch; if its owner's process dies first, abandon it for them."""
+    def _sleep(self, job: _Job) -> float:
+        """Wait for *job*'s latch; if its owner's process dies first, abandon it for them.
+        Meanwhile run the hand-over the wait is stuck behind, if no worker has started it
+        (see :meth:`_stalled`): returns the seconds that took (not waited)."""
         owner_pid = job.owner.thread[0]
         latch = job.latch
         assert latch is not None  # made by claim before it waits
-        while not latch.wait(_OWNER_CHECK):
-            if not _alive(owner_pid):
-                self._abandon_dead(job)
+        sleeper = _Sleeper()
+        if not latch.queue(sleeper):
+            return 0.0
+        ran = 0.0
+        with self._graph_lock:  # before the first look: a hand-over made later nudges it
+            self._sleepers.add(sleeper)
+        try:
+            while not sleeper.granted:
+                with self._graph_lock:
+                    stalled = self._stalled(job)
+                if stalled is not None:
+                    assert stalled.hand_over is not None
+                    start = time.perf_counter()
+                    if stalled.hand_over.take_over(stalled.old):
+                        ran += time.perf_counter() - start
+                        continue
+                if not sleeper.sleep(_OWNER_CHECK) and not _alive(owner_pid):
+                    self._abandon_dead(job)
+        finally:
+            with self._graph_lock:
+                self._sleepers.discard(sleeper)
+            latch.withdraw(sleeper)
+        return ran
+
+    def _stalled(self, job: _Job) -> _Job | None:
+        """The job with a hand-over that a wait for *job* may be stuck behind (graph_lock
+        held): follow owner -> the job it waits for -> ... to an owner that waits for
+        nothing; if that owner's innermost job is handed over (its task awaits a worker), it
+        is needed by every job below it on that stack, the chain's included. Else None."""
+        current = job
+        seen: set[int] = set()
+        while current.result is None:
+            owner = current.owner
+            waiting = owner.waiting
+            if waiting is None:
+                stack = owner.stack
+                top = stack[-1:]  # read while its owner may run: a stale read finds nothing
+                if top and top[0].hand_over is not None and current in stack:
+                    return top[0]
+                return None
+            if id(owner) in seen:
+                return None
+            seen.add(id(owner))
+            current = waiting
+        return None
+
+    def _nudge(self) -> None:
+        """A task has handed a body over: the threads waiting in the table look again."""
+        with self._graph_lock:
+            sleepers = list(self._sleepers)
+        for sleeper in sleepers:
+            sleeper.nudge()
 
     def _abandon_dead(self, job: _Job) -> None:
         name, key = job.qkey

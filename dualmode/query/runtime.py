@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Hashable, Iterable
 from threading import get_ident
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -31,9 +31,10 @@ from . import verify
 from .backdate import backdate
 from .execute import execute
 from .hits import BoundQuery, Frame, ThreadState, unhashable
-from .job_table import Claim, HitCounts, JobTable, Verdict
+from .job_table import Claim, HitCounts, InProcessJobTable, JobTable, Verdict
 from .memo import Memo, MemoState
 from .stats import DatabaseStats, QueryStats, RevisionStats
+from .tasks import loop_here, no_loop_here
 
 if TYPE_CHECKING:
     from .database import Database, _QueryDescriptor
@@ -88,6 +89,7 @@ class Runtime:
         self.reported: dict[int, list[int]] = {}  # hits reported, per id(thread state)
         self.states: list[ThreadState] = []  # kept after their threads end: stats count them
         self.states_lock = threading.Lock()
+        self.retired_greens: dict[int, int] = {}  # per revision, of states retired
 
     # -- threads and revisions -----------------------------------------------------------------
 
@@ -185,8 +187,22 @@ class Runtime:
             if found is None:
                 found = self.fetch_cold(name, key, thread)
             if found is not None:
-                break
+                return self.keep(name, key, thread, memos, found)
             memos = thread.memos[index]  # a new revision: a new copy
+
+    def keep(
+        self,
+        name: str,
+        key: tuple[Any, ...],
+        thread: ThreadState,
+        memos: dict[tuple[Any, ...], Memo],
+        found: Memo,
+    ) -> Memo:
+        """*found*, the memo fetched for ``name(*key)``, kept in *memos*: *thread*'s copy of
+        the revision it was fetched in, taken before the fetch (a body that ends after an
+        input changed moves its thread on, and its value must not land in the new copy). A
+        fallback's value is computed; an ERROR_ONCE is delivered, kept nowhere. A memo whose
+        dependencies are unknown is never carried to a later revision (ThreadState.advance)."""
         if found.state is not OK:
             if found.state is FALLBACK:
                 found = self._fallback(self.queries[name], key, found)
@@ -194,7 +210,7 @@ class Runtime:
                 return found  # delivered, kept nowhere
         memos[key] = found
         if found.deps is None:
-            thread.unknown_deps.append((index, key))
+            thread.unknown_deps.append((self.index[name], key))
         return found
 
     def fetch_hot(
@@ -222,16 +238,38 @@ class Runtime:
     def fetch_cold(self, name: str, key: tuple[Any, ...], thread: ThreadState) -> Memo | None:
         """Claim ``name(*key)``: the memo the table answers, or, as its owner, the memo this
         thread brought up to date (:meth:`_update`). None if the thread's revision was over:
-        it has moved to the current one."""
+        it has moved to the current one. An async query asked on a thread whose event loop
+        runs raises LoopRunning rather than wait there (:meth:`_claim_on_loop`)."""
         descriptor = self.queries[name]
         scope = self.scope if descriptor.local else None
-        kind, answer = self.table.claim(name, key, thread.id, thread.revision, scope)
+        if descriptor.is_async and loop_here():
+            kind, answer = self._claim_on_loop(name, key, thread, scope)
+        else:
+            kind, answer = self.table.claim(name, key, thread.id, thread.revision, scope)
         if kind is MEMO:
             return answer  # type: ignore[no-any-return]
         if kind is STALE:
             self.stale(thread, answer)
             return None
         return self._update(descriptor, key, thread, scope, answer)  # RUN or VERIFY
+
+    def _claim_on_loop(
+        self, name: str, key: tuple[Any, ...], thread: ThreadState, scope: Hashable | None
+    ) -> tuple[Claim, Any]:
+        """Claim async query ``name(*key)`` for a sync call on a thread whose event loop
+        runs. From plain code there, LoopRunning at once (the caller meant ``async_get``).
+        Inside a body (a sync body a task handed to this thread, or a private loop's), the
+        claim may answer at once (a memo, a cycle through this thread's own frames); a wait
+        for an owner, which may be a task on this very loop, raises LoopRunning instead; and
+        executing raises it in ``execute``. A table in another process is claimed from as
+        usual: its owners are not on this loop."""
+        refuse = functools.partial(no_loop_here, name)
+        table = self.table
+        if not isinstance(table, InProcessJobTable):
+            return table.claim(name, key, thread.id, thread.revision, scope)
+        if not thread.stack:
+            refuse()
+        return table.claim(name, key, thread.id, thread.revision, refuse=refuse)
 
     def _update(
         self,
@@ -245,7 +283,6 @@ class Runtime:
         verify *old*; if a dependency changed (or there is no old memo), execute the body and
         backdate the result. Abandons the claim if anything but the body raises (Cancelled,
         KeyboardInterrupt...)."""
-        name = descriptor.name
         revision = thread.revision
         frame = Frame()
         thread.enter(frame)  # verification's reads are cancelled with a new revision too
@@ -255,17 +292,39 @@ class Runtime:
                 and not descriptor.volatile
                 and not verify.changed(self, old, thread)
             )
-            if not green:
-                memo, elapsed, self_time = execute(self, descriptor, key, thread, frame)
+            executed = None if green else execute(self, descriptor, key, thread, frame)
         except BaseException:
-            thread.leave()
-            self.table.abandon(name, key, thread.id, scope)
+            self.give_up(descriptor.name, key, thread, scope)
             raise
         thread.leave()
-        if green:
+        return self.finish(descriptor, key, thread, scope, old, executed, revision)
+
+    def give_up(
+        self, name: str, key: tuple[Any, ...], thread: ThreadState, scope: Hashable | None
+    ) -> None:
+        """Pop the frame of *thread*'s claim of ``name(*key)`` and abandon the claim."""
+        thread.leave()
+        self.table.abandon(name, key, thread.id, scope)
+
+    def finish(
+        self,
+        descriptor: _QueryDescriptor[Any],
+        key: tuple[Any, ...],
+        thread: ThreadState,
+        scope: Hashable | None,
+        old: Memo | None,
+        executed: tuple[Memo, float, float] | None,
+        revision: int,
+    ) -> Memo:
+        """Publish *thread*'s claim of ``descriptor(*key)`` in *revision*, its frame popped:
+        *old* found green (*executed* None), or what the body gave, backdated if equal to
+        *old*."""
+        name = descriptor.name
+        if executed is None:
             assert old is not None
             memo = old.verified(revision)
             return self.table.publish(name, key, thread.id, memo, verdict=GREEN, scope=scope)
+        memo, elapsed, self_time = executed
         verdict = backdate(old, memo)
         store = memo.state is OK or descriptor.cache_errors
         if not store:
@@ -313,28 +372,10 @@ class Runtime:
         raise memo.value
 
     async def async_get(self, bound: BoundQuery[T], key: tuple[Any, ...]) -> T:
-        """See :meth:`BoundQuery.async_get`."""
-        memo = self.peek(bound._binding._name, key)
-        if memo is not None and (memo.state is OK or memo.state is ERROR):
-            if memo.state is OK:
-                return memo.value  # type: ignore[no-any-return]
-            raise memo.value
-        # Imported on first use: sync-only programs never pay for anyio.
-        if self.home is not None:  # serial: this thread's database, computed on this thread
-            import anyio.lowlevel
+        """See :meth:`BoundQuery.async_get` (``dualmode.query.awaiting``)."""
+        from .awaiting import async_get
 
-            await anyio.lowlevel.checkpoint()
-            return bound(*key)
-        name = bound._binding._name
-        if self.queries[name].local and self.table.shared:
-            # Its value stays in the process that computes it, which must be this one.
-            import anyio.to_thread
-
-            call: Callable[[], T] = functools.partial(bound, *key)
-            return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
-        from ..parallel import run_in_worker
-
-        value: T = await run_in_worker(_call_query, self.db, name, key, backend=self.db.backend)
+        value: T = await async_get(self, bound._binding._name, key)
         return value
 
     def prefetch(self, name: str, keys: Iterable[Any]) -> None:
@@ -378,6 +419,19 @@ class Runtime:
             if n > m
         ]
 
+    def retire(self, state: ThreadState) -> None:
+        """Count the hits and greens of a state that is done (a task's: see
+        ``dualmode.query.tasks``), which :meth:`stats` does not walk."""
+        pending = self._unreported(state)
+        with self.states_lock:
+            self.reported.pop(id(state), None)
+            greens = state.past_greens.copy()
+            greens[state.revision] = greens.get(state.revision, 0) + state.greens
+            for revision, n in greens.items():
+                self.retired_greens[revision] = self.retired_greens.get(revision, 0) + n
+        if pending:
+            self.table.add_hits(pending)
+
     def unreported_hits(self) -> HitCounts:
         """The calling thread's hits the table has not counted yet (see JobTable.attach)."""
         return self._unreported(self.local.state)
@@ -391,6 +445,10 @@ class Runtime:
                 self.table.add_hits(pending)
         counts, verdicts = self.table.stats()
         queries = {name: QueryStats(*counts[name]) for name in self.index}
+        with self.states_lock:
+            retired = self.retired_greens.copy()
+        for r, n in retired.items():
+            verdicts.setdefault(r, dict.fromkeys(Verdict, 0))[GREEN] += n
         for thread in states:
             greens = thread.past_greens.copy()
             greens[thread.revision] = greens.get(thread.revision, 0) + thread.greens
@@ -428,9 +486,3 @@ def _prefetch_one(db: Database, name: str, key: tuple[Any, ...]) -> None:
         except Cancelled:  # an input changed meanwhile: bring it up to date in the new one
             continue
         return
-
-
-def _call_query(db: Database, name: str, key: tuple[Any, ...]) -> Any:
-    """``db.<name>(*key)`` on a worker (the database travels to a worker process as
-    ``dualmode.query.shipping`` ships it)."""
-    return getattr(db, name)(*key)

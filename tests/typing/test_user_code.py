@@ -292,3 +292,37 @@ def test_async_twins_work_as_typed(dualmode_backend: str) -> None:
     import anyio
 
     anyio.run(async_twins, dualmode_backend)
+
+
+class Typed(dm.Database):
+    """Queries as docs/queries.md declares them: a sync one and an async one."""
+
+    @dm.query
+    def double(self, n: int) -> int:
+        return 2 * n
+
+    @dm.query
+    async def fetch(self, n: int) -> str:
+        import anyio
+
+        await anyio.sleep(0)
+        return str(n)
+
+
+def sync_queries(backend: str) -> None:
+    db = Typed(backend=backend)
+    assert_type(db.double(2), int)
+    assert_type(db.fetch(3), str)  # an async query called from sync code: its value
+
+
+async def async_queries(backend: str) -> None:
+    db = Typed(backend=backend)
+    assert_type(await db.fetch.async_get(3), str)
+    assert_type(await db.double.async_get(2), int)
+
+
+def test_queries_work_as_typed(dualmode_backend: str) -> None:
+    import anyio
+
+    sync_queries(dualmode_backend)
+    anyio.run(async_queries, dualmode_backend)
