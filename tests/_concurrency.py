@@ -1,4 +1,4 @@
-"""Helpers the tests share for running code on several threads at once.
+"""Helpers the tests share for running code on several threads (or processes) at once.
 
 A plain module, imported by name (pytest puts ``tests/`` on ``sys.path``), rather than
 ``conftest.py``: a conftest is for fixtures and hooks, and importing one by name breaks once
@@ -10,6 +10,7 @@ Every wait here has a timeout, so a deadlock fails its test instead of hanging i
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -85,6 +86,19 @@ def wait_until_blocked(thread: threading.Thread, timeout: float = JOIN_TIMEOUT) 
         return frame is not None and frame.f_code.co_name in _BLOCKING
 
     wait_until(blocked, timeout)
+
+
+def gone(pid: int) -> bool:
+    """True once process *pid* has exited (a zombie nobody has reaped yet counts as exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def read_while_changing(

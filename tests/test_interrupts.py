@@ -16,6 +16,7 @@ import textwrap
 import time
 
 import pytest
+from _concurrency import gone
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -63,15 +64,6 @@ PROGRAM = textwrap.dedent(
 CALLS = ["par_map", "scope", "join", "prefetch"]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:  # a zombie has exited too
-        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-
-
 @pytest.mark.parametrize("call", CALLS)
 @pytest.mark.parametrize("backend", ["threads", "processes"])
 def test_ctrl_c_stops_a_parallel_call_at_once(backend: str, call: str, tmp_path: object) -> None:
@@ -104,6 +96,6 @@ def test_ctrl_c_stops_a_parallel_call_at_once(backend: str, call: str, tmp_path:
     assert exited < (5 if backend == "threads" else 2), exited
     if backend == "processes":
         deadline = time.monotonic() + 5
-        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        while any(not gone(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not [pid for pid in workers if _alive(pid)], "worker processes left behind"
+        assert not [pid for pid in workers if not gone(pid)], "worker processes left behind"

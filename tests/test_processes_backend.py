@@ -33,6 +33,7 @@ from dualmode.backends.processes import ProcessesBackend
 
 sys.path.insert(0, os.path.dirname(__file__))  # whatever pytest's import mode, children see it
 import _processes_workers as w
+from _concurrency import gone
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -61,19 +62,6 @@ def finish(*processes: BaseProcess) -> None:
             process.join()
             pytest.fail(f"{process.name} did not finish within {WAIT} s")
         assert process.exitcode == 0, f"{process.name} exited with {process.exitcode}"
-
-
-def gone(pid: int) -> bool:
-    """True once *pid* has exited (a zombie nobody has reaped yet counts as exited)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def wait_gone(pid: int, timeout: float = WAIT) -> bool:
@@ -350,14 +338,6 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
 def test_a_parent_killed_hard_leaves_no_process_behind() -> None:
     """SIGKILL (the OOM killer, a test runner's timeout): the coordinator, the pool's
@@ -373,9 +353,9 @@ def test_a_parent_killed_hard_leaves_no_process_behind() -> None:
         parent.kill()
         parent.wait()
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(_running(pid) for pid in started):
+    while time.monotonic() < deadline and any(not gone(pid) for pid in started):
         time.sleep(0.1)
-    left = [pid for pid in started if _running(pid)]
+    left = [pid for pid in started if not gone(pid)]
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"{len(left)} of {len(started)} processes outlived their killed parent"
@@ -550,6 +530,7 @@ def test_a_worker_killed_mid_task_fails_that_chunk_alone_and_the_pool_heals(
 
 
 def _process_exists(pid: int) -> bool:
+    """Stricter than ``gone``: a zombie still exists (the pool must reap what it ended)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
