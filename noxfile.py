@@ -162,6 +162,30 @@ def _from_root(arg: str) -> str:
     return str(ROOT / arg)
 
 
+def _install_tests(session: nox.Session, *extras: str) -> dict[str, str]:
+    """Install the package (not editable) with the test extras, and the 3.13t pins on 3.13t,
+    where the GIL must stay off; the environment the tests then run with."""
+    free_threaded = _check_interpreter(session)
+    wanted = ",".join(("test", *extras))
+    if not free_threaded:
+        session.install(f".[{wanted}]")
+        return {}
+    session.install(f".[{wanted}]", *FREE_THREADED_PINS)
+    _check_gil_stays_off(session)
+    # A module imported later (by a test, or in a worker process, which inherits the
+    # environment) that would switch the GIL back on fails its import instead.
+    return {"PYTHONWARNINGS": GIL_WARNING_IS_ERROR}
+
+
+def _pytest(session: nox.Session, args: list[str], env: dict[str, str]) -> None:
+    """pytest over *args*, testing the installed package, not the checkout: from the
+    repository root, `python -c` and `python -m` (in a test's subprocess too) would import
+    ./dualmode, which has no dualmode.backends until installed. So pytest runs from the
+    session's tmp directory."""
+    session.chdir(session.create_tmp())
+    session.run("pytest", f"--rootdir={ROOT}", "-c", str(ROOT / "pyproject.toml"), *args, env=env)
+
+
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """Install the package (not editable) and run pytest over tests/ on every backend.
@@ -171,22 +195,54 @@ def tests(session: nox.Session) -> None:
     arguments go to pytest (paths relative to the repository root work):
     ``nox -s tests-3.13t -- tests/test_parallel.py -k queue -x``.
     """
-    free_threaded = _check_interpreter(session)
-    env: dict[str, str] = {}
-    if free_threaded:
-        session.install(".[test]", *FREE_THREADED_PINS)
-        _check_gil_stays_off(session)
-        # A module imported later (by a test, or in a worker process, which inherits the
-        # environment) that would switch the GIL back on fails its import instead.
-        env["PYTHONWARNINGS"] = GIL_WARNING_IS_ERROR
-    else:
-        session.install(".[test]")
-    # Test the installed package, not the checkout: from the repository root, `python -c` and
-    # `python -m` (in a test's subprocess too) would import ./dualmode, which has no
-    # dualmode.backends until installed. So pytest runs from the session's tmp directory.
-    args = [_from_root(arg) for arg in session.posargs] or [str(ROOT / "tests")]
-    session.chdir(session.create_tmp())
-    session.run("pytest", f"--rootdir={ROOT}", "-c", str(ROOT / "pyproject.toml"), *args, env=env)
+    env = _install_tests(session)
+    _pytest(session, [_from_root(arg) for arg in session.posargs] or [str(ROOT / "tests")], env)
+
+
+# `nox -s stress`: the suites whose every test runs on STRESS_THREADS threads at once
+# (pytest-run-parallel), each thread running it STRESS_ITERATIONS times, on the parallel backends.
+STRESS_SUITES = [
+    "tests/test_threads_backend.py",  # the primitives, with their wake-up paths
+    "tests/test_lock_tests.py",  # CPython's own lock tests, on dualmode's primitives
+    "tests/test_queue_tests.py",
+    "tests/test_parallel.py",
+    "tests/test_query.py",
+    "tests/test_incremental.py",
+]
+STRESS_SHARED_FIXTURES = ["db", "chain"]  # test_query.py's and test_incremental.py's databases
+STRESS_THREADS = 8
+STRESS_ITERATIONS = 2
+STRESS_ROUNDS = 3  # test_stress.py's rounds, multiplied
+STRESS_SWITCH_INTERVAL = "1e-6"  # seconds, on a GIL build
+
+
+@nox.session(python=["3.11", FREE_THREADED])
+def stress(session: nox.Session) -> None:
+    """Races, pushed: on free-threaded 3.13t with the GIL off, and on 3.11 switching threads
+    every microsecond. Not part of CI (about N minutes per interpreter); run it after a change
+    to a primitive, a backend or the query engine.
+
+    1. tests/test_stress.py's own loops with STRESS_THREADS threads per round and
+       STRESS_ROUNDS times the rounds (the ``stress`` fixture reads the environment);
+    2. every test of STRESS_SUITES on STRESS_THREADS threads at once, STRESS_ITERATIONS times
+       each, on threads and processes (pytest-run-parallel; a test marked ``thread_unsafe``,
+       one that shares state between its threads or times a wait, runs on one thread).
+
+    Every invariant the tests assert must hold every time. Extra arguments go to both runs.
+    """
+    env = _install_tests(session, "stress")
+    env["DUALMODE_STRESS_THREADS"] = str(STRESS_THREADS)
+    env["DUALMODE_STRESS_ROUNDS"] = str(STRESS_ROUNDS)
+    if "PYTHONWARNINGS" not in env:  # a GIL build
+        env["DUALMODE_SWITCH_INTERVAL"] = STRESS_SWITCH_INTERVAL
+    _pytest(session, [str(ROOT / "tests" / "test_stress.py"), *session.posargs], env)
+    parallel = [f"--parallel-threads={STRESS_THREADS}", f"--iterations={STRESS_ITERATIONS}"]
+    backends = ["--dualmode-backend=threads", "--dualmode-backend=processes"]
+    # A test that takes one of these fixtures plays a scenario on the fixture's database (one
+    # caller, exact execution logs): its copies would share it, so it runs on one thread.
+    shared = ["-o", "thread_unsafe_fixtures=" + "\n".join(STRESS_SHARED_FIXTURES)]
+    suites = [str(ROOT / suite) for suite in STRESS_SUITES]
+    _pytest(session, [*parallel, *backends, *shared, *suites, *session.posargs], env)
 
 
 @nox.session(python="3.11")

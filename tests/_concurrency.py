@@ -147,30 +147,57 @@ def read_while_changing(
     return stale
 
 
+#: What ``nox -s stress`` sets to push the stress tests harder (see noxfile.py): threads per
+#: round, a multiplier of the rounds, and the GIL build's thread switch interval in seconds.
+STRESS_THREADS = "DUALMODE_STRESS_THREADS"
+STRESS_ROUNDS = "DUALMODE_STRESS_ROUNDS"
+SWITCH_INTERVAL = "DUALMODE_SWITCH_INTERVAL"
+
+
+def _positive(variable: str, default: float) -> float:
+    value = float(os.environ.get(variable) or default)
+    if value <= 0:
+        raise ValueError(f"{variable}={value!r}: give a number above 0, or unset it")
+    return value
+
+
+def switch_interval() -> float:
+    """The thread switch interval stress tests run under on a GIL build: 10 us (CPython's
+    default is 5 ms, which lets a thread run through most races alone), or
+    ``$DUALMODE_SWITCH_INTERVAL``."""
+    return _positive(SWITCH_INTERVAL, 1e-5)
+
+
 @dataclass(frozen=True)
 class Stress:
     """How hard a stress test pushes the parallel backend it runs on (the ``stress`` fixture).
 
-    A stress test repeats a round (fresh primitives, threads released together) many times,
-    each thread making many operations. On threads an operation costs well under a
-    microsecond; on processes every one is a round trip to the coordinator, about 50 us (and
-    each round's new threads open connections of their own). So on processes a test makes
-    :attr:`op_share` of its operations in :attr:`round_share` of its rounds: still tens to
-    hundreds of racing operations per thread per round, which is where races show (the
+    A stress test repeats a round (fresh primitives, :attr:`threads` threads released
+    together) many times, each thread making many operations. On threads an operation costs
+    well under a microsecond; on processes every one is a round trip to the coordinator, about
+    50 us (and each round's new threads open connections of their own). So on processes a
+    test makes :attr:`op_share` of its operations in :attr:`round_share` of its rounds: still
+    tens to hundreds of racing operations per thread per round, which is where races show (the
     scheduling that exposes them happens at every round trip), in about the time the threads
     run takes. ``ops(n)`` and ``rounds(n)`` never go below 1 (or a test's own minimum).
+    ``nox -s stress`` raises :attr:`threads` (``$DUALMODE_STRESS_THREADS``, 4 by default) and
+    multiplies the rounds (``$DUALMODE_STRESS_ROUNDS``, 1 by default).
     """
 
     backend: str
     op_share: float = 1.0
     round_share: float = 1.0
+    threads: int = 4
 
     @classmethod
     def on(cls, backend: str) -> Stress:
-        """The sizing for *backend*: full on threads, scaled down on processes."""
+        """The sizing for *backend*: full on threads, scaled down on processes; threads and
+        rounds as the environment asks."""
+        threads = int(_positive(STRESS_THREADS, 4))
+        rounds = _positive(STRESS_ROUNDS, 1)
         if backend == "processes":
-            return cls(backend, op_share=0.25, round_share=0.5)
-        return cls(backend)
+            return cls(backend, op_share=0.25, round_share=0.5 * rounds, threads=threads)
+        return cls(backend, round_share=rounds, threads=threads)
 
     def ops(self, n: int, *, at_least: int = 1, multiple_of: int = 1) -> int:
         """How many operations a test that makes *n* on threads makes here."""

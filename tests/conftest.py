@@ -6,11 +6,12 @@ pytest plugin (``dualmode.pytest_plugin``), as they do for any project that inst
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 
 import pytest
-from _concurrency import Stress
+from _concurrency import SWITCH_INTERVAL, Stress, switch_interval
 
 from dualmode import config
 
@@ -21,11 +22,19 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """With ``$DUALMODE_SWITCH_INTERVAL`` set (``nox -s stress`` on a GIL build), every test
+    runs under that thread switch interval, not only the stress tests."""
+    if os.environ.get(SWITCH_INTERVAL):
+        sys.setswitchinterval(switch_interval())
+
+
 @pytest.fixture
 def switch_often() -> Iterator[None]:
-    """On a GIL build, switch threads every 10 us rather than every 5 ms, so races show."""
+    """On a GIL build, switch threads every 10 us (or ``$DUALMODE_SWITCH_INTERVAL``) rather
+    than every 5 ms, so races show."""
     interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
+    sys.setswitchinterval(switch_interval())
     try:
         yield
     finally:

@@ -3,6 +3,7 @@ same report, incremental re-runs, bad input and its exit statuses, --watch."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -522,10 +523,26 @@ def _read_until(lines: queue.Queue[str], wanted: str, seconds: float) -> list[st
     raise AssertionError(f"no line with {wanted!r} within {seconds} s; got:\n{''.join(got)}")
 
 
+def _drain(lines: queue.Queue[str]) -> list[str]:
+    """The lines read so far."""
+    got = []
+    with contextlib.suppress(queue.Empty):
+        while True:
+            got.append(lines.get(timeout=1))
+    return got
+
+
 def _lines_of(stream: IO[str]) -> queue.Queue[str]:
     """*stream*'s lines as a thread reads them (a read never blocks the test)."""
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in stream], daemon=True).start()
+
+    def read() -> None:
+        # The test closes the pipe when it ends (Popen.__exit__), maybe mid-read.
+        with contextlib.suppress(ValueError, OSError):
+            for line in stream:
+                lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
     return lines
 
 
@@ -547,8 +564,10 @@ def test_watch_prints_changed_findings_within_2_seconds(
         text=True,
         start_new_session=True,
     ) as process:
-        assert process.stdout is not None
+        assert process.stdout is not None and process.stderr is not None
         lines = _lines_of(process.stdout)
+        # stderr is read as it comes, so the command can never block on a full pipe
+        errors = _lines_of(process.stderr)
         try:
             _read_until(lines, "watching 2 files", 60)
             time.sleep(0.3)  # let the watcher start
@@ -560,11 +579,14 @@ def test_watch_prints_changed_findings_within_2_seconds(
             (root / "pkg" / "a.py").write_text("import os\nos\n", encoding="utf-8")
             assert "'json' imported but unused" in _read_until(lines, "- /", 2.0)[-1]
             process.send_signal(signal.SIGINT)  # Ctrl-C
-            process.wait(timeout=30)
-            err = process.stderr.read() if process.stderr else ""
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"running 30 s after Ctrl-C; stderr:\n{''.join(_drain(errors))}")
         finally:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
+    err = "".join(_drain(errors))
     assert process.returncode == 0, err
     _read_until(lines, "stopped watching", 5)
     assert "Traceback" not in err

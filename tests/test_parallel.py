@@ -323,6 +323,7 @@ class PeakCounter:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.thread_unsafe(reason="counts the threads of the whole process")
 def test_nested_parallelism_finishes_with_bounded_workers(dualmode_backend: str) -> None:
     # A backend of its own, so the counts below are its threads and processes alone.
     with type(dm.current())(workers=2) as backend, dm.use(backend):

@@ -481,6 +481,7 @@ def test_in_process_databases_refuse_to_pickle() -> None:
         pickle.dumps(Shipped(backend="threads"))
 
 
+@pytest.mark.thread_unsafe(reason="kills a worker of the processes pool other copies would share")
 def test_a_worker_dying_mid_query_fails_its_waiters_and_nothing_is_memoized() -> None:
     db = Shipped(backend="processes", workers=2)
     with pytest.raises(dm.ParallelError) as lost:

@@ -30,7 +30,6 @@ import dualmode as dm
 pytestmark = [pytest.mark.stress, pytest.mark.timeout(120)]
 
 ROUNDS = 30
-THREADS = 4
 
 
 def test_free_threaded_build_really_runs_without_the_gil() -> None:
@@ -45,10 +44,12 @@ def test_atomic_int_fetch_add_is_exact(stress: Stress) -> None:
 
     def one_round() -> None:
         atomic = dm.AtomicInt(0, backend=stress.backend)
-        seen = run_threads(THREADS, lambda _: [atomic.fetch_add(1) for _ in range(per_thread)])
-        assert atomic.load() == THREADS * per_thread
+        seen = run_threads(
+            stress.threads, lambda _: [atomic.fetch_add(1) for _ in range(per_thread)]
+        )
+        assert atomic.load() == stress.threads * per_thread
         # Every call saw a distinct previous value: no two increments overlapped.
-        assert sorted(v for part in seen for v in part) == list(range(THREADS * per_thread))
+        assert sorted(v for part in seen for v in part) == list(range(stress.threads * per_thread))
 
     stress.repeat(ROUNDS, one_round)
 
@@ -65,8 +66,8 @@ def test_atomic_int_compare_exchange_loop(stress: Stress) -> None:
                 while (found := atomic.compare_exchange(current, current + 1)) != current:
                     current = found
 
-        run_threads(THREADS, increment)
-        assert atomic.load() == THREADS * per_thread
+        run_threads(stress.threads, increment)
+        assert atomic.load() == stress.threads * per_thread
 
     stress.repeat(ROUNDS, one_round)
 
@@ -95,17 +96,17 @@ def test_sharded_dict_loses_no_update(stress: Stress) -> None:
                 # every thread races to insert each of these: all must share one counter
                 shards.get_or_insert_with(("shared", i), new_atomic).fetch_add(1)
 
-        run_threads(THREADS, work)
+        run_threads(stress.threads, work)
         entries = dict(shards.items())
-        assert len(shards) == len(entries) == (THREADS + 1) * per_thread + 3 * counters
-        assert all(entries[(t, i)] == i for t in range(THREADS) for i in range(per_thread))
-        assert all(entries[("shared", i)].load() == THREADS for i in range(per_thread))
-        expected = THREADS * per_thread // counters
+        assert len(shards) == len(entries) == (stress.threads + 1) * per_thread + 3 * counters
+        assert all(entries[(t, i)] == i for t in range(stress.threads) for i in range(per_thread))
+        assert all(entries[("shared", i)].load() == stress.threads for i in range(per_thread))
+        expected = stress.threads * per_thread // counters
         for key in range(counters):
             assert entries[("atomic", key)].load() == expected
             with entries[("mutex", key)].lock() as guard:
                 assert guard.value == expected
-            assert entries[("first", key)] in range(THREADS)
+            assert entries[("first", key)] in range(stress.threads)
 
     stress.repeat(ROUNDS, one_round)
 
@@ -119,7 +120,7 @@ def test_sharded_dict_pop_hands_each_key_out_once(stress: Stress) -> None:
         for i in range(keys):
             shards[i] = i
         popped = run_threads(
-            THREADS, lambda _: [k for k in range(keys) if shards.pop(k, gone) is not gone]
+            stress.threads, lambda _: [k for k in range(keys) if shards.pop(k, gone) is not gone]
         )
         assert Counter(k for part in popped for k in part) == Counter(range(keys))
         assert len(shards) == 0
@@ -158,7 +159,7 @@ def test_rwlock_writers_exclude_everyone(stress: Stress) -> None:
                 hold(role)
                 release()
 
-        run_threads(THREADS, work)
+        run_threads(stress.threads, work)
         assert violations == []
         assert +inside == Counter()
         assert rw.acquire_write(False)  # the lock ends free
@@ -179,7 +180,7 @@ def test_rwlock_writer_not_starved_by_streaming_readers(stress: Stress) -> None:
                     reads.fetch_add(1)
                     time.sleep(0.0005)  # readers overlap: the lock is never reader-free
 
-        readers = [start_thread(read_until_stopped) for _ in range(THREADS - 1)]
+        readers = [start_thread(read_until_stopped) for _ in range(stress.threads - 1)]
         try:
             wait_until(lambda: reads.load() > 20)
             # Without writer preference this would wait for as long as readers keep coming.
@@ -243,7 +244,7 @@ def test_once_cell_set_races_get_or_init(stress: Stress) -> None:
                 return ("set", cell.set(t))
             return ("init", cell.get_or_init(lambda: t))
 
-        results = run_threads(THREADS, race)
+        results = run_threads(stress.threads, race)
         value = cell.get()
         stored = [r for r in results if r == ("set", True)]
         assert len(stored) <= 1
@@ -264,14 +265,14 @@ def test_once_cell_set_after_abandon_wakes_every_waiter(stress: Stress) -> None:
             return cell.get_or_init(lambda: t)
 
         results: list[object] = []
-        runner = start_thread(lambda: results.extend(run_threads(THREADS, wait_for_value)))
-        wait_until(lambda: waiting.load() == THREADS)
+        runner = start_thread(lambda: results.extend(run_threads(stress.threads, wait_for_value)))
+        wait_until(lambda: waiting.load() == stress.threads)
         time.sleep(0.001)  # most of them are asleep in the cell by now
         cell._abandon()  # ...gives up, which wakes one waiter,
         cell.set("set")  # and a set() that beats it must wake the rest
         runner.join(JOIN_TIMEOUT)
         assert not runner.is_alive()
-        assert results == [cell.get()] * THREADS
+        assert results == [cell.get()] * stress.threads
 
     stress.repeat(ROUNDS // 2, one_round)
 
@@ -296,14 +297,14 @@ def test_worker_local_one_value_per_worker(stress: Stress) -> None:
                 local.get().append(t)
             return worker_of(), id(local.get())
 
-        seen = run_threads(THREADS, work)
+        seen = run_threads(stress.threads, work)
         workers = {worker for worker, _ in seen}
         assert made.load() == len(workers)
         assert len({value for _, value in seen}) == len(workers)  # one value per worker
         collected = local.collect()
         assert sorted(map(id, collected)) == sorted({value for _, value in seen})
         assert sorted(x for value in collected for x in value) == sorted(
-            t for t in range(THREADS) for _ in range(50)
+            t for t in range(stress.threads) for _ in range(50)
         )
 
     stress.repeat(ROUNDS, one_round)
@@ -336,7 +337,7 @@ def test_queue_producers_consumers_then_shutdown(stress: Stress) -> None:
             q.shutdown()
 
         closer = start_thread(shut_down_when_drained)
-        parts = run_threads(THREADS, work)
+        parts = run_threads(stress.threads, work)
         closer.join(JOIN_TIMEOUT)
         consumed = parts[producers:]
         assert sorted(v for part in consumed for v in part) == list(range(producers * per_producer))
@@ -348,16 +349,18 @@ def test_queue_producers_consumers_then_shutdown(stress: Stress) -> None:
     stress.repeat(ROUNDS // 2, one_round)
 
 
-def test_barrier_four_parties(stress: Stress) -> None:
+def test_barrier_every_party_gets_a_distinct_index(stress: Stress) -> None:
     cycles = 10
     actions = dm.AtomicInt(0, backend=stress.backend)
     # on processes the action runs in the coordinator, where it reaches the same AtomicInt
-    barrier = dm.Barrier(THREADS, action=lambda: actions.fetch_add(1), backend=stress.backend)
+    barrier = dm.Barrier(
+        stress.threads, action=lambda: actions.fetch_add(1), backend=stress.backend
+    )
 
     def one_round() -> None:
-        indices = run_threads(THREADS, lambda _: [barrier.wait() for _ in range(cycles)])
+        indices = run_threads(stress.threads, lambda _: [barrier.wait() for _ in range(cycles)])
         for cycle in range(cycles):
-            assert sorted(part[cycle] for part in indices) == list(range(THREADS))
+            assert sorted(part[cycle] for part in indices) == list(range(stress.threads))
 
     stress.repeat(ROUNDS, one_round)
     assert actions.load() == stress.rounds(ROUNDS) * cycles
@@ -366,7 +369,7 @@ def test_barrier_four_parties(stress: Stress) -> None:
 
 def test_barrier_abort_breaks_every_waiter(stress: Stress) -> None:
     def one_round() -> None:
-        barrier = dm.Barrier(THREADS + 1, backend=stress.backend)
+        barrier = dm.Barrier(stress.threads + 1, backend=stress.backend)
 
         def wait(_: int) -> str:
             try:
@@ -376,11 +379,11 @@ def test_barrier_abort_breaks_every_waiter(stress: Stress) -> None:
             return "passed"
 
         def abort_when_all_wait() -> None:
-            wait_until(lambda: barrier.n_waiting == THREADS)
+            wait_until(lambda: barrier.n_waiting == stress.threads)
             barrier.abort()
 
         aborter = start_thread(abort_when_all_wait)
-        assert run_threads(THREADS, wait) == ["broken"] * THREADS
+        assert run_threads(stress.threads, wait) == ["broken"] * stress.threads
         aborter.join(JOIN_TIMEOUT)
 
     stress.repeat(ROUNDS // 2, one_round)
@@ -414,7 +417,7 @@ def test_condition_wait_for_delivers_every_item(stress: Stress) -> None:
                         return got
                     got.append(items.pop(0))
 
-        parts = run_threads(THREADS, work)
+        parts = run_threads(stress.threads, work)
         assert sorted(v for part in parts for v in part) == list(range(total))
 
     stress.repeat(ROUNDS // 2, one_round)
@@ -436,7 +439,7 @@ def test_semaphore_bounds_concurrency(stress: Stress) -> None:
                         over.append(now)
                     inside.fetch_sub(1)
 
-        run_threads(THREADS, work)
+        run_threads(stress.threads, work)
         assert over == []
         with pytest.raises(ValueError):
             sem.release()  # every unit came back
@@ -468,7 +471,7 @@ def test_freeze_lock_nothing_changes_after_freeze(stress: Stress) -> None:
                 seen.append((frozen, fl.read()))
             return seen
 
-        parts = run_threads(THREADS, work)
+        parts = run_threads(stress.threads, work)
         final = fl.read()
         assert fl.frozen
         assert all(value == final for part in parts for frozen, value in part if frozen)
