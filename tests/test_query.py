@@ -29,6 +29,23 @@ import dualmode as dm
 pytestmark = pytest.mark.timeout(60)
 
 
+def no_fallback(db: Analyzer, n: int) -> int:
+    """A cycle= fallback that raises: every reader of the cycle's value gets its error."""
+    raise LookupError(f"no fallback for {n}")
+
+
+class Incomparable:
+    """A value whose ``==`` raises, as some array types' does."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __eq__(self, other: object) -> bool:
+        raise TypeError("Incomparable values cannot be compared")
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class Analyzer(dm.Database):
     source = dm.input()
 
@@ -87,6 +104,51 @@ class Analyzer(dm.Database):
         time.sleep(0.2)
         return n * 2
 
+    @dm.query
+    def total(self) -> int:  # no argument: keyed by ()
+        self._note("total", ())
+        return self.length("a.py") + self.length("b.py")
+
+    @dm.query
+    def both(self, first: str, second: str) -> str:  # several: keyed by their tuple
+        self._note("both", (first, second))
+        return self.parse(first) + self.parse(second)
+
+    @dm.query
+    def has(self, path: str) -> bool:
+        self._note("has", path)
+        return path in self.source
+
+    @dm.query(cycle=no_fallback)
+    def refused(self, n: int) -> int:
+        return self.refuses(n) + 1
+
+    @dm.query
+    def refuses(self, n: int) -> int:
+        return self.refused(n) * 10
+
+    @dm.query
+    def boxed(self, path: str) -> Incomparable:
+        self._note("boxed", path)
+        return Incomparable(len(self.source[path]))
+
+    @dm.query
+    def unboxed(self, path: str) -> int:
+        self._note("unboxed", path)
+        return self.boxed(path).n
+
+    @dm.query
+    def strict(self, path: str) -> str:
+        raise ValueError(f"{path}: {len(self.source[path])} is not enough")
+
+    @dm.query
+    def verdict(self, path: str) -> str:
+        self._note("verdict", path)
+        try:
+            return self.strict(path)
+        except ValueError as exc:
+            return str(exc)
+
 
 @pytest.fixture
 def db(dualmode_backend: str) -> Analyzer:
@@ -138,6 +200,73 @@ def test_a_cycle_raises_cycle_error_with_a_canonical_cycle(db: Analyzer) -> None
 def test_a_cycle_fallback_gives_values_not_errors(db: Analyzer) -> None:
     assert db.loop(2) == -10  # guarded takes its fallback; loop is computed from it
     assert db.guarded(2) == -1
+
+
+def test_queries_with_no_argument_or_several_are_memoized_by_their_tuple(db: Analyzer) -> None:
+    db.source["a.py"] = "abc"
+    db.source["b.py"] = "de"
+    for _ in range(3):
+        assert db.total() == 5
+        assert db.both("a.py", "b.py") == "ABCDE"
+        with pytest.raises(KeyError, match=r"no value for 'c\.py'"):  # an error, memoized too
+            db.both("a.py", "c.py")
+    assert db.both("b.py", "a.py") == "DEABC"  # another key: the order of the arguments counts
+    executed = db.executed
+    assert executed.count(("total", ())) == 1
+    assert executed.count(("both", ("a.py", "b.py"))) == 1
+    assert executed.count(("both", ("a.py", "c.py"))) == 1
+    assert db.stats()["total"].hits == 2 and db.stats()["both"].hits == 4
+    assert db.total.peek() == 5 and db.both.peek("a.py", "b.py") == "ABCDE"
+    with pytest.raises(TypeError, match=r"query 'both': argument 1 \(list\) is unhashable"):
+        db.both("a.py", ["b.py"])  # type: ignore[arg-type]
+    db.source["b.py"] = "xyz"  # both read b.py: each re-executes once
+    assert db.total() == 6 and db.both("a.py", "b.py") == "ABCXYZ"
+    assert db.executed.count(("total", ())) == 2
+
+
+def test_key_in_an_input_is_a_read_a_query_depends_on(db: Analyzer) -> None:
+    assert "a.py" not in db.source
+    assert db.has("a.py") is False
+    db.source["a.py"] = "x"
+    assert "a.py" in db.source and "b.py" not in db.source
+    assert db.has("a.py") is True  # it read "a.py in source": the change reaches it
+    assert db.has("b.py") is False
+    db.source["b.py"] = "y"
+    db.has.prefetch(["a.py", "b.py"])  # on a worker too (processes)
+    assert db.has("b.py") is True and db.has("a.py") is True
+    assert db.executed.count(("has", "a.py")) == 2  # b.py changed, a.py did not: green
+    with pytest.raises(TypeError):
+        [] in db.source  # type: ignore[comparison-overlap]  # noqa: B015
+
+
+def test_a_cycle_fallback_that_raises_gives_its_error_to_every_reader(db: Analyzer) -> None:
+    for _ in range(2):
+        with pytest.raises(LookupError, match="no fallback for 1"):
+            db.refuses(1)
+        with pytest.raises(LookupError, match="no fallback for 1"):
+            db.refused(1)
+    with pytest.raises(LookupError, match="no fallback for 1"):
+        db.refused.peek(1)
+
+
+def test_an_eq_that_raises_while_backdating_counts_as_a_change(db: Analyzer) -> None:
+    db.source["a.py"] = "ab"
+    assert db.unboxed("a.py") == 2
+    db.source["a.py"] = "cd"  # boxed re-executes; comparing its values raises
+    assert db.unboxed("a.py") == 2
+    assert db.executed.count(("boxed", "a.py")) == 2
+    assert db.executed.count(("unboxed", "a.py")) == 2  # not backdated: its reader re-ran
+
+
+def test_an_error_equal_to_the_last_one_is_backdated(db: Analyzer) -> None:
+    db.source["a.py"] = "ab"
+    assert db.verdict("a.py") == "a.py: 2 is not enough"
+    db.source["a.py"] = "cd"  # strict raises an equal error: verdict stays green
+    assert db.verdict("a.py") == "a.py: 2 is not enough"
+    assert db.executed.count(("verdict", "a.py")) == 1
+    db.source["a.py"] = "abc"  # another message: verdict re-executes
+    assert db.verdict("a.py") == "a.py: 3 is not enough"
+    assert db.executed.count(("verdict", "a.py")) == 2
 
 
 def ask_slow(db: Analyzer, start: dm.Barrier, n: int) -> int:
