@@ -292,6 +292,25 @@ def test_a_query_running_when_an_input_changes_is_cancelled_and_can_be_retried(
     assert db.outer(1) == 202  # the retry computes from the new input
 
 
+@pytest.mark.parametrize("backend", ["threads", "processes"])
+def test_a_prefetch_running_when_an_input_changes_retries_in_the_new_revision(
+    backend: str,
+) -> None:
+    """prefetch does not raise Cancelled: the cancelled key is brought up to date again, from
+    the new input, and its value is there afterwards."""
+    db = Slow(backend=backend, workers=2)
+    db.source[1] = 1
+    thread = threading.Thread(target=db.outer.prefetch, args=([1],))
+    thread.start()
+    assert db.started.wait(10)
+    db.source[1] = 2  # while outer runs in the old revision, on a worker
+    db.go_on.set()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert db.outer.peek(1) == 202  # computed by the prefetch's retry, not by this call
+    assert db.executed() == ["inner", "outer", "outer"]  # cancelled once, then executed
+
+
 def set_an_input(db: Chain) -> None:
     db.source["x"] = "from a worker"
 
