@@ -522,6 +522,16 @@ def test_prefetch_computes_missing_keys_in_parallel(backend: str) -> None:
 # -- processes: the coordinator's job table ----------------------------------------------------
 
 
+class LoadsBadly:
+    """Pickles, but does not load: its pickle gives its ``__init__`` one argument of two."""
+
+    def __init__(self, first: int, second: str) -> None:
+        self.first, self.second = first, second
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return LoadsBadly, (self.first,)
+
+
 class Shipped(dm.Database):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -539,6 +549,10 @@ class Shipped(dm.Database):
     @dm.query
     def lock(self, n: int) -> threading.Lock:
         return threading.Lock()
+
+    @dm.query
+    def loads_badly(self, n: int) -> LoadsBadly:
+        return LoadsBadly(n, "two")
 
     @dm.query
     def dies_in_a_worker(self, n: int) -> int:
@@ -590,6 +604,26 @@ def test_an_unpicklable_value_is_a_clear_error_naming_local() -> None:
     db = Shipped(backend="processes", workers=2)
     with pytest.raises(TypeError, match=r"_thread.lock cannot be pickled.*local=True"):
         db.lock(1)
+
+
+def test_a_value_computed_in_a_worker_that_cannot_come_back_is_its_callers_error() -> None:
+    """One that does not pickle, one that does not load in the database's process: each
+    caller gets a TypeError naming the query and what to do, and the pool works on."""
+    db = Shipped(backend="processes", workers=2)
+    db.lock.prefetch([1])  # executed in a worker
+    db.loads_badly.prefetch([1])
+    for _ in range(2):
+        with pytest.raises(TypeError, match=r"_thread.lock cannot be pickled.*local=True"):
+            db.lock(1)
+        with pytest.raises(
+            TypeError,
+            match=r"^the result of loads_badly\(1,\), computed in a worker, cannot be loaded "
+            r"in the process that created the database .*missing 1 required positional "
+            r"argument.*or mark the query local=True",
+        ):
+            db.loads_badly(1)
+    db.pid_of_tree.prefetch([1])
+    assert db.pid_of_tree(1) != os.getpid()
 
 
 def test_a_database_class_that_cannot_be_shipped_fails_at_creation() -> None:
