@@ -439,25 +439,30 @@ def test_a_coordinator_that_fails_to_start_is_a_worker_crashed_each_time(tmp_pat
     assert "if __name__ ==" not in result.stderr  # not taken for an unguarded main
 
 
+@pytest.mark.parametrize("what", ["primitive", "database"])
 def test_a_process_without_the_authkey_is_refused_with_the_reason(
-    backend: ProcessesBackend,
+    backend: ProcessesBackend, what: str
 ) -> None:
-    """A process not started from the backend's process (so without its authkey) that loads
-    a pickled primitive gets an AuthenticationError that says why, and the coordinator
-    keeps serving the others."""
+    """A process not started from the backend's process (so without its authkey) that uses
+    a pickled primitive or database gets an AuthenticationError that says why, and the
+    coordinator and the database's table keep serving the others."""
     lock = dm.Lock(backend=backend)
+    db = w.DiesUnderTwoCallers(backend=backend)
+    use = "pickle.loads(data)" if what == "primitive" else "pickle.loads(data).square(3)"
     result = subprocess.run(
-        [sys.executable, "-c", "import pickle, sys; pickle.loads(sys.stdin.buffer.read())"],
-        input=pickle.dumps(lock),
+        [sys.executable, "-c", f"import pickle, sys; data = sys.stdin.buffer.read(); {use}"],
+        input=pickle.dumps(lock if what == "primitive" else db),
         capture_output=True,
         timeout=WAIT,
+        cwd=os.path.dirname(__file__),  # where the database's class is importable
     )
     last = result.stderr.decode().strip().splitlines()[-1]
     assert result.returncode == 1
     assert last.startswith("multiprocessing.context.AuthenticationError: this process may not")
     assert "its authkey differs" in last and "Only processes started from the process" in last
     with lock:
-        assert dm.par_map(abs, [-3], backend=backend) == [3]
+        assert db.square(3) == 9
+        assert dm.par_map(db.square, [4], backend=backend) == [16]
 
 
 def test_handle_in_child_creates_in_the_same_coordinator(backend: ProcessesBackend) -> None:
