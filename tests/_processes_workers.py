@@ -190,3 +190,10 @@ def worker_pid(_: object) -> int:
 def lock_for_odd(n: int) -> Any:
     """Returns what cannot be pickled back (a lock) for odd items."""
     return threading.Lock() if n % 2 else n * 10
+
+
+def announce_then_wait(started: dm.Event, never: dm.Event) -> int:
+    """Says it runs, then waits for an event nobody sets (its worker is killed)."""
+    started.set()
+    never.wait(120)
+    return os.getpid()

@@ -655,6 +655,26 @@ def test_a_worker_killed_mid_task_fails_that_chunk_alone_and_the_pool_heals(
     assert not [pid for pid in before if _process_exists(pid)], "the dead pool's workers live"
 
 
+def test_abandoning_a_running_task_kills_the_pool_and_the_next_call_gets_a_new_one() -> None:
+    """What an interrupted parallel call does (``Backend.abandon``): the running task fails
+    with WorkerCrashed, the queued one is cancelled or fails so too (the pool may have handed
+    it to a worker already), never lost; the workers are gone, and the next call runs on new
+    ones."""
+    with ProcessesBackend(workers=1) as b:
+        before = set(dm.par_map(w.worker_pid, range(2), backend=b))
+        started, never = dm.Event(backend=b), dm.Event(backend=b)
+        running = b.submit(w.announce_then_wait, started, never)
+        queued = b.submit(w.announce_then_wait, started, never)
+        assert started.wait(WAIT)
+        b.abandon([running, queued])
+        with pytest.raises(dm.WorkerCrashed, match="died while running announce_then_wait"):
+            running.result(WAIT)
+        assert queued.cancelled() or isinstance(queued.exception(WAIT), dm.WorkerCrashed)
+        assert dm.par_map(abs, [-1, -2], backend=b) == [1, 2]
+        assert not before & set(dm.par_map(w.worker_pid, range(2), backend=b))
+        assert all(wait_gone(pid) for pid in before)
+
+
 def _process_exists(pid: int) -> bool:
     """Stricter than ``gone``: a zombie still exists (the pool must reap what it ended)."""
     try:
