@@ -29,9 +29,12 @@ import dualmode as dm
 pytestmark = pytest.mark.timeout(60)
 
 
-def no_fallback(db: Analyzer, n: int) -> int:
-    """A cycle= fallback that raises: every reader of the cycle's value gets its error."""
-    raise LookupError(f"no fallback for {n}")
+def fallback(db: Analyzer, n: int) -> int:
+    """guarded's cycle= value: -1, or for a negative key an error, which every reader of the
+    cycle's value gets."""
+    if n < 0:
+        raise LookupError(f"no fallback for {n}")
+    return -1
 
 
 class Incomparable:
@@ -90,7 +93,7 @@ class Analyzer(dm.Database):
     def pong(self, n: int) -> int:
         return self.ping(n)
 
-    @dm.query(cycle=lambda db, n: -1)
+    @dm.query(cycle=fallback)
     def guarded(self, n: int) -> int:
         return self.loop(n) + 1
 
@@ -118,14 +121,6 @@ class Analyzer(dm.Database):
     def has(self, path: str) -> bool:
         self._note("has", path)
         return path in self.source
-
-    @dm.query(cycle=no_fallback)
-    def refused(self, n: int) -> int:
-        return self.refuses(n) + 1
-
-    @dm.query
-    def refuses(self, n: int) -> int:
-        return self.refused(n) * 10
 
     @dm.query
     def boxed(self, path: str) -> Incomparable:
@@ -241,12 +236,13 @@ def test_key_in_an_input_is_a_read_a_query_depends_on(db: Analyzer) -> None:
 
 def test_a_cycle_fallback_that_raises_gives_its_error_to_every_reader(db: Analyzer) -> None:
     for _ in range(2):
-        with pytest.raises(LookupError, match="no fallback for 1"):
-            db.refuses(1)
-        with pytest.raises(LookupError, match="no fallback for 1"):
-            db.refused(1)
-    with pytest.raises(LookupError, match="no fallback for 1"):
-        db.refused.peek(1)
+        with pytest.raises(LookupError, match="no fallback for -1"):
+            db.loop(-1)
+        with pytest.raises(LookupError, match="no fallback for -1"):
+            db.guarded(-1)
+    with pytest.raises(LookupError, match="no fallback for -1"):
+        db.guarded.peek(-1)
+    assert db.loop(1) == -10  # the other keys' fallbacks are values
 
 
 def test_an_eq_that_raises_while_backdating_counts_as_a_change(db: Analyzer) -> None:
