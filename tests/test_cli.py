@@ -151,7 +151,7 @@ def test_the_command_and_available_backends_agree_on_a_shadowing_checkout() -> N
     assert proc.stderr.strip() == f"dualmode demo: {reason}"
 
 
-# -- the demo's failures, and output without rich or without a reader --------------------------
+# -- the demo's failures, and output without a reader --------------------------------------
 
 FAILING_BACKENDS = """
 from dualmode.backends.serial import SerialBackend
@@ -210,20 +210,6 @@ def test_demo_with_no_usable_backend_says_where_to_look(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == "dualmode demo: no usable backend; see `dualmode backends` for why\n"
-
-
-def test_without_rich_the_tables_are_plain_text(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setitem(sys.modules, "rich.console", None)  # import rich.console fails
-    assert main(["demo", "--backend", "serial", "--iterations", "3"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert "backend selection" in lines
-    header = lines.index("backend selection") + 1
-    assert lines[header].split() == ["setting", "value"]
-    assert set(lines[header + 1]) == {"-", " "}  # the rule under the headers
-    assert any(line.split() == ["AtomicInt", "total", "12"] for line in lines)  # 4 tasks x 3
-    assert "│" not in "".join(lines)  # no rich box drawing
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes")
