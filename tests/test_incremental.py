@@ -297,18 +297,24 @@ def test_a_prefetch_running_when_an_input_changes_retries_in_the_new_revision(
     backend: str,
 ) -> None:
     """prefetch does not raise Cancelled: the cancelled key is brought up to date again, from
-    the new input, and its value is there afterwards."""
-    db = Slow(backend=backend, workers=2)
-    db.source[1] = 1
-    thread = threading.Thread(target=db.outer.prefetch, args=([1],))
+    the new input, and so are the keys its worker had taken for the old revision (one worker,
+    so that they share its chunk); every value is there afterwards."""
+    db = Slow(backend=backend, workers=1)
+    keys = range(1, 33)
+    for k in keys:
+        db.source[k] = k
+    thread = threading.Thread(target=db.outer.prefetch, args=(keys,))
     thread.start()
-    assert db.started.wait(10)
-    db.source[1] = 2  # while outer runs in the old revision, on a worker
+    assert db.started.wait(10)  # outer(1) runs, in the first chunk
+    db.source[1] = 2  # while it runs in the old revision
     db.go_on.set()
-    thread.join(30)
+    thread.join(60)
     assert not thread.is_alive()
-    assert db.outer.peek(1) == 202  # computed by the prefetch's retry, not by this call
-    assert db.executed() == ["inner", "outer", "outer"]  # cancelled once, then executed
+    # Computed by the prefetch (its retry for key 1), not by this call.
+    assert [db.outer.peek(k) for k in keys] == [202] + [101 * k for k in keys[1:]]
+    executed = db.executed()
+    assert executed.count("outer") == len(keys) + 1  # outer(1) cancelled once
+    assert executed.count("inner") == len(keys)
 
 
 def set_an_input(db: Chain) -> None:
