@@ -254,10 +254,14 @@ def coverage(session: nox.Session) -> None:
     the suite once more, slower); its last figure is in docs/development.md."""
     # Editable: the report names the checkout's files.
     session.install("-e", ".[test,coverage]")
-    session.run("coverage", "erase")
-    session.run("coverage", "run", "-m", "pytest", *(session.posargs or ["tests"]))
-    session.run("coverage", "combine", "--quiet")
-    session.run("coverage", "report")
+    # An absolute data file: the child interpreters that tests start in a temporary folder
+    # (the CLI's, the interrupt tests') inherit it, and write their data where combine looks,
+    # rather than in their own working folder (a relative data_file), where it was lost.
+    env = {"COVERAGE_FILE": str(ROOT / ".coverage")}
+    session.run("coverage", "erase", env=env)
+    session.run("coverage", "run", "-m", "pytest", *(session.posargs or ["tests"]), env=env)
+    session.run("coverage", "combine", "--quiet", env=env)
+    session.run("coverage", "report", env=env)
 
 
 @nox.session

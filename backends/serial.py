@@ -552,17 +552,25 @@ class AtomicInt(_Owned, p.AtomicInt):
 class WorkerLocal(_Owned, p.WorkerLocal):
     """One value: the serial backend has one worker."""
 
-    __slots__ = ("_factory", "_values")
+    __slots__ = ("_factory", "_making", "_values")
 
     def __init__(self, backend: SerialBackend, /, factory: Callable[[], Any]) -> None:
         super().__init__(backend)
         self._factory = factory
+        self._making = False  # the factory runs: a get() from it is a borrow error
         self._values: list[Any] = []
 
     def get(self) -> Any:
         self._check_thread()
         if not self._values:
-            self._values.append(self._factory())
+            if self._making:
+                p.raise_factory_reentered()
+            self._making = True
+            try:
+                value = self._factory()
+            finally:
+                self._making = False
+            self._values.append(value)
         return self._values[0]
 
     def collect(self) -> list[Any]:

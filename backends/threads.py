@@ -1072,7 +1072,7 @@ class WorkerLocal(_Bound, p.WorkerLocal):
     def get(self) -> Any:
         value = getattr(self._local, "value", p.MISSING)
         if value is _INITIALISING:
-            raise BorrowError("WorkerLocal: the factory called get() on its own WorkerLocal")
+            p.raise_factory_reentered()
         if value is p.MISSING:
             self._local.value = _INITIALISING
             try:

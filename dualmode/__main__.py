@@ -26,6 +26,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 import dualmode as dm
 from dualmode.config import (
     BACKEND_ENV,
@@ -220,17 +223,7 @@ def _selection_lines() -> list[tuple[str, str]]:
 
 
 def _print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """A rich table when rich is installed (``pip install 'dualmode[bench]'``), else plain text."""
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
-        print(title)
-        for line in (headers, ["-" * w for w in widths], *rows):
-            print("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
-        print()
-        return
+    """A rich table (rich is a dependency: ``dualmode analyze`` draws with it too)."""
     table = Table(title=title, title_justify="left")
     for header in headers:
         table.add_column(header)

@@ -1129,7 +1129,9 @@ class WorkerLocal(Primitive):
 
     @_abstract
     def get(self) -> Any:
-        """This worker's value, created by ``factory()`` on first use."""
+        """This worker's value, created by ``factory()`` on first use. BorrowError if
+        ``factory`` calls it (the value would be made from itself); a factory that raises
+        leaves no value, and the next ``get()`` calls it again."""
         raise NotImplementedError
 
     @_abstract
@@ -1476,3 +1478,11 @@ class Queue(Primitive):
 
 def raise_frozen() -> NoReturn:
     raise BorrowError("this FreezeLock is frozen: its value can no longer be written")
+
+
+def raise_factory_reentered() -> NoReturn:
+    """A WorkerLocal's factory asked for the value it is making (on every backend)."""
+    raise BorrowError(
+        "WorkerLocal: the factory called get() on its own WorkerLocal; make the value "
+        "without asking for it"
+    )

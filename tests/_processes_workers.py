@@ -185,3 +185,15 @@ def dies_at_three(n: int) -> int:
 def worker_pid(_: object) -> int:
     time.sleep(0.05)  # long enough for each worker to take some
     return os.getpid()
+
+
+def lock_for_odd(n: int) -> Any:
+    """Returns what cannot be pickled back (a lock) for odd items."""
+    return threading.Lock() if n % 2 else n * 10
+
+
+def announce_then_wait(started: dm.Event, never: dm.Event) -> int:
+    """Says it runs, then waits for an event nobody sets (its worker is killed)."""
+    started.set()
+    never.wait(120)
+    return os.getpid()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from _concurrency import SWITCH_INTERVAL, Stress, switch_interval
@@ -58,3 +60,27 @@ def close_named_backends() -> Iterator[None]:
         if before.get(key) is not backend:
             del config._instances[key]
             backend.close()
+
+
+@pytest.fixture
+def register(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Path]]:
+    """``register(dist, {entry_name: "module:Class"}, {module: source})``: install a fake
+    distribution that registers backends, importable for this test only (the real way: a
+    ``*.dist-info`` directory with an ``entry_points.txt``, put on ``sys.path``)."""
+    modules: list[str] = []
+
+    def install(dist: str, entry_points: dict[str, str], sources: dict[str, str]) -> Path:
+        info = tmp_path / f"{dist}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+        lines = [f"{name} = {target}" for name, target in entry_points.items()]
+        (info / "entry_points.txt").write_text("[dualmode.backends]\n" + "\n".join(lines) + "\n")
+        for module, source in sources.items():
+            (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+            modules.append(module)
+        monkeypatch.syspath_prepend(str(tmp_path))  # also invalidates the import caches
+        return tmp_path
+
+    yield install
+    for module in modules:
+        sys.modules.pop(module, None)

@@ -6,6 +6,7 @@ import os
 import site
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,86 @@ def test_the_command_and_available_backends_agree_on_a_shadowing_checkout() -> N
     reason = proc.stdout.strip().removeprefix("backend 'serial' is unavailable: ")
     assert "which shadows any installed copy" in reason
     assert proc.stderr.strip() == f"dualmode demo: {reason}"
+
+
+# -- the demo's failures, and output without a reader --------------------------------------
+
+FAILING_BACKENDS = """
+from dualmode.backends.serial import SerialBackend
+
+class NoAtomics(SerialBackend):
+    '''Registers and runs, but its AtomicInt cannot be made.'''
+    name = "noatomics"
+
+    def create_atomic_int(self, value=0):
+        raise RuntimeError("this backend has no atomics")
+
+class Grounded(SerialBackend):
+    name = "grounded"
+
+    @classmethod
+    def unavailable_reason(cls):
+        return "needs a GPU, and none is attached"
+"""
+
+
+@pytest.fixture
+def failing_backends(register: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registers "noatomics" (fails in the demo) and "grounded" (unavailable here)."""
+    register(
+        "failingbackends",
+        {"noatomics": "fake_failing:NoAtomics", "grounded": "fake_failing:Grounded"},
+        {"fake_failing": FAILING_BACKENDS},
+    )
+    monkeypatch.setenv("COLUMNS", "400")  # rich: no wrapped cells
+
+
+@pytest.mark.usefixtures("failing_backends")
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("noatomics", "failed: RuntimeError: this backend has no atomics"),
+        ("grounded", "unavailable: needs a GPU, and none is attached"),
+    ],
+)
+def test_demo_reports_a_backend_that_fails_or_cannot_run_and_exits_1(
+    name: str, shown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--backend", "serial", "--backend", name, "--iterations", "2"]) == 1
+    captured = capsys.readouterr()
+    result_row = next(line for line in captured.out.splitlines() if "result" in line)
+    assert "ok" in result_row and shown in result_row  # serial's column, then the other's
+    assert "every backend computed the same totals" not in captured.out
+    assert captured.err == "dualmode demo: some backends failed (see the result row)\n"
+
+
+def test_demo_with_no_usable_backend_says_where_to_look(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(dm, "available_backends", lambda: {"serial": "broken here"})
+    assert main(["demo"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "dualmode demo: no usable backend; see `dualmode backends` for why\n"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes")
+def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``dualmode backends | head -0``: exit status 1 and no traceback, no 'Exception ignored'."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DUALMODE_")}
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "dualmode", "backends"],
+            cwd=tmp_path,  # not the checkout, which would shadow the installed package
+            env=env,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert proc.returncode == 1
+    assert proc.stderr == ""

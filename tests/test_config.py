@@ -57,29 +57,6 @@ Register = Callable[..., Path]
 
 
 @pytest.fixture
-def register(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Register]:
-    """``register(dist, {entry_name: "module:Class"}, {module: source})``: install a fake
-    distribution that registers backends, importable for this test only."""
-    modules: list[str] = []
-
-    def install(dist: str, entry_points: dict[str, str], sources: dict[str, str]) -> Path:
-        info = tmp_path / f"{dist}-0.1.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
-        lines = [f"{name} = {target}" for name, target in entry_points.items()]
-        (info / "entry_points.txt").write_text("[dualmode.backends]\n" + "\n".join(lines) + "\n")
-        for module, source in sources.items():
-            (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
-            modules.append(module)
-        monkeypatch.syspath_prepend(str(tmp_path))  # also invalidates the import caches
-        return tmp_path
-
-    yield install
-    for module in modules:
-        sys.modules.pop(module, None)
-
-
-@pytest.fixture
 def altserial(register: Register) -> str:
     """A working third-party backend named "altserial" (the serial backend renamed)."""
     register(

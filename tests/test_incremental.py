@@ -292,6 +292,31 @@ def test_a_query_running_when_an_input_changes_is_cancelled_and_can_be_retried(
     assert db.outer(1) == 202  # the retry computes from the new input
 
 
+@pytest.mark.parametrize("backend", ["threads", "processes"])
+def test_a_prefetch_running_when_an_input_changes_retries_in_the_new_revision(
+    backend: str,
+) -> None:
+    """prefetch does not raise Cancelled: the cancelled key is brought up to date again, from
+    the new input, and so are the keys its worker had taken for the old revision (one worker,
+    so that they share its chunk); every value is there afterwards."""
+    db = Slow(backend=backend, workers=1)
+    keys = range(1, 33)
+    for k in keys:
+        db.source[k] = k
+    thread = threading.Thread(target=db.outer.prefetch, args=(keys,))
+    thread.start()
+    assert db.started.wait(10)  # outer(1) runs, in the first chunk
+    db.source[1] = 2  # while it runs in the old revision
+    db.go_on.set()
+    thread.join(60)
+    assert not thread.is_alive()
+    # Computed by the prefetch (its retry for key 1), not by this call.
+    assert [db.outer.peek(k) for k in keys] == [202] + [101 * k for k in keys[1:]]
+    executed = db.executed()
+    assert executed.count("outer") == len(keys) + 1  # outer(1) cancelled once
+    assert executed.count("inner") == len(keys)
+
+
 def set_an_input(db: Chain) -> None:
     db.source["x"] = "from a worker"
 

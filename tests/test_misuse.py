@@ -139,6 +139,12 @@ MISUSES = [
         "frozen",
     ),
     Misuse(
+        "a WorkerLocal factory that asks for its own value",
+        lambda b: _self_made(b).get(),
+        dm.BorrowError,
+        r"the factory called get\(\) on its own WorkerLocal; make the value without asking",
+    ),
+    Misuse(
         "a Mutex guard used after its with-block",
         lambda b: _released_guard(b).value,
         RuntimeError,
@@ -223,6 +229,17 @@ def _frozen(backend: str) -> dm.FreezeLock:
     return cell
 
 
+def _self_made(backend: str) -> dm.WorkerLocal:
+    local: dm.WorkerLocal | None = None
+
+    def factory() -> object:
+        assert local is not None
+        return local.get()
+
+    local = dm.WorkerLocal(factory, backend=backend)
+    return local
+
+
 def _released_guard(backend: str) -> Any:
     with dm.Mutex(1, backend=backend).lock() as guard:
         pass
@@ -235,6 +252,27 @@ def test_misuse_raises_an_error_that_says_what_to_do(dualmode_backend: str, misu
         pytest.skip(f"only on {misuse.only}")
     with pytest.raises(misuse.error, match=misuse.words):
         misuse.call(dualmode_backend)
+
+
+def test_a_worker_local_makes_its_value_again_after_its_factory_failed(
+    dualmode_backend: str,
+) -> None:
+    local = _self_made(dualmode_backend)
+    with pytest.raises(dm.BorrowError):
+        local.get()
+    assert local.collect() == []  # nothing was kept
+    attempts: list[int] = []
+
+    def fails_once() -> int:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ValueError("the first attempt fails")
+        return len(attempts)
+
+    flaky = dm.WorkerLocal(fails_once, backend=dualmode_backend)
+    with pytest.raises(ValueError, match="the first attempt fails"):
+        flaky.get()
+    assert flaky.get() == 2 and flaky.get() == 2 and flaky.collect() == [2]
 
 
 def test_a_generator_of_items_works(dualmode_backend: str) -> None:

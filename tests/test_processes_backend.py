@@ -9,6 +9,7 @@ asserts on elapsed time.
 from __future__ import annotations
 
 import faulthandler
+import functools
 import gc
 import multiprocessing
 import os
@@ -403,6 +404,67 @@ def test_unguarded_main_raises_one_error_that_says_to_guard(case: str, tmp_path:
     assert "bootstrapping phase" not in result.stderr and "WorkerCrashed" not in result.stderr
 
 
+COORDINATOR_FAILS = """
+    import sys
+
+    import dualmode as dm
+    from dualmode.backends.processes import ProcessesBackend
+
+    if __name__ != "__main__":  # spawn runs this module again in the coordinator: it dies
+        raise ImportError("this module cannot be imported in a child process")
+    backend = ProcessesBackend(2)
+    for attempt in range(2):  # a failed start leaves nothing half-made: the next one tries anew
+        try:
+            dm.Lock(backend=backend)
+        except dm.WorkerCrashed as exc:
+            print(exc, flush=True)
+    print(backend.coordinator_pid)
+"""
+
+
+def test_a_coordinator_that_fails_to_start_is_a_worker_crashed_each_time(tmp_path: Path) -> None:
+    """Not the unguarded-main error: the child died for its own reason, which it printed."""
+    script = tmp_path / "fails_in_child.py"
+    script.write_text(textwrap.dedent(COORDINATOR_FAILS))
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=WAIT, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    *failures, pid = result.stdout.strip().splitlines()
+    assert len(failures) == 2 and pid == "None"
+    for failure in failures:
+        assert failure.startswith("the dualmode coordinator process failed to start")
+        assert "its error output, if any, is on this process's stderr" in failure
+    assert result.stderr.count("ImportError: this module cannot be imported in a child") == 2
+    assert "if __name__ ==" not in result.stderr  # not taken for an unguarded main
+
+
+@pytest.mark.parametrize("what", ["primitive", "database"])
+def test_a_process_without_the_authkey_is_refused_with_the_reason(
+    backend: ProcessesBackend, what: str
+) -> None:
+    """A process not started from the backend's process (so without its authkey) that uses
+    a pickled primitive or database gets an AuthenticationError that says why, and the
+    coordinator and the database's table keep serving the others."""
+    lock = dm.Lock(backend=backend)
+    db = w.DiesUnderTwoCallers(backend=backend)
+    use = "pickle.loads(data)" if what == "primitive" else "pickle.loads(data).square(3)"
+    result = subprocess.run(
+        [sys.executable, "-c", f"import pickle, sys; data = sys.stdin.buffer.read(); {use}"],
+        input=pickle.dumps(lock if what == "primitive" else db),
+        capture_output=True,
+        timeout=WAIT,
+        cwd=os.path.dirname(__file__),  # where the database's class is importable
+    )
+    last = result.stderr.decode().strip().splitlines()[-1]
+    assert result.returncode == 1
+    assert last.startswith("multiprocessing.context.AuthenticationError: this process may not")
+    assert "its authkey differs" in last and "Only processes started from the process" in last
+    with lock:
+        assert db.square(3) == 9
+        assert dm.par_map(db.square, [4], backend=backend) == [16]
+
+
 def test_handle_in_child_creates_in_the_same_coordinator(backend: ProcessesBackend) -> None:
     out = dm.Queue(backend=backend)
     finish(start(w.create_via_handle, out, out))
@@ -506,6 +568,70 @@ def test_an_exception_that_cannot_come_back_arrives_as_a_remote_error(
     assert dm.par_map(w.fail_unreturnably, [0, 3], backend=backend) == [0, 30]
 
 
+def test_a_result_that_cannot_come_back_fails_its_item_alone(backend: ProcessesBackend) -> None:
+    """Its item fails with a TypeError that says why and what to do; the other results of the
+    same chunk are kept, and a single call's (join) fails the same way."""
+    with pytest.raises(dm.ParallelError) as raised:
+        dm.par_map(w.lock_for_odd, range(4), chunksize=4, backend=backend)
+    assert raised.value.indices == [1, 3]
+    with pytest.raises(dm.ParallelError) as joined:
+        dm.join(lambda: 0, functools.partial(w.lock_for_odd, 1), backend=backend)
+    assert joined.value.indices == [1]
+    for error in [*raised.value.exceptions, *joined.value.exceptions]:
+        assert isinstance(error, TypeError)
+        assert "the result could not be pickled to send back from worker process" in str(error)
+        assert "_thread.lock" in str(error)
+        assert "return picklable data, or use the threads backend" in str(error)
+    assert dm.par_map(w.lock_for_odd, [0, 2], backend=backend) == [0, 20]
+
+
+UNPICKLABLE_TASKS: dict[str, tuple[Callable[[ProcessesBackend, Any, Any], object], str]] = {
+    "par_map's function": (
+        lambda b, fn, lock: dm.par_map(fn, [1, 2], backend=b),
+        r"^the function .*holds_a_lock \(builtins.function\) cannot be pickled",
+    ),
+    "join's second function": (
+        lambda b, fn, lock: dm.join(lambda: 0, fn, backend=b),
+        r"^the function .*holds_a_lock \(builtins.function\) cannot be pickled",
+    ),
+    "broadcast's function": (
+        lambda b, fn, lock: dm.broadcast(fn, backend=b),
+        r"^the function .*holds_a_lock \(builtins.function\) cannot be pickled",
+    ),
+    "a scope task's argument": (
+        lambda b, fn, lock: _spawn_in_scope(b, abs, lock),
+        r"^argument 0 \(_thread.lock\) cannot be pickled",
+    ),
+}
+
+
+def _spawn_in_scope(backend: ProcessesBackend, fn: Callable[..., Any], *args: Any) -> None:
+    with dm.scope(backend=backend) as s:
+        s.spawn(fn, *args)
+
+
+@pytest.mark.parametrize("case", sorted(UNPICKLABLE_TASKS))
+def test_a_task_that_cannot_be_pickled_is_named_before_it_runs(
+    backend: ProcessesBackend, case: str
+) -> None:
+    """A TypeError names the caller's function or argument (not the wrapper that carries it)
+    and says what to do; nothing ran, and the pool works afterwards."""
+    lock = threading.Lock()
+    ran = dm.AtomicInt(0, backend=backend)
+
+    def holds_a_lock(*_: object) -> int:  # a closure over a lock: cloudpickle cannot take it
+        ran.fetch_add(1)
+        return 0 if lock.locked() else 1
+
+    call, message = UNPICKLABLE_TASKS[case]
+    with pytest.raises(TypeError, match=message) as raised:
+        call(backend, holds_a_lock, lock)
+    assert "to send to a worker process" in str(raised.value)
+    assert "or use the threads backend" in str(raised.value)
+    assert ran.load() == 0
+    assert dm.par_map(abs, [-1, -2], backend=backend) == [1, 2]
+
+
 @pytest.mark.parametrize("repeat", range(3))
 def test_a_worker_killed_mid_task_fails_that_chunk_alone_and_the_pool_heals(
     backend: ProcessesBackend, repeat: int
@@ -527,6 +653,26 @@ def test_a_worker_killed_mid_task_fails_that_chunk_alone_and_the_pool_heals(
     while time.monotonic() < deadline and any(_process_exists(pid) for pid in before):
         time.sleep(0.05)
     assert not [pid for pid in before if _process_exists(pid)], "the dead pool's workers live"
+
+
+def test_abandoning_a_running_task_kills_the_pool_and_the_next_call_gets_a_new_one() -> None:
+    """What an interrupted parallel call does (``Backend.abandon``): the running task fails
+    with WorkerCrashed, the queued one is cancelled or fails so too (the pool may have handed
+    it to a worker already), never lost; the workers are gone, and the next call runs on new
+    ones."""
+    with ProcessesBackend(workers=1) as b:
+        before = set(dm.par_map(w.worker_pid, range(2), backend=b))
+        started, never = dm.Event(backend=b), dm.Event(backend=b)
+        running = b.submit(w.announce_then_wait, started, never)
+        queued = b.submit(w.announce_then_wait, started, never)
+        assert started.wait(WAIT)
+        b.abandon([running, queued])
+        with pytest.raises(dm.WorkerCrashed, match="died while running announce_then_wait"):
+            running.result(WAIT)
+        assert queued.cancelled() or isinstance(queued.exception(WAIT), dm.WorkerCrashed)
+        assert dm.par_map(abs, [-1, -2], backend=b) == [1, 2]
+        assert not before & set(dm.par_map(w.worker_pid, range(2), backend=b))
+        assert all(wait_gone(pid) for pid in before)
 
 
 def _process_exists(pid: int) -> bool:

@@ -29,6 +29,26 @@ import dualmode as dm
 pytestmark = pytest.mark.timeout(60)
 
 
+def fallback(db: Analyzer, n: int) -> int:
+    """guarded's cycle= value: -1, or for a negative key an error, which every reader of the
+    cycle's value gets."""
+    if n < 0:
+        raise LookupError(f"no fallback for {n}")
+    return -1
+
+
+class Incomparable:
+    """A value whose ``==`` raises, as some array types' does."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __eq__(self, other: object) -> bool:
+        raise TypeError("Incomparable values cannot be compared")
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class Analyzer(dm.Database):
     source = dm.input()
 
@@ -73,7 +93,7 @@ class Analyzer(dm.Database):
     def pong(self, n: int) -> int:
         return self.ping(n)
 
-    @dm.query(cycle=lambda db, n: -1)
+    @dm.query(cycle=fallback)
     def guarded(self, n: int) -> int:
         return self.loop(n) + 1
 
@@ -86,6 +106,43 @@ class Analyzer(dm.Database):
         self._note("slow", n)
         time.sleep(0.2)
         return n * 2
+
+    @dm.query
+    def total(self) -> int:  # no argument: keyed by ()
+        self._note("total", ())
+        return self.length("a.py") + self.length("b.py")
+
+    @dm.query
+    def both(self, first: str, second: str) -> str:  # several: keyed by their tuple
+        self._note("both", (first, second))
+        return self.parse(first) + self.parse(second)
+
+    @dm.query
+    def has(self, path: str) -> bool:
+        self._note("has", path)
+        return path in self.source
+
+    @dm.query
+    def boxed(self, path: str) -> Incomparable:
+        self._note("boxed", path)
+        return Incomparable(len(self.source[path]))
+
+    @dm.query
+    def unboxed(self, path: str) -> int:
+        self._note("unboxed", path)
+        return self.boxed(path).n
+
+    @dm.query
+    def strict(self, path: str) -> str:
+        raise ValueError(f"{path}: {len(self.source[path])} is not enough")
+
+    @dm.query
+    def verdict(self, path: str) -> str:
+        self._note("verdict", path)
+        try:
+            return self.strict(path)
+        except ValueError as exc:
+            return str(exc)
 
 
 @pytest.fixture
@@ -138,6 +195,74 @@ def test_a_cycle_raises_cycle_error_with_a_canonical_cycle(db: Analyzer) -> None
 def test_a_cycle_fallback_gives_values_not_errors(db: Analyzer) -> None:
     assert db.loop(2) == -10  # guarded takes its fallback; loop is computed from it
     assert db.guarded(2) == -1
+
+
+def test_queries_with_no_argument_or_several_are_memoized_by_their_tuple(db: Analyzer) -> None:
+    db.source["a.py"] = "abc"
+    db.source["b.py"] = "de"
+    for _ in range(3):
+        assert db.total() == 5
+        assert db.both("a.py", "b.py") == "ABCDE"
+        with pytest.raises(KeyError, match=r"no value for 'c\.py'"):  # an error, memoized too
+            db.both("a.py", "c.py")
+    assert db.both("b.py", "a.py") == "DEABC"  # another key: the order of the arguments counts
+    executed = db.executed
+    assert executed.count(("total", ())) == 1
+    assert executed.count(("both", ("a.py", "b.py"))) == 1
+    assert executed.count(("both", ("a.py", "c.py"))) == 1
+    assert db.stats()["total"].hits == 2 and db.stats()["both"].hits == 4
+    assert db.total.peek() == 5 and db.both.peek("a.py", "b.py") == "ABCDE"
+    with pytest.raises(TypeError, match=r"query 'both': argument 1 \(list\) is unhashable"):
+        db.both("a.py", ["b.py"])  # type: ignore[arg-type]
+    db.source["b.py"] = "xyz"  # both read b.py: each re-executes once
+    assert db.total() == 6 and db.both("a.py", "b.py") == "ABCXYZ"
+    assert db.executed.count(("total", ())) == 2
+
+
+def test_key_in_an_input_is_a_read_a_query_depends_on(db: Analyzer) -> None:
+    assert "a.py" not in db.source
+    assert db.has("a.py") is False
+    db.source["a.py"] = "x"
+    assert "a.py" in db.source and "b.py" not in db.source
+    assert db.has("a.py") is True  # it read "a.py in source": the change reaches it
+    assert db.has("b.py") is False
+    db.source["b.py"] = "y"
+    db.has.prefetch(["a.py", "b.py"])  # on a worker too (processes)
+    assert db.has("b.py") is True and db.has("a.py") is True
+    assert db.executed.count(("has", "a.py")) == 2  # b.py changed, a.py did not: green
+    with pytest.raises(TypeError):
+        [] in db.source  # type: ignore[comparison-overlap]  # noqa: B015
+
+
+def test_a_cycle_fallback_that_raises_gives_its_error_to_every_reader(db: Analyzer) -> None:
+    for _ in range(2):
+        with pytest.raises(LookupError, match="no fallback for -1"):
+            db.loop(-1)
+        with pytest.raises(LookupError, match="no fallback for -1"):
+            db.guarded(-1)
+    with pytest.raises(LookupError, match="no fallback for -1"):
+        db.guarded.peek(-1)
+    assert db.loop(1) == -10  # the other keys' fallbacks are values
+
+
+def test_an_eq_that_raises_while_backdating_counts_as_a_change(db: Analyzer) -> None:
+    db.source["a.py"] = "ab"
+    assert db.unboxed("a.py") == 2
+    db.source["a.py"] = "cd"  # boxed re-executes; comparing its values raises
+    assert db.unboxed("a.py") == 2
+    assert db.executed.count(("boxed", "a.py")) == 2
+    assert db.executed.count(("unboxed", "a.py")) == 2  # not backdated: its reader re-ran
+
+
+def test_an_error_equal_to_the_last_one_is_backdated(db: Analyzer) -> None:
+    db.source["a.py"] = "ab"
+    assert db.verdict("a.py") == "a.py: 2 is not enough"
+    db.source["a.py"] = "cd"  # strict raises an equal error: verdict stays green
+    assert db.verdict("a.py") == "a.py: 2 is not enough"
+    assert db.executed.count(("verdict", "a.py")) == 1
+    db.source["a.py"] = "abc"  # another message: verdict re-executes
+    assert db.verdict("a.py") == "a.py: 3 is not enough"
+    assert db.executed.count(("verdict", "a.py")) == 2
 
 
 def ask_slow(db: Analyzer, start: dm.Barrier, n: int) -> int:
@@ -393,6 +518,16 @@ def test_prefetch_computes_missing_keys_in_parallel(backend: str) -> None:
 # -- processes: the coordinator's job table ----------------------------------------------------
 
 
+class LoadsBadly:
+    """Pickles, but does not load: its pickle gives its ``__init__`` one argument of two."""
+
+    def __init__(self, first: int, second: str) -> None:
+        self.first, self.second = first, second
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return LoadsBadly, (self.first,)
+
+
 class Shipped(dm.Database):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -410,6 +545,10 @@ class Shipped(dm.Database):
     @dm.query
     def lock(self, n: int) -> threading.Lock:
         return threading.Lock()
+
+    @dm.query
+    def loads_badly(self, n: int) -> LoadsBadly:
+        return LoadsBadly(n, "two")
 
     @dm.query
     def dies_in_a_worker(self, n: int) -> int:
@@ -461,6 +600,26 @@ def test_an_unpicklable_value_is_a_clear_error_naming_local() -> None:
     db = Shipped(backend="processes", workers=2)
     with pytest.raises(TypeError, match=r"_thread.lock cannot be pickled.*local=True"):
         db.lock(1)
+
+
+def test_a_value_computed_in_a_worker_that_cannot_come_back_is_its_callers_error() -> None:
+    """One that does not pickle, one that does not load in the database's process: each
+    caller gets a TypeError naming the query and what to do, and the pool works on."""
+    db = Shipped(backend="processes", workers=2)
+    db.lock.prefetch([1])  # executed in a worker
+    db.loads_badly.prefetch([1])
+    for _ in range(2):
+        with pytest.raises(TypeError, match=r"_thread.lock cannot be pickled.*local=True"):
+            db.lock(1)
+        with pytest.raises(
+            TypeError,
+            match=r"^the result of loads_badly\(1,\), computed in a worker, cannot be loaded "
+            r"in the process that created the database .*missing 1 required positional "
+            r"argument.*or mark the query local=True",
+        ):
+            db.loads_badly(1)
+    db.pid_of_tree.prefetch([1])
+    assert db.pid_of_tree(1) != os.getpid()
 
 
 def test_a_database_class_that_cannot_be_shipped_fails_at_creation() -> None:

@@ -21,6 +21,39 @@ from dualmode.backends import threads as th
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("switch_often")]
 
 
+# -- the pool: a worker that waits on nested tasks ------------------------------------------
+
+
+@pytest.mark.parametrize("repeat", range(10))
+def test_a_pool_worker_waiting_on_a_running_subtask_sleeps_until_it_finishes(
+    repeat: int,
+) -> None:
+    """A task's nested par_map on a 2-worker pool: its worker runs one subtask itself, finds
+    nothing more to run while the other worker holds the second, and sleeps; the second's end
+    wakes it, and the results come back in order."""
+    backend = th.ThreadsBackend(workers=2)
+    outer: list[threading.Thread] = []
+    other_started = threading.Event()
+
+    def inner(i: int) -> int:
+        if threading.current_thread() is outer[0]:
+            # Polled, not waited for: the only blocking wait of this thread must be the pool's.
+            wait_until(other_started.is_set)  # the other worker took the other subtask
+        else:
+            other_started.set()
+            wait_until_blocked(outer[0])  # the waiting worker is asleep, not running tasks
+        return i * 10
+
+    def nested(_: int) -> list[int]:
+        outer.append(threading.current_thread())
+        return dm.par_map(inner, [0, 1], chunksize=1, backend=backend)
+
+    try:
+        assert dm.par_map(nested, [0], backend=backend) == [[0, 10]]
+    finally:
+        backend.close()
+
+
 # -- the backend and construction through the public API -----------------------------------
 
 

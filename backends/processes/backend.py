@@ -7,9 +7,7 @@ together. See docs/architecture.md#the-processes-backend-one-module-per-process-
 
 from __future__ import annotations
 
-import functools
 import os
-import reprlib
 import signal
 import sys
 import threading
@@ -47,7 +45,7 @@ from .primitives import (
     WorkerLocal,
 )
 from .table_server import SharedJobTable
-from .workers import WorkerPool, dumps_task, in_worker, unpicklable
+from .workers import WorkerPool, dumps_task, in_worker, task_name
 
 __all__ = ["ProcessesBackend"]
 
@@ -212,7 +210,8 @@ class ProcessesBackend(Backend):
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Outcome]:
         if in_worker():
             return run_now(capture, fn, *args)
-        return self._pool.submit(dumps_task(capture, (fn, *args), is_chunk=False), what=_named(fn))
+        payload = dumps_task(capture, fn, args)
+        return self._pool.submit(payload, what=task_name(fn))
 
     def map_chunks(
         self, fn: Callable[[Any], Any], chunks: Sequence[Sequence[Any]]
@@ -222,29 +221,12 @@ class ProcessesBackend(Backend):
         payloads = []
         start = 0
         for chunk in chunks:  # pickle them all before any work starts
-            try:
-                payload = dumps_task(run_chunk, (fn, chunk), is_chunk=True)
-            except TypeError as exc:
-                raise self._name_item(fn, chunk, start) from exc
+            payload = dumps_task(run_chunk, fn, (chunk,), first_item=start)
             last = start + len(chunk) - 1
             items = f"item {start}" if last == start else f"items {start} to {last}"
-            payloads.append((payload, f"{_named(fn)} on {items}"))
+            payloads.append((payload, f"{task_name(fn)} on {items}"))
             start += len(chunk)
         return [self._pool.submit(payload, what=what) for payload, what in payloads]
-
-    @staticmethod
-    def _name_item(fn: Callable[..., Any], chunk: Sequence[Any], start: int) -> TypeError:
-        """The TypeError for the first thing of a chunk that cannot be pickled."""
-        try:
-            cloudpickle.dumps(fn)
-        except Exception as exc:
-            return unpicklable("the function", fn, exc)
-        for offset, item in enumerate(chunk):
-            try:
-                cloudpickle.dumps(item)
-            except Exception as exc:
-                return unpicklable(f"item {start + offset}", item, exc)
-        return TypeError(f"the chunk starting at item {start} cannot be pickled")
 
     def wait(
         self, futures: Iterable[Future[Any]], return_when: str = ALL_COMPLETED
@@ -264,7 +246,10 @@ class ProcessesBackend(Backend):
         if in_worker():
             return [self.submit(fn)]
         # A worker that reaches the barrier holds it until every worker has a copy, so each
-        # copy runs in a different process.
+        # copy runs in a different process. The function is pickled alone first, so that one
+        # that cannot travel is named as the caller's (not as the barrier runner's argument)
+        # before the barrier is made.
+        dumps_task(capture, fn, ())
         meeting = self.create_barrier(self.workers, timeout=_BROADCAST_TIMEOUT)
         return [self.submit(_after_barrier, meeting, fn) for _ in range(self.workers)]
 
@@ -348,13 +333,6 @@ class ProcessesBackend(Backend):
         # Kept in this process and served to the others (see .table_server): a program whose
         # queries run here alone pays no round trip.
         return SharedJobTable(fallbacks, volatile)
-
-
-def _named(fn: Callable[..., Any]) -> str:
-    """*fn* as a WorkerCrashed message names the task that was lost with its worker."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return getattr(fn, "__qualname__", None) or reprlib.repr(fn)
 
 
 def _after_barrier(meeting: Barrier, fn: Callable[[], T]) -> T:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from multiprocessing import current_process
+from multiprocessing import AuthenticationError, current_process
 from multiprocessing.connection import Client, Connection
 from typing import Any, cast
 
@@ -34,6 +34,7 @@ from dualmode.query.job_table import (
 )
 from dualmode.query.memo import LOW, Memo, MemoState, QKey, ThreadId, lookup
 
+from .link import refused
 from .packing import (
     MemoFields,
     cannot_travel,
@@ -501,6 +502,8 @@ class _TableLink:
                 conn = Client(self.address, family="AF_UNIX", authkey=current_process().authkey)
             except (OSError, EOFError) as exc:
                 raise self._gone(exc) from exc
+            except AuthenticationError as exc:
+                raise refused(f"the job table of a database of process {self.owner_pid}") from exc
             self._tls.conn = conn
         return conn
 

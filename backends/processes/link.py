@@ -23,7 +23,16 @@ if TYPE_CHECKING:
     from .backend import ProcessesBackend
     from .coordinator import Coordinator
 
-__all__ = ["COORDINATOR_ID", "Link", "Ref", "forget_link", "host_link", "link_for", "links"]
+__all__ = [
+    "COORDINATOR_ID",
+    "Link",
+    "Ref",
+    "forget_link",
+    "host_link",
+    "link_for",
+    "links",
+    "refused",
+]
 
 COORDINATOR_ID = "dualmode-coordinator"  # the ident of the bookkeeping object in the server
 
@@ -125,11 +134,7 @@ class Link:
         except (EOFError, OSError) as exc:
             raise self._crashed(exc) from exc
         except AuthenticationError as exc:
-            raise AuthenticationError(
-                f"this process may not use the dualmode coordinator at {self.address!r}: its "
-                "authkey differs. Only processes started from the process that created the "
-                "backend (or from their descendants) inherit the key."
-            ) from exc
+            raise refused(f"the dualmode coordinator at {self.address!r}") from exc
         self._tls.conn = conn
         return conn
 
@@ -231,6 +236,17 @@ class Ref:
 
 
 # -- this process's links, one per coordinator address -------------------------------------------
+
+
+def refused(what: str) -> AuthenticationError:
+    """The error for a process that may not use *what* (the coordinator, a job table): it
+    lacks the authkey of the process that created it, as one not started from there does."""
+    return AuthenticationError(
+        f"this process may not use {what}: its authkey differs. Only processes started from "
+        "the process that created it (or from their descendants) inherit the key; a database "
+        "or primitive pickled to any other process cannot be used there."
+    )
+
 
 _links: dict[Any, Link] = {}
 _links_lock = threading.Lock()

@@ -564,7 +564,7 @@ class WorkerLocal(Hosted, p.WorkerLocal):
             if state.ready:
                 return state.value
             if state.initialising:
-                raise BorrowError("WorkerLocal: the factory called get() on its own WorkerLocal")
+                p.raise_factory_reentered()
             factory = self._factory
             if factory is None:
                 factory = cloudpickle.loads(self._ref.call("factory"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+import reprlib
 import threading
 import traceback
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from .primitives import publish_all
 if TYPE_CHECKING:
     from .backend import ProcessesBackend
 
-__all__ = ["WorkerPool", "dumps_task", "in_worker", "unpicklable"]
+__all__ = ["WorkerPool", "dumps_task", "in_worker", "task_name"]
 
 
 _in_worker = False  # True in a pool worker process: nested parallel calls run inline there
@@ -122,13 +123,34 @@ def unpicklable(what: str, obj: object, exc: Exception) -> TypeError:
     )
 
 
-def dumps_task(fn: Callable[..., Any], args: tuple[Any, ...], *, is_chunk: bool) -> bytes:
-    """Pickle a task; a TypeError names the function or the argument that cannot travel."""
+def task_name(fn: Callable[..., Any]) -> str:
+    """*fn* as messages name a task: its qualified name (a partial's function's)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__qualname__", None) or reprlib.repr(fn)
+
+
+def dumps_task(
+    runner: Callable[..., Any],
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    *,
+    first_item: int | None = None,
+) -> bytes:
+    """Pickle the task ``runner(fn, *args)``: one call, or with *first_item* a chunk (``args``
+    is ``(items,)``, the first of them numbered *first_item*). A TypeError names what cannot
+    travel as the caller knows it: the function, the argument or the item."""
+    is_chunk = first_item is not None
     try:
-        return cast(bytes, cloudpickle.dumps((fn, args, is_chunk)))
+        return cast(bytes, cloudpickle.dumps((runner, (fn, *args), is_chunk)))
     except Exception as exc:
         error = exc
-    for what, obj in [("the function", fn), *((f"argument {i}", a) for i, a in enumerate(args))]:
+    parts: list[tuple[str, Any]] = [(f"the function {task_name(fn)}", fn)]
+    if first_item is not None:
+        parts += [(f"item {first_item + i}", item) for i, item in enumerate(args[0])]
+    else:
+        parts += [(f"argument {i}", arg) for i, arg in enumerate(args)]
+    for what, obj in parts:
         try:
             cloudpickle.dumps(obj)
         except Exception as exc:

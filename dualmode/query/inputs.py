@@ -36,6 +36,23 @@ class _InputMap:
         self._name = name
 
     def __getitem__(self, key: Hashable) -> Any:
+        state, value = self._read(key)
+        if state is UNSET:
+            raise KeyError(
+                f"input {self._name!r} has no value for {key!r}; set it first "
+                f"(db.{self._name}[{key!r}] = ...)"
+            )
+        return value
+
+    def __contains__(self, key: Hashable) -> bool:
+        """Whether the input at *key* is set. In a query, a dependency as a read is: the
+        query re-executes when the key is set later."""
+        return self._read(key)[0] is SET
+
+    def _read(self, key: Hashable) -> tuple[InputState, Any]:
+        """``(SET, value)`` or ``(UNSET, None)`` in the calling thread's revision, recorded
+        as a dependency of the running query. Raises Cancelled in a query whose revision is
+        over (between queries, the thread moves to the current revision)."""
         rt = self._rt
         thread = rt.thread()
         frame = thread.stack[-1] if thread.stack else None
@@ -50,12 +67,7 @@ class _InputMap:
             rt.stale(thread, changed_at)  # in a query: raises Cancelled
         if frame is not None and durability < frame.durability:
             frame.durability = durability
-        if state is UNSET:
-            raise KeyError(
-                f"input {self._name!r} has no value for {key!r}; set it first "
-                f"(db.{self._name}[{key!r}] = ...)"
-            )
-        return value
+        return state, value
 
     def __setitem__(self, key: Hashable, value: Any) -> None:
         self.set(key, value)
@@ -89,14 +101,6 @@ class _InputMap:
                 f"{durability!r}"
             )
         rt.learn_revision(rt.table.set_input(self._name, key, value, int(durability)))
-
-    def __contains__(self, key: Hashable) -> bool:
-        rt = self._rt
-        thread = rt.thread()
-        state = rt.table.get_input(self._name, key, thread.revision)[0]
-        if state is STALE:
-            state = rt.table.get_input(self._name, key, rt.revision)[0]
-        return state is SET
 
     def __repr__(self) -> str:
         return f"<input {self._name} of {self._rt.db!r}>"
