@@ -199,6 +199,28 @@ def tests(session: nox.Session) -> None:
     _pytest(session, [_from_root(arg) for arg in session.posargs] or [str(ROOT / "tests")], env)
 
 
+# What `nox -s compat` leaves out: the parts of the suite sized for a workload rather than for an
+# interpreter's behaviour. Each of them runs on the oldest and the newest interpreters (3.11, and
+# 3.13t without the GIL) in CI; the logic they test does not change between 3.12 and 3.13.
+COMPAT_LEAVES_OUT = [
+    "-m",
+    "not stress and not slow",  # the race loops (tests/test_stress.py), wheel builds
+    f"--ignore={ROOT / 'tests' / 'docs'}",  # the docs' examples, each on every backend
+    # 100 random programs per rule family and backend, and the planted bugs' shrinking
+    "--deselect=tests/test_conformance.py::test_backend_conforms_to_serial",
+    "--deselect=tests/test_conformance.py::test_divergence_is_reported_and_shrunk",
+]
+
+
+@nox.session(python=["3.12", "3.13"])
+def compat(session: nox.Session) -> None:
+    """The suite on the interpreters between the oldest and the newest, less its workload-sized
+    parts (COMPAT_LEAVES_OUT): what CI runs on 3.12 and 3.13, so that the whole job stays under
+    45 minutes. ``nox -s tests-3.12`` runs all of it. Extra arguments go to pytest."""
+    env = _install_tests(session)
+    _pytest(session, [str(ROOT / "tests"), *COMPAT_LEAVES_OUT, *session.posargs], env)
+
+
 # `nox -s stress`: the suites whose every test runs on STRESS_THREADS threads at once
 # (pytest-run-parallel), each thread running it STRESS_ITERATIONS times, on the parallel backends.
 STRESS_SUITES = [
