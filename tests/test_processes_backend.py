@@ -77,17 +77,19 @@ def wait_gone(pid: int, timeout: float = WAIT) -> bool:
 # -- 1-3: the acceptance basics -----------------------------------------------------------------
 
 
-def test_atomic_int_is_exact_across_processes(backend: ProcessesBackend) -> None:
+@pytest.mark.parametrize("repeat", range(3))
+def test_atomic_int_is_exact_across_processes(backend: ProcessesBackend, repeat: int) -> None:
     counter = dm.AtomicInt(0, backend=backend)
-    finish(start(w.add_many, counter, 1000), start(w.add_many, counter, 1000))
-    assert counter.load() == 2000
+    finish(*[start(w.add_many, counter, 1000) for _ in range(3)])
+    assert counter.load() == 3000
 
 
-def test_mutex_is_exclusive_across_processes(backend: ProcessesBackend) -> None:
+@pytest.mark.parametrize("repeat", range(3))
+def test_mutex_is_exclusive_across_processes(backend: ProcessesBackend, repeat: int) -> None:
     mutex = dm.Mutex(0, backend=backend)
-    finish(start(w.mutex_add, mutex, 200), start(w.mutex_add, mutex, 200))
+    finish(*[start(w.mutex_add, mutex, 300) for _ in range(3)])
     with mutex.lock() as guard:
-        assert guard.value == 400
+        assert guard.value == 900
 
 
 def test_event_set_in_child_is_seen_by_parent(backend: ProcessesBackend) -> None:
