@@ -168,6 +168,12 @@ def switch_interval() -> float:
     return _positive(SWITCH_INTERVAL, 1e-5)
 
 
+def stress_timeout(seconds: float) -> float:
+    """A stress test's timeout, *seconds* at the default sizing, scaled with the threads and
+    rounds the environment asks for (``nox -s stress``)."""
+    return seconds * _positive(STRESS_ROUNDS, 1) * max(1.0, _positive(STRESS_THREADS, 4) / 4)
+
+
 @dataclass(frozen=True)
 class Stress:
     """How hard a stress test pushes the parallel backend it runs on (the ``stress`` fixture).

@@ -23,11 +23,18 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from _concurrency import JOIN_TIMEOUT, Stress, run_threads, start_thread, wait_until
+from _concurrency import (
+    JOIN_TIMEOUT,
+    Stress,
+    run_threads,
+    start_thread,
+    stress_timeout,
+    wait_until,
+)
 
 import dualmode as dm
 
-pytestmark = [pytest.mark.stress, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.stress, pytest.mark.timeout(stress_timeout(120))]
 
 ROUNDS = 30
 
