@@ -782,10 +782,12 @@ class SerialBackend(Backend):
     create_freeze_lock = builds(FreezeLock)
     create_queue = builds(Queue)
 
-    def __init__(self, workers: int | None = None) -> None:
-        # Accepted (and checked) so DUALMODE_WORKERS can be set for a whole matrix; serial
-        # always has exactly one worker.
-        super().__init__(workers)
+    def __init__(self, workers: int | None = None, watchdog: float | None = None) -> None:
+        # Accepted (and checked) so DUALMODE_WORKERS and DUALMODE_WATCHDOG can be set for a
+        # whole matrix; serial always has exactly one worker, and nothing for a watchdog to
+        # watch: its primitives never block, they raise BorrowError where a wait could not
+        # end (docs/guarantees.md#the-deadlock-watchdog).
+        super().__init__(workers, watchdog)
         self._workers = 1
 
     # Tasks run in the caller, in submission order, so serial results are the reference.
