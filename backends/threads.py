@@ -60,6 +60,7 @@ __all__ = [
     "Semaphore",
     "ShardedDict",
     "ThreadsBackend",
+    "WatchedLock",
     "WorkerLocal",
 ]
 
@@ -204,7 +205,7 @@ class Lock(_Bound, p.Lock):
         return f"<{state} dualmode.Lock object at {id(self):#x} on threads>"
 
 
-class _WatchedLock(Lock):
+class WatchedLock(Lock):
     """The Lock of a backend whose deadlock watchdog is on: it also records its holder (the
     thread that took it, a task's loop thread for a task), so that a report can say who holds
     what a blocked thread waits for. A subclass, so that with the watchdog off the hot path
@@ -247,7 +248,7 @@ class _WatchedLock(Lock):
 
 def _lock(backend: ThreadsBackend, kind: str = "Lock") -> Lock:
     """A Lock of *backend*: one that records its holder when the watchdog is on."""
-    return Lock(backend) if backend.watcher is None else _WatchedLock(backend, kind)
+    return Lock(backend) if backend.watcher is None else WatchedLock(backend, kind)
 
 
 class RLock(_Bound, p.RLock):

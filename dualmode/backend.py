@@ -253,7 +253,9 @@ class Backend(abc.ABC):
         """
         from .query.job_table import InProcessJobTable
 
-        return InProcessJobTable(fallbacks, volatile)
+        table = InProcessJobTable(fallbacks, volatile)
+        table.watcher = self.watcher  # latch waits join the wait-for graph
+        return table
 
     # -- primitives: one factory per public class of dualmode.primitives ----------------------
     # ``dm.Lock()`` runs ``Lock.__new__``, which checks the arguments and calls the factory

@@ -40,7 +40,7 @@ from typing import Any
 
 from .errors import DeadlockError
 
-__all__ = ["WaitRecord", "Watchdog", "creation_site", "sited"]
+__all__ = ["Awaited", "WaitRecord", "Watchdog", "creation_site", "sited"]
 
 # How often the watchdog's thread looks whether anything still blocks, and ends if not: soon
 # after the last wait, so that a program (or a test) that counts its threads finds it gone.
@@ -89,6 +89,20 @@ def sited(site: str | None) -> Iterator[None]:
         yield
     finally:
         _sited.site = None
+
+
+class Awaited:
+    """Something waited for that is not a primitive: described as *what*, held by the
+    threads (idents) in *holders* (a query's owner, for a wait on its latch)."""
+
+    __slots__ = ("_held_by", "what")
+
+    def __init__(self, what: str, holders: tuple[object, ...] = ()) -> None:
+        self.what = what
+        self._held_by = holders
+
+    def _holders(self) -> tuple[object, ...]:
+        return self._held_by
 
 
 class WaitRecord:
@@ -288,8 +302,11 @@ class Watchdog:
         on = record.on
         if isinstance(on, str):
             return f"{who} waits for {on}"
-        kind, site = self._origins.get(on, (type(on).__name__, "an unknown site"))
-        line = f"{who} waits for {kind} (created at {site})"
+        if isinstance(on, Awaited):
+            line = f"{who} waits for {on.what}"
+        else:
+            kind, site = self._origins.get(on, (type(on).__name__, "an unknown site"))
+            line = f"{who} waits for {kind} (created at {site})"
         holders = self._holders(on)
         if holders:
             line += ", held by " + " and ".join(self._who(h, names) for h in holders)

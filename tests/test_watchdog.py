@@ -242,6 +242,36 @@ def test_a_query_cycle_still_raises_cycle_error_at_once() -> None:
 
 
 @pytest.mark.timeout(60)
+def test_a_cycle_through_a_lock_and_a_query_is_reported() -> None:
+    with ThreadsBackend(workers=2, watchdog=LIMIT) as backend:
+        lock = dm.Lock(backend=backend)
+        started, locked = threading.Event(), threading.Event()
+
+        class Ledger(dm.Database):
+            @dm.query
+            def total(self, n: int) -> int:
+                started.set()
+                locked.wait(JOIN_TIMEOUT)
+                with lock:  # held by "auditor", who waits for this query
+                    return n
+
+        db = Ledger(backend=backend)
+
+        def auditor() -> None:
+            started.wait(JOIN_TIMEOUT)
+            with lock:
+                locked.set()
+                db.total(1)
+
+        raised = run_named({"clerk": lambda: db.total(1), "auditor": auditor})
+    for name in ("clerk", "auditor"):
+        assert isinstance(raised[name], dm.DeadlockError), raised
+    text = str(raised["auditor"])
+    assert "thread 'auditor' waits for query total(1), held by thread 'clerk'" in text, text
+    assert "thread 'clerk' waits for Lock (created at tests/test_watchdog.py:" in text, text
+
+
+@pytest.mark.timeout(60)
 def test_off_by_default(monkeypatch: pytest.MonkeyPatch, close_named_backends: None) -> None:
     monkeypatch.delenv(config.WATCHDOG_ENV, raising=False)
     assert ThreadsBackend().watchdog is None
