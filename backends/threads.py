@@ -205,6 +205,9 @@ class Lock(_Bound, p.Lock):
         return f"<{state} dualmode.Lock object at {id(self):#x} on threads>"
 
 
+_get_ident = _thread.get_ident
+
+
 class WatchedLock(Lock):
     """The Lock of a backend whose deadlock watchdog is on: it also records its holder (the
     thread that took it, a task's loop thread for a task), so that a report can say who holds
@@ -221,16 +224,24 @@ class WatchedLock(Lock):
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         if super().acquire(blocking, timeout):
-            self._owner = _thread.get_ident()
+            self._owner = _get_ident()
             return True
         return False
 
+    # The hot paths, as Lock's: the free lock taken, and let go, with no further call.
     def __enter__(self) -> bool:
+        if self._held.acquire(False):
+            self._owner = _get_ident()
+            return True
         return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._owner = None
+        Lock.release(self)
 
     async def async_acquire(self, timeout: float | None = None) -> bool:
         if await super().async_acquire(timeout):
-            self._owner = _thread.get_ident()
+            self._owner = _get_ident()
             return True
         return False
 

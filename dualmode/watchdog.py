@@ -154,6 +154,7 @@ class Watchdog:
         self._seen: set[frozenset[WaitRecord]] = set()
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._leaving: threading.Thread | None = None  # the last one that ended while idle
         self._stop = threading.Event()
 
     # -- what the primitives tell it -------------------------------------------------------
@@ -202,6 +203,7 @@ class Watchdog:
                 # after the check, so its read of _thread after this write), or is seen here.
                 with self._start_lock:
                     self._thread = None
+                    self._leaving = threading.current_thread()
                 if self._records.copy():
                     self._start()
                 return
@@ -210,9 +212,10 @@ class Watchdog:
         """Stop the watchdog's thread (if it started) and wait for it. Idempotent."""
         with self._start_lock:
             self._stop.set()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            threads = (self._thread, self._leaving)
+        for thread in threads:
+            if thread is not None and thread is not threading.current_thread():
+                thread.join()
 
     # -- finding deadlocks --------------------------------------------------------------------
 
