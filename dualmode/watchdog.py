@@ -134,8 +134,8 @@ class Watchdog:
     *stalls*: also report every thread of the process blocked longer than the limit.
     *describe*: how a thread is named in a report, from its ``threading`` name (the processes
     coordinator's server threads are named after the client process and thread they serve).
-    *idle*: the threads that wait for work, which the stall rule does not count (a pool's
-    idle workers).
+    A worker pool tells it its idle workers (:meth:`idle_threads`), which the stall rule does
+    not count: they wait for work, not for each other.
     """
 
     def __init__(

@@ -224,18 +224,14 @@ def test_an_event_wait_is_not_reported_while_another_thread_runs() -> None:
 def test_a_query_cycle_still_raises_cycle_error_at_once() -> None:
     class Cyclic(dm.Database):
         @dm.query
-        def ping(self, n: int) -> int:
-            return self.pong(n)
-
-        @dm.query
-        def pong(self, n: int) -> int:
-            return self.ping(n)
+        def hop(self, side: int) -> int:  # hop(0) needs hop(1), which needs hop(0)
+            return self.hop(1 - side)
 
     # A limit far above the test's timeout: a DeadlockError could not come in time.
     with ThreadsBackend(workers=2, watchdog=100.0) as backend:
         db = Cyclic(backend=backend)
         started = time.monotonic()
-        raised = run_named({"ping": lambda: db.ping(1), "pong": lambda: db.pong(1)})
+        raised = run_named({"left": lambda: db.hop(0), "right": lambda: db.hop(1)})
         took = time.monotonic() - started
     assert all(isinstance(error, dm.CycleError) for error in raised.values()), raised
     assert took < 10.0
