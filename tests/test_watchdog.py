@@ -8,6 +8,8 @@ CycleError at once.
 
 from __future__ import annotations
 
+import os
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +23,8 @@ from dualmode import config
 from dualmode.backends.threads import ThreadsBackend
 
 LIMIT = 1.0
+
+pytest_plugins = ["pytester"]
 
 
 @pytest.fixture
@@ -360,3 +364,53 @@ def test_deadlock_error_pickles_with_its_lines() -> None:
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is dm.DeadlockError
     assert str(copy) == "deadlock: ..." and copy.waits == ["thread 'a' waits for Lock"]
+
+
+# -- the pytest plugin turns it on for the session ---------------------------------------------
+
+SESSION_TEST = textwrap.dedent(
+    """
+    import os
+
+    import dualmode as dm
+
+    def test_limit(dualmode_backend):
+        print("limit:", os.environ.get("DUALMODE_WATCHDOG"), dm.current().watchdog)
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("environment", "args", "shown"),
+    [
+        (None, [], "limit: 10 10.0"),  # the plugin's default
+        (None, ["--dualmode-watchdog", "3"], "limit: 3 3.0"),
+        (None, ["--dualmode-watchdog", "0"], "limit: 0 None"),  # off
+        ("7", [], "limit: 7 7.0"),  # the environment's own choice stands
+        ("7", ["--dualmode-watchdog", "2.5"], "limit: 2.5 2.5"),  # the option wins
+    ],
+)
+def test_the_plugin_sets_the_sessions_limit(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    close_named_backends: None,
+    environment: str | None,
+    args: list[str],
+    shown: str,
+) -> None:
+    if environment is None:
+        monkeypatch.delenv(config.WATCHDOG_ENV, raising=False)
+    else:
+        monkeypatch.setenv(config.WATCHDOG_ENV, environment)
+    pytester.makepyfile(SESSION_TEST)
+    result = pytester.runpytest("-s", "--dualmode-backend", "threads", *args)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"*{shown}*"])
+    assert os.environ.get(config.WATCHDOG_ENV) == environment  # put back after the session
+
+
+def test_the_plugin_refuses_a_bad_limit(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(SESSION_TEST)
+    result = pytester.runpytest("--dualmode-watchdog", "-1")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--dualmode-watchdog*is not a time limit*"])
