@@ -20,7 +20,15 @@ from queue import Empty, Full
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import dualmode.primitives as p
-from dualmode.backend import Backend, Outcome, builds, capture, run_chunk, run_now
+from dualmode.backend import (
+    Backend,
+    Outcome,
+    builds,
+    capture,
+    check_watchdog,
+    run_chunk,
+    run_now,
+)
 from dualmode.errors import BorrowError, WrongThreadError, broken_barrier, queue_shut_down
 from dualmode.off_loop import NOT_YET, async_timeout
 from dualmode.parking_lot import current_owner
@@ -782,9 +790,12 @@ class SerialBackend(Backend):
     create_freeze_lock = builds(FreezeLock)
     create_queue = builds(Queue)
 
-    def __init__(self, workers: int | None = None) -> None:
-        # Accepted (and checked) so DUALMODE_WORKERS can be set for a whole matrix; serial
-        # always has exactly one worker.
+    def __init__(self, workers: int | None = None, watchdog: float | None = None) -> None:
+        # Accepted (and checked) so DUALMODE_WORKERS and DUALMODE_WATCHDOG can be set for a
+        # whole matrix; serial always has exactly one worker, and nothing for a watchdog to
+        # watch (its `watchdog` is None): its primitives never block, they raise BorrowError
+        # where a wait could not end (docs/guarantees.md#the-deadlock-watchdog).
+        check_watchdog(watchdog)
         super().__init__(workers)
         self._workers = 1
 

@@ -42,6 +42,7 @@ from dualmode.parking_lot import (
     park_thread,
     task_waiter,
 )
+from dualmode.watchdog import Watchdog
 
 __all__ = [
     "AtomicInt",
@@ -59,6 +60,7 @@ __all__ = [
     "Semaphore",
     "ShardedDict",
     "ThreadsBackend",
+    "WatchedLock",
     "WorkerLocal",
 ]
 
@@ -94,6 +96,13 @@ class _Bound:
         return text.replace(at, f"{at} on threads", 1)
 
 
+def _note_creation(obj: _Bound, kind: str | None = None) -> None:
+    """Tell the backend's watchdog, if it runs, where *obj* was created (for its reports)."""
+    watcher = obj._backend.watcher
+    if watcher is not None:
+        watcher.created(obj, kind)
+
+
 class Lock(_Bound, p.Lock):
     """A FIFO lock shared by threads and tasks: acquiring a held lock waits (a task, on its
     event loop) in one queue, and ``release`` hands the lock, still held, to the first waiter.
@@ -121,7 +130,7 @@ class Lock(_Bound, p.Lock):
         waiter = ThreadWaiter()
         if self._queue(waiter):
             return True
-        return park_thread(self._mutex, self._lot, waiter, timeout)
+        return park_thread(self._mutex, self._lot, waiter, timeout, self)
 
     def _queue(self, waiter: Waiter) -> bool:
         """Queue *waiter*, unless the lock is free by then: True, and it is taken."""
@@ -196,6 +205,63 @@ class Lock(_Bound, p.Lock):
         return f"<{state} dualmode.Lock object at {id(self):#x} on threads>"
 
 
+_get_ident = _thread.get_ident
+
+
+class WatchedLock(Lock):
+    """The Lock of a backend whose deadlock watchdog is on: it also records its holder (the
+    thread that took it, a task's loop thread for a task), so that a report can say who holds
+    what a blocked thread waits for. A subclass, so that with the watchdog off the hot path
+    is exactly :class:`Lock`'s. *kind* names it in reports: the RLock or Mutex built on it.
+    """
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, backend: ThreadsBackend, /, kind: str = "Lock") -> None:
+        super().__init__(backend)
+        self._owner: int | None = None
+        _note_creation(self, kind)
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if super().acquire(blocking, timeout):
+            self._owner = _get_ident()
+            return True
+        return False
+
+    # The hot paths, as Lock's: the free lock taken, and let go, with no further call.
+    def __enter__(self) -> bool:
+        if self._held.acquire(False):
+            self._owner = _get_ident()
+            return True
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._owner = None
+        Lock.release(self)
+
+    async def async_acquire(self, timeout: float | None = None) -> bool:
+        if await super().async_acquire(timeout):
+            self._owner = _get_ident()
+            return True
+        return False
+
+    async def __aenter__(self) -> None:
+        await self.async_acquire()
+
+    def release(self) -> None:
+        self._owner = None  # before the lock is free: a new holder writes after this
+        super().release()
+
+    def _holders(self) -> tuple[object, ...]:
+        owner = self._owner
+        return () if owner is None else (owner,)
+
+
+def _lock(backend: ThreadsBackend, kind: str = "Lock") -> Lock:
+    """A Lock of *backend*: one that records its holder when the watchdog is on."""
+    return Lock(backend) if backend.watcher is None else WatchedLock(backend, kind)
+
+
 class RLock(_Bound, p.RLock):
     """A reentrant lock owned by a thread or a task (``current_owner``), over this backend's
     FIFO Lock: threads blocked in ``acquire()`` and tasks awaiting ``async_acquire()`` wait
@@ -213,7 +279,7 @@ class RLock(_Bound, p.RLock):
 
     def __init__(self, backend: ThreadsBackend, /) -> None:
         self._backend = backend
-        self._lock = Lock(backend)  # held exactly while an owner is
+        self._lock = _lock(backend, "RLock")  # held exactly while an owner is
         self._guard = _thread.allocate_lock()  # the *_as methods' owner and count
         # Written only by the owner while it holds _lock: a caller of the public methods,
         # which act for the calling thread or task only, that reads its own token here is
@@ -357,6 +423,7 @@ class Semaphore(_Bound, p.Semaphore):
         self._value = value  # units nobody holds; while anyone waits, 0
         self._mutex = _thread.allocate_lock()
         self._lot = ParkingLot()
+        _note_creation(self)
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         if not blocking and timeout is not None:
@@ -367,7 +434,8 @@ class Semaphore(_Bound, p.Semaphore):
             return True
         if waiter is False:
             return False
-        return park_thread(self._mutex, self._lot, waiter, -1 if timeout is None else timeout)
+        limit = -1 if timeout is None else timeout
+        return park_thread(self._mutex, self._lot, waiter, limit, self)
 
     def _take_or_queue(self, make: Callable[[], Waiter] | None) -> Any:
         """Take a unit: None; else queue ``make()`` and return it, or False if *make* is None."""
@@ -445,6 +513,7 @@ class Event(_Bound, p.Event):
         self._flag = False
         self._mutex = _thread.allocate_lock()
         self._lot = ParkingLot()
+        _note_creation(self)
 
     def is_set(self) -> bool:
         return self._flag
@@ -477,9 +546,8 @@ class Event(_Bound, p.Event):
         waiter = self._queue(ThreadWaiter)
         if waiter is None:
             return True
-        return park_thread(
-            self._mutex, self._lot, cast("ThreadWaiter", waiter), -1 if timeout is None else timeout
-        )
+        limit = -1 if timeout is None else timeout
+        return park_thread(self._mutex, self._lot, cast("ThreadWaiter", waiter), limit, self)
 
     async def async_wait(self, timeout: float | None = None) -> bool:
         limit = async_timeout(timeout)
@@ -544,6 +612,7 @@ class Condition(_Bound, p.Condition):
         self._mutex = _thread.allocate_lock()  # guards the parking lot, never held long
         self._lot = ParkingLot()
         self._keyed: dict[Any, tuple[object, ThreadWaiter, Any]] = {}  # processes clients' waits
+        _note_creation(self)
 
     # -- the lock ------------------------------------------------------------------------------
 
@@ -667,7 +736,7 @@ class Condition(_Bound, p.Condition):
         try:
             # threading: a timeout <= 0 does not block
             limit = -1 if timeout is None else max(timeout, 0)
-            notified = park_thread(self._mutex, self._lot, waiter, limit)
+            notified = park_thread(self._mutex, self._lot, waiter, limit, self)
         finally:
             self._acquire_restore_as(owner, saved)
         return notified and waiter.granted is not _CANCELLED
@@ -769,7 +838,8 @@ class Barrier(_Bound, threading.Barrier, p.Barrier):
 class RwLock(_Bound, p.RwLock):
     """Readers share, a writer excludes all; a waiting writer blocks new readers (no starvation).
 
-    Holds are counted, not owned: like ``threading.Lock``, any thread may release them.
+    Holds are counted, not owned: like ``threading.Lock``, any thread may release them. The
+    thread that took the write lock is recorded all the same, for the watchdog's reports.
     """
 
     __slots__ = (
@@ -778,6 +848,7 @@ class RwLock(_Bound, p.RwLock):
         "_can_write",
         "_mutex",
         "_readers",
+        "_writer",
         "_writers_waiting",
         "_writing",
     )
@@ -789,7 +860,36 @@ class RwLock(_Bound, p.RwLock):
         self._can_write = threading.Condition(self._mutex)
         self._readers = 0
         self._writing = False
+        self._writer: int | None = None
         self._writers_waiting = 0
+        _note_creation(self)
+
+    def _holders(self) -> tuple[object, ...]:
+        writer = self._writer
+        return () if writer is None else (writer,)
+
+    def _wait(self, ready: threading.Condition, test: Callable[[], bool], timeout: float) -> bool:
+        """``ready.wait_for(test)`` for at most *timeout* seconds (-1: none), mutex held;
+        watched when the watchdog is on and there is no timeout."""
+        watcher = self._backend.watcher
+        if watcher is None or timeout != -1:
+            return ready.wait_for(test, _wait_timeout(timeout))
+        woken: list[bool] = []
+
+        def interrupt() -> bool:
+            with self._mutex:
+                woken.append(True)
+                ready.notify_all()
+            return True
+
+        record = watcher.waiting(self, interrupt)
+        try:
+            ready.wait_for(lambda: test() or bool(woken))
+        finally:
+            watcher.done(record)
+        if not test() and record.error is not None:
+            raise record.error
+        return True
 
     def _read_ready(self) -> bool:
         return not self._writing and not self._writers_waiting
@@ -813,7 +913,7 @@ class RwLock(_Bound, p.RwLock):
             if not self._read_ready():
                 if not blocking:
                     return False
-                if not self._can_read.wait_for(self._read_ready, _wait_timeout(timeout)):
+                if not self._wait(self._can_read, self._read_ready, timeout):
                     return False
             self._readers += 1
             return True
@@ -831,17 +931,19 @@ class RwLock(_Bound, p.RwLock):
         with self._mutex:
             if self._write_ready():
                 self._writing = True
+                self._writer = _thread.get_ident()
                 return True
             if not blocking:
                 return False
             self._writers_waiting += 1
             acquired = False
             try:
-                acquired = self._can_write.wait_for(self._write_ready, _wait_timeout(timeout))
+                acquired = self._wait(self._can_write, self._write_ready, timeout)
             finally:
                 self._writers_waiting -= 1
                 if acquired:
                     self._writing = True
+                    self._writer = _thread.get_ident()
                 else:
                     # Readers held back for us may go now, and a wake-up we consumed while
                     # timing out must reach the next writer.
@@ -853,6 +955,7 @@ class RwLock(_Bound, p.RwLock):
             if not self._writing:
                 raise RuntimeError("release_write() of an RwLock that is not write-locked")
             self._writing = False
+            self._writer = None
             self._wake()
 
 
@@ -864,7 +967,7 @@ class Mutex(_Bound, p.Mutex):
 
     def __init__(self, backend: ThreadsBackend, /, value: Any = None) -> None:
         self._backend = backend
-        self._lock = Lock(backend)
+        self._lock = _lock(backend, "Mutex")
         self._value = value
 
     def _acquire(self, blocking: bool) -> bool:
@@ -906,6 +1009,12 @@ class OnceCell(_Bound, p.OnceCell):
         self._lot = ParkingLot()  # each waiter's want: its owner token
         self._value: Any = p.MISSING
         self._owner: object = None  # who runs the initialiser (mutex)
+        _note_creation(self)
+
+    def _holders(self) -> tuple[object, ...]:
+        """Who runs the initialiser, for the watchdog's reports."""
+        owner = self._owner
+        return () if owner is None else (owner,)
 
     def get(self, default: Any = None) -> Any:
         value = self._value  # written once, so one read needs no lock
@@ -960,7 +1069,7 @@ class OnceCell(_Bound, p.OnceCell):
         got = self._try_claim(owner, ThreadWaiter if timeout != 0 else None)
         if not isinstance(got, ThreadWaiter):
             return got  # type: ignore[no-any-return]
-        if not park_thread(self._mutex, self._lot, got, timeout):
+        if not park_thread(self._mutex, self._lot, got, timeout, self):
             return None
         return self._granted(got)
 
@@ -1256,6 +1365,7 @@ class Queue(_Bound, p.Queue):
         self._joiners = ParkingLot()
         self._reserved_room = 0  # places promised to woken putters (mutex)
         self._is_shutdown = False
+        _note_creation(self)
 
     # -- put -----------------------------------------------------------------------------------
 
@@ -1334,7 +1444,9 @@ class Queue(_Bound, p.Queue):
         limit = self._check_timeout(block, timeout) if self.maxsize > 0 else 0
         waiter = self._try_put(item, limit, ThreadWaiter)
         if waiter is not None:
-            granted = park_thread(self._mutex, self._putters, cast("ThreadWaiter", waiter), limit)
+            granted = park_thread(
+                self._mutex, self._putters, cast("ThreadWaiter", waiter), limit, self
+            )
             self._finish_put(item, waiter, granted)
 
     async def async_put(self, item: Any, timeout: float | None = None) -> None:
@@ -1398,7 +1510,7 @@ class Queue(_Bound, p.Queue):
         waiter, item = self._try_get(limit, ThreadWaiter)
         if waiter is None:
             return item
-        granted = park_thread(self._mutex, self._getters, cast("ThreadWaiter", waiter), limit)
+        granted = park_thread(self._mutex, self._getters, cast("ThreadWaiter", waiter), limit, self)
         return self._finish_get(waiter, granted)
 
     async def async_get(self, timeout: float | None = None) -> Any:
@@ -1474,7 +1586,7 @@ class Queue(_Bound, p.Queue):
             if not self._unfinished:  # the last task_done() came as we queued
                 self._joiners.withdraw(waiter)
                 return
-        park_thread(self._mutex, self._joiners, waiter, -1)
+        park_thread(self._mutex, self._joiners, waiter, -1, self)
 
     def shutdown(self, immediate: bool = False) -> None:
         with self._mutex:
@@ -1497,6 +1609,8 @@ class Queue(_Bound, p.Queue):
 
 
 T = TypeVar("T")
+# What a caller of a parallel call waits for, as the watchdog's reports say.
+_TASKS = "the tasks of a parallel call it made"
 _Task = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...]]
 
 
@@ -1510,8 +1624,12 @@ class _Pool:
     one inbox per worker, so each worker runs its own exactly once.
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, watcher: Watchdog | None = None) -> None:
         self._workers = workers
+        self._watcher = watcher
+        self._idle: set[int] = set()  # workers waiting for a task, for the watchdog (_cond)
+        if watcher is not None:
+            watcher.idle_threads(self._idle.copy)
         self._cond = threading.Condition(threading.Lock())
         self._tasks: deque[_Task] = deque()
         self._inboxes: list[deque[_Task]] = [deque() for _ in range(workers)]
@@ -1584,7 +1702,9 @@ class _Pool:
                 while task is None:
                     if self._closed:
                         return
+                    self._idle.add(_thread.get_ident())
                     self._cond.wait()
+                    self._idle.discard(_thread.get_ident())
                     task = self._next(index, newest_first=False)
             self._run(task)
 
@@ -1594,7 +1714,12 @@ class _Pool:
         pending = set(futures)
         index: int | None = getattr(self._local, "index", None)
         if index is None:  # not a pool worker: nothing to help with, just block
-            done, not_done = wait(pending, return_when=return_when)
+            record = None if self._watcher is None else self._watcher.waiting(_TASKS, None)
+            try:
+                done, not_done = wait(pending, return_when=return_when)
+            finally:
+                if record is not None:
+                    self._watcher.done(record)  # type: ignore[union-attr]
             return set(done), set(not_done)
         while True:
             with self._cond:
@@ -1606,7 +1731,10 @@ class _Pool:
                     # A finishing task notifies under _cond, after its future is done, so
                     # checking done-ness above while holding _cond cannot miss the wake-up.
                     self._sleepers += 1
+                    record = None if self._watcher is None else self._watcher.waiting(_TASKS, None)
                     self._cond.wait()
+                    if record is not None:
+                        self._watcher.done(record)  # type: ignore[union-attr]
                     self._sleepers -= 1
                     continue
             self._run(task)
@@ -1629,7 +1757,6 @@ class ThreadsBackend(Backend):
     parallel = True
 
     # Each factory builds this module's class (docs/architecture.md#the-backend-protocol).
-    create_lock = builds(Lock)
     create_rlock = builds(RLock)
     create_semaphore = builds(Semaphore)
     create_bounded_semaphore = builds(BoundedSemaphore)
@@ -1645,12 +1772,21 @@ class ThreadsBackend(Backend):
     create_freeze_lock = builds(FreezeLock)
     create_queue = builds(Queue)
 
-    def __init__(self, workers: int | None = None) -> None:
-        super().__init__(workers)
-        self._pool = _Pool(self.workers)  # its threads start with the first task
+    def __init__(self, workers: int | None = None, watchdog: float | None = None) -> None:
+        """*watchdog*: see docs/guarantees.md#the-deadlock-watchdog."""
+        super().__init__(workers, watchdog)
+        if self.watchdog is not None:
+            self.watcher = Watchdog(self.watchdog)
+        self._pool = _Pool(self.workers, self.watcher)  # its threads start with the first task
+
+    def create_lock(self) -> Lock:
+        """A new Lock of this backend (one that records its holder when the watchdog is on)."""
+        return _lock(self)
 
     def _shutdown(self) -> None:
         self._pool.close()
+        if self.watcher is not None:
+            self.watcher.close()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Outcome]:
         return self._pool.submit(capture, fn, *args)

@@ -7,7 +7,10 @@ Figures:
 - serial ``with Lock()`` vs ``with threading.Lock()`` (target <= 1.1 on a GIL build);
 - AtomicInt.fetch_add and ShardedDict set+get, uncontended (1 thread) and contended
   (N threads on one object), threads backend vs serial backend, as throughput ratios;
-- contended ShardedDict vs one dict behind one threading.Lock (what sharding buys).
+- contended ShardedDict vs one dict behind one threading.Lock (what sharding buys);
+- threads ``with Lock()`` vs ``with threading.Lock()``, uncontended (1 thread) and contended
+  (N threads on one lock), with the deadlock watchdog off and on (``watchdog=``): what owner
+  tracking and wait records cost.
 
 Each figure is the best of several repeats, to damp the noise of a shared 2-core machine.
 """
@@ -139,6 +142,45 @@ def measure(n: int, threads: int) -> list[tuple[str, float, float, str]]:
             "time ratio",
         )
     )
+    rows.extend(lock_rows(n, threads))
+    return rows
+
+
+def lock_work(lock: object, n: int) -> Callable[[int], None]:
+    def work(_index: int) -> None:
+        lock_loop(lock, n)()
+
+    return work
+
+
+def lock_rows(n: int, threads: int) -> list[tuple[str, float, float, str]]:
+    """threads-backend Lock against threading.Lock, with the watchdog off and on."""
+    rows = []
+    per_thread = n // threads
+    plain = best_time(lock_loop(threading.Lock(), n))
+    plain_contended = best_time(in_threads(threads, lock_work(threading.Lock(), per_thread)))
+    for watchdog in (None, 10.0):
+        with dm.use("threads", watchdog=watchdog) as backend:
+            lock, contended = dm.Lock(), dm.Lock()
+        state = "on" if watchdog else "off"
+        rows.append(
+            (
+                f"threads `with Lock()` vs `with threading.Lock()`, uncontended, watchdog {state}",
+                best_time(lock_loop(lock, n)),
+                plain,
+                "1 thread; time ratio",
+            )
+        )
+        rows.append(
+            (
+                f"threads Lock vs threading.Lock, contended: {threads} threads, watchdog {state}",
+                best_time(in_threads(threads, lock_work(contended, per_thread))),
+                plain_contended,
+                "same total op count; time ratio",
+            )
+        )
+        if watchdog:
+            backend.close()
     return rows
 
 

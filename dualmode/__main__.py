@@ -32,6 +32,7 @@ from rich.table import Table
 import dualmode as dm
 from dualmode.config import (
     BACKEND_ENV,
+    WATCHDOG_ENV,
     WORKERS_ENV,
     _auto_name,
     _free_threaded,
@@ -217,6 +218,7 @@ def _selection_lines() -> list[tuple[str, str]]:
         ("python", f"{sys.version.split()[0]} ({_gil_state()}), {os.cpu_count()} CPUs"),
         (BACKEND_ENV, env_backend),
         (WORKERS_ENV, env_workers),
+        (WATCHDOG_ENV, os.environ.get(WATCHDOG_ENV) or "(unset)"),
         ("auto would choose", _auto_name()),
         ("backend in force (dm.current())", in_force),
     ]

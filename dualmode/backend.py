@@ -11,6 +11,7 @@ protocol for maintainers, docs/backends.md for backend authors.
 from __future__ import annotations
 
 import abc
+import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
     from . import primitives as p
     from .query.job_table import JobTable
+    from .watchdog import Watchdog
 
 T = TypeVar("T")
 Args = ParamSpec("Args")
@@ -33,6 +35,7 @@ __all__ = [
     "Outcome",
     "builds",
     "capture",
+    "check_watchdog",
     "check_workers",
     "run_chunk",
     "run_now",
@@ -86,6 +89,27 @@ def check_workers(workers: object) -> int | None:
     )
 
 
+def check_watchdog(watchdog: object) -> float | None:
+    """Return *watchdog* as the watchdog's limit in seconds: None (the default: the
+    ``DUALMODE_WATCHDOG`` variable decides), 0 (off) or a positive number; ConfigError
+    otherwise. Text is refused, as for :func:`check_workers`."""
+    if watchdog is None:
+        return None
+    if (
+        isinstance(watchdog, int | float)
+        and not isinstance(watchdog, bool)
+        and math.isfinite(watchdog)
+        and watchdog >= 0
+    ):
+        return float(watchdog)
+    hint = " (a number, not text: only the DUALMODE_WATCHDOG variable is parsed)"
+    raise ConfigError(
+        f"watchdog={watchdog!r} is not a time limit: give the seconds a blocked wait may last "
+        f"before the watchdog reports it, such as 2.0, or 0 to turn it off"
+        + (hint if isinstance(watchdog, str) else "")
+    )
+
+
 class Backend(abc.ABC):
     """One execution model: where work runs and what the primitives are.
 
@@ -94,6 +118,11 @@ class Backend(abc.ABC):
         parallel: True when work can run at the same time on several workers, so primitives
             are real locks; False for the serial backend, whose primitives are borrow flags.
         workers: how many workers run parallel work (1 for serial).
+        watchdog: the deadlock watchdog's limit in seconds, or None when it is off
+            (docs/guarantees.md#the-deadlock-watchdog).
+        watcher: the :class:`~dualmode.watchdog.Watchdog` that watches this process's waits
+            on the backend's primitives, or None (the watchdog is off, or it runs elsewhere:
+            in the processes backend's coordinator).
 
     A backend owns what it starts (threads, processes, a cluster client). :meth:`close` stops
     all of it and is idempotent; a backend is also a context manager that closes on exit.
@@ -101,10 +130,15 @@ class Backend(abc.ABC):
 
     name: ClassVar[str]
     parallel: ClassVar[bool]
+    watcher: Watchdog | None = None
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, watchdog: float | None = None) -> None:
+        """*workers*: see :func:`check_workers`; *watchdog*: the deadlock watchdog's limit in
+        seconds (None or 0: off). A backend that can block watches its waits when it is set;
+        one that never blocks (serial) accepts it and has nothing to watch."""
         checked = check_workers(workers)
         self._workers = checked if checked is not None else self.default_workers()
+        self._watchdog = check_watchdog(watchdog) or None
         self._closed = False
         self._close_lock = threading.Lock()
 
@@ -122,6 +156,10 @@ class Backend(abc.ABC):
     @property
     def workers(self) -> int:
         return self._workers
+
+    @property
+    def watchdog(self) -> float | None:
+        return self._watchdog
 
     @property
     def closed(self) -> bool:
@@ -151,6 +189,8 @@ class Backend(abc.ABC):
 
     def __repr__(self) -> str:
         state = ", closed" if self._closed else ""
+        if self._watchdog is not None:
+            state = f", watchdog={self._watchdog:g}{state}"
         return f"<{type(self).__name__} name={self.name!r} workers={self._workers}{state}>"
 
     # -- running work: the protocol behind dualmode.parallel -----------------------------------
@@ -213,7 +253,9 @@ class Backend(abc.ABC):
         """
         from .query.job_table import InProcessJobTable
 
-        return InProcessJobTable(fallbacks, volatile)
+        table = InProcessJobTable(fallbacks, volatile)
+        table.watcher = self.watcher  # latch waits join the wait-for graph
+        return table
 
     # -- primitives: one factory per public class of dualmode.primitives ----------------------
     # ``dm.Lock()`` runs ``Lock.__new__``, which checks the arguments and calls the factory

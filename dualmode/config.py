@@ -2,8 +2,8 @@
 
 Backends are found by name through the entry-point group ``dualmode.backends``, built-ins too,
 so a third-party backend is selected exactly like ``"threads"``. Instances made from a name are
-shared per ``(name, workers)`` and closed at interpreter exit; pass a :class:`Backend` instance
-to own its lifetime yourself.
+shared per ``(name, workers, watchdog)`` and closed at interpreter exit; pass a
+:class:`Backend` instance to own its lifetime yourself.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import atexit
 import contextvars
 import importlib.metadata
 import importlib.util
+import inspect
 import os
 import sys
 import sysconfig
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .backend import Backend, check_workers
+from .backend import Backend, check_watchdog, check_workers
 from .errors import ConfigError
 
 __all__ = [
@@ -36,16 +37,18 @@ __all__ = [
 ENTRY_POINT_GROUP = "dualmode.backends"
 BACKEND_ENV = "DUALMODE_BACKEND"
 WORKERS_ENV = "DUALMODE_WORKERS"
+WATCHDOG_ENV = "DUALMODE_WATCHDOG"
 
 BackendSpec = str | Backend
 
 _scoped: contextvars.ContextVar[Backend | None] = contextvars.ContextVar(
     "dualmode_backend", default=None
 )
-# The process-wide choice of configure(): (name or instance, workers), or None.
-_configured: tuple[BackendSpec, int | None] | None = None
-# Instances built from a name, shared per (name, workers); guarded by _instances_lock on creation.
-_instances: dict[tuple[str, int | None], Backend] = {}
+# The process-wide choice of configure(): (name or instance, workers, watchdog), or None.
+_configured: tuple[BackendSpec, int | None, float | None] | None = None
+# Instances built from a name, shared per (name, workers, watchdog limit or None); guarded by
+# _instances_lock on creation.
+_instances: dict[tuple[str, int | None, float | None], Backend] = {}
 _instances_lock = threading.Lock()
 
 
@@ -153,10 +156,28 @@ def available_backends() -> dict[str, str | None]:
     return result
 
 
-def _shared_instance(name: str, workers: int | None) -> Backend:
+def _check_takes_watchdog(cls: type[Backend], watchdog: float | None) -> None:
+    """ConfigError for a watchdog limit given to a (third-party) backend that takes none."""
+    if watchdog and "watchdog" not in inspect.signature(cls).parameters:
+        raise ConfigError(
+            f"backend {cls.name!r} ({cls.__module__}.{cls.__qualname__}) takes no watchdog "
+            f"option; leave watchdog and {WATCHDOG_ENV} unset with it, or ask its authors to "
+            "accept watchdog= (docs/backends.md)"
+        )
+
+
+def _build(cls: type[Backend], workers: int | None, watchdog: float | None) -> Backend:
+    if watchdog is None:
+        return cls(workers)
+    _check_takes_watchdog(cls, watchdog)
+    return cls(workers, watchdog=watchdog)
+
+
+def _shared_instance(name: str, workers: int | None, watchdog: float | None) -> Backend:
     if name == "auto":
         name = _auto_name()
-    key = (name, workers)
+    limit = _watchdog_from_environment() if watchdog is None else watchdog or None
+    key = (name, workers, limit)
     backend = _instances.get(key)
     if backend is not None and not backend.closed:
         return backend
@@ -164,17 +185,22 @@ def _shared_instance(name: str, workers: int | None) -> Backend:
     with _instances_lock:
         backend = _instances.get(key)
         if backend is None or backend.closed:
-            backend = cls(workers)
+            backend = _build(cls, workers, limit)
             _instances[key] = backend
     return backend
 
 
-def _resolve_spec(spec: BackendSpec, workers: int | None) -> Backend:
+def _resolve_spec(spec: BackendSpec, workers: int | None, watchdog: float | None = None) -> Backend:
     if isinstance(spec, Backend):
         if workers is not None and workers != spec.workers:
             raise ConfigError(
                 f"workers={workers} conflicts with the backend instance {spec!r}; "
                 "pass only the instance, or a backend name with workers"
+            )
+        if watchdog is not None and (watchdog or None) != spec.watchdog:
+            raise ConfigError(
+                f"watchdog={watchdog} conflicts with the backend instance {spec!r}; "
+                "pass only the instance, or a backend name with watchdog"
             )
         if spec.closed:
             raise ConfigError(f"{spec!r} is closed; create a new backend instance")
@@ -184,7 +210,7 @@ def _resolve_spec(spec: BackendSpec, workers: int | None) -> Backend:
             f"backend must be a backend name (str) or a dualmode.Backend instance, "
             f"got {type(spec).__name__}: {spec!r}"
         )
-    return _shared_instance(spec, workers)
+    return _shared_instance(spec, workers, watchdog)
 
 
 def _workers_from_environment() -> int | None:
@@ -200,6 +226,21 @@ def _workers_from_environment() -> int | None:
         ) from None
 
 
+def _watchdog_from_environment() -> float | None:
+    """The watchdog's limit that ``DUALMODE_WATCHDOG`` sets: None when unset, empty or 0."""
+    text = os.environ.get(WATCHDOG_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        return check_watchdog(float(text)) or None
+    except ValueError:  # from float("x"), or check_watchdog's ConfigError (a ValueError)
+        raise ConfigError(
+            f"{WATCHDOG_ENV}={text!r} is not a time limit: give the seconds a blocked wait may "
+            "last before the watchdog reports it, such as 2.0, or 0 (or nothing) for no "
+            "watchdog"
+        ) from None
+
+
 def _from_environment() -> Backend:
     name = os.environ.get(BACKEND_ENV, "").strip() or "serial"
     workers = _workers_from_environment()
@@ -209,7 +250,11 @@ def _from_environment() -> Backend:
         raise ConfigError(f"{BACKEND_ENV}={name!r}: {exc}") from None
 
 
-def configure(backend: BackendSpec | None = None, workers: int | None = None) -> None:
+def configure(
+    backend: BackendSpec | None = None,
+    workers: int | None = None,
+    watchdog: float | None = None,
+) -> None:
     """Set the process-wide default backend (below ``use`` and explicit ``backend=``).
 
     ``configure()`` with no arguments forgets the default, so the environment rules again.
@@ -221,23 +266,31 @@ def configure(backend: BackendSpec | None = None, workers: int | None = None) ->
     accepted with any backend, so that one program runs unchanged on each; a backend that is
     not parallel (``serial``) runs everything on the calling thread and reports
     ``workers == 1``.
+
+    *watchdog* turns on the deadlock watchdog (docs/guarantees.md#the-deadlock-watchdog):
+    callers blocked, with no timeout, in a wait-for cycle for longer than that many seconds
+    raise :class:`~dualmode.DeadlockError`. None leaves it to ``DUALMODE_WATCHDOG`` (unset:
+    off); 0 turns it off.
     """
     global _configured
     if backend is None:
-        if workers is not None:
-            raise ConfigError("configure(workers=...) needs a backend name too")
+        if workers is not None or watchdog is not None:
+            raise ConfigError("configure(workers=..., watchdog=...) needs a backend name too")
         _configured = None
         return
     checked = check_workers(workers)
+    limit = check_watchdog(watchdog)
     if isinstance(backend, str):
-        load_backend(backend)
+        _check_takes_watchdog(load_backend(backend), limit)
     else:
-        _resolve_spec(backend, checked)
-    _configured = (backend, checked)
+        _resolve_spec(backend, checked, limit)
+    _configured = (backend, checked, limit)
 
 
 @contextmanager
-def use(backend: BackendSpec, workers: int | None = None) -> Iterator[Backend]:
+def use(
+    backend: BackendSpec, workers: int | None = None, watchdog: float | None = None
+) -> Iterator[Backend]:
     """Make *backend* current in this context (thread or task) until the block exits.
 
     Nests and restores the previous choice on exit, also on error. Uses contextvars, so each
@@ -245,9 +298,10 @@ def use(backend: BackendSpec, workers: int | None = None) -> Iterator[Backend]:
     *workers* is checked as by :func:`configure`: an int or None, and ``serial`` keeps one
     worker whatever the count (``dm.use("serial", workers=4)`` yields a backend with
     ``workers == 1``). Raises :class:`ConfigError` for an unknown or unusable backend or a bad
-    worker count.
+    worker count. *watchdog* is as for :func:`configure`: seconds, 0 (off) or None (the
+    environment decides); backends made from a name are shared per (name, workers, watchdog).
     """
-    resolved = _resolve_spec(backend, check_workers(workers))
+    resolved = _resolve_spec(backend, check_workers(workers), check_watchdog(watchdog))
     token = _scoped.set(resolved)
     try:
         yield resolved

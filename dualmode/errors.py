@@ -14,6 +14,7 @@ __all__ = [
     "Cancelled",
     "ConfigError",
     "CycleError",
+    "DeadlockError",
     "ParallelError",
     "QueueEmpty",
     "QueueFull",
@@ -66,6 +67,28 @@ class CycleError(RuntimeError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.cycle,)
+
+
+class DeadlockError(RuntimeError):
+    """The deadlock watchdog found this caller blocked for good, and woke it with this error.
+
+    Raised only by a backend started with ``watchdog=SECONDS`` (``dm.configure``, ``dm.use``,
+    ``DUALMODE_WATCHDOG``), in every blocked caller of a wait-for cycle (each waits, with no
+    timeout, for a primitive held by the next), or in every blocked caller when all the
+    threads of the process have waited longer than the limit. The message, and
+    :attr:`waits` line by line, name each thread (or process) in it, what it waits for (a
+    primitive by kind and the ``file:line`` that created it) and who holds that. Nothing was
+    acquired by the call that raised: release what the thread holds (a ``with`` block does)
+    and take locks in one global order, or wait with a timeout. See docs/guarantees.md.
+    """
+
+    def __init__(self, message: str, waits: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.waits = list(waits)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.message, self.waits)
 
 
 class Cancelled(BaseException):

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     import asyncio
     from _thread import LockType as _RawLock
 
+    from .primitives import Primitive
+
 __all__ = [
     "Latch",
     "ParkingLot",
@@ -164,13 +166,44 @@ class ThreadWaiter(Waiter):
         self._lock.release()
 
 
-def park_thread(mutex: _RawLock, lot: ParkingLot, waiter: ThreadWaiter, timeout: float) -> bool:
+def park_thread(
+    mutex: _RawLock,
+    lot: ParkingLot,
+    waiter: ThreadWaiter,
+    timeout: float,
+    on: Primitive | None = None,
+) -> bool:
     """Block until *waiter* (queued in *lot*, *mutex* let go) is granted: True; or until
-    *timeout* seconds (-1: none) pass with no grant: False, and it is off the queue."""
+    *timeout* seconds (-1: none) pass with no grant: False, and it is off the queue.
+
+    *on*: the primitive waited for. With no timeout, on a backend whose deadlock watchdog is
+    on, the wait is recorded for it, and raises :class:`~dualmode.DeadlockError` (off the
+    queue, granted nothing) when the watchdog finds it blocked for good.
+    """
+    watcher = None if timeout >= 0 or on is None else on.backend.watcher
+    if watcher is not None:
+        record = watcher.waiting(on, lambda: _withdraw(mutex, lot, waiter))
+        try:
+            waiter._lock.acquire()
+        finally:
+            watcher.done(record)
+        if not waiter.granted and record.error is not None:
+            raise record.error
+        return True
     if waiter._lock.acquire(True, timeout):
         return True
     with mutex:
         return not lot.withdraw(waiter)  # granted just as the time ran out: the grant stands
+
+
+def _withdraw(mutex: _RawLock, lot: ParkingLot, waiter: ThreadWaiter) -> bool:
+    """Take a parked thread off the queue and wake it, granted nothing: whether it was still
+    waiting (False: it was granted first, and the grant stands)."""
+    with mutex:
+        if not lot.withdraw(waiter):
+            return False
+    waiter.wake()
+    return True
 
 
 class TaskWaiter(Waiter):

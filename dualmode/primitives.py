@@ -135,9 +135,10 @@ class _BackendDispatch(abc.ABCMeta):
         create: Callable[..., _P] | None = cls.__dict__.get("_create")
         if create is None:  # a backend's class, built by its factory
             if backend is not None:
+                public = next(k for k in cls.__mro__ if "_create" in k.__dict__)
                 raise TypeError(
                     f"{cls.__module__}.{cls.__qualname__}() is a backend's class and takes no "
-                    f"backend= argument; call dm.{cls.__name__}(backend=...) to choose one"
+                    f"backend= argument; call dm.{public.__name__}(backend=...) to choose one"
                 )
             built: _P = type.__call__(cls, *args, **kwargs)
             return built

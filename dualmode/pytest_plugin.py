@@ -18,6 +18,13 @@ unavailable here (a missing dependency) are skipped with the reason. A backend n
 explicitly but unavailable fails its tests with the reason, so a CI job cannot pass by
 silently testing nothing.
 
+The deadlock watchdog is on during the session: a test whose threads deadlock on dualmode
+primitives fails with :class:`~dualmode.DeadlockError` naming them, rather than hanging until
+a timeout kills the run. ``--dualmode-watchdog SECONDS`` sets its limit (default
+10; 0 turns it off). The plugin sets it as ``DUALMODE_WATCHDOG``, the default of every backend
+made from a name (the fixtures', and ``backend="threads"`` in the threads a test starts; worker
+processes inherit it), unless the environment already sets that variable: yours wins.
+
 The plugin needs nothing beyond dualmode itself (not Hypothesis, which only the conformance
 kit, ``dualmode.testing``, needs): it loads in every pytest run of an environment that has
 dualmode installed.
@@ -25,22 +32,28 @@ dualmode installed.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from .config import available_backends, load_backend, use
+from .backend import check_watchdog
+from .config import WATCHDOG_ENV, available_backends, load_backend, use
 from .errors import ConfigError
 
 __all__ = [
     "dualmode_backend",
     "dualmode_parallel_backend",
     "pytest_addoption",
+    "pytest_configure",
     "pytest_generate_tests",
+    "pytest_unconfigure",
 ]
 
 OPTION = "--dualmode-backend"
+WATCHDOG_OPTION = "--dualmode-watchdog"
+WATCHDOG_DEFAULT = 10.0
 ALL = "all"
 EVERY = "dualmode_backend"
 PARALLEL = "dualmode_parallel_backend"
@@ -76,6 +89,46 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             "unavailable here; a backend named explicitly but unavailable fails its tests."
         ),
     )
+    group.addoption(
+        WATCHDOG_OPTION,
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        dest="dualmode_watchdog",
+        help=(
+            "the deadlock watchdog's limit for the session: threads blocked for good on "
+            "dualmode primitives longer than this raise DeadlockError instead of hanging. "
+            f"Default: {WATCHDOG_ENV} if set, else {WATCHDOG_DEFAULT:g}; 0 turns it off."
+        ),
+    )
+
+
+_SAVED_WATCHDOG = pytest.StashKey[str | None]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Set ``DUALMODE_WATCHDOG`` for the session (see the module's docstring)."""
+    limit = config.getoption("dualmode_watchdog", None)
+    saved = os.environ.get(WATCHDOG_ENV)
+    if limit is None and saved is not None:
+        return  # the environment's choice stands
+    try:
+        value = check_watchdog(WATCHDOG_DEFAULT if limit is None else limit)
+    except ConfigError as exc:
+        raise pytest.UsageError(f"{WATCHDOG_OPTION}: {exc}") from None
+    config.stash[_SAVED_WATCHDOG] = saved
+    os.environ[WATCHDOG_ENV] = f"{value:g}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Put ``DUALMODE_WATCHDOG`` back as the session found it."""
+    if _SAVED_WATCHDOG not in config.stash:
+        return
+    saved = config.stash[_SAVED_WATCHDOG]
+    if saved is None:
+        os.environ.pop(WATCHDOG_ENV, None)
+    else:
+        os.environ[WATCHDOG_ENV] = saved
 
 
 def _reason(name: str, registered: dict[str, str | None]) -> str | None:

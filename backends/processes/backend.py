@@ -22,6 +22,7 @@ import cloudpickle  # type: ignore[import-untyped]
 import dualmode.primitives as p
 from dualmode.backend import Backend, Outcome, capture, run_chunk, run_now
 from dualmode.errors import WorkerCrashed
+from dualmode.watchdog import creation_site
 
 from . import mp_internals
 from .coordinator import Manager, init_coordinator
@@ -98,10 +99,12 @@ class ProcessesBackend(Backend):
     name = "processes"
     parallel = True
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, watchdog: float | None = None) -> None:
         """*workers*: how many worker processes parallel work will use (primitives do not
-        depend on it); the default is the CPUs this process may use."""
-        super().__init__(workers)
+        depend on it); the default is the CPUs this process may use. *watchdog*: the
+        deadlock watchdog's limit, for waits on the primitives; it runs in the coordinator,
+        which sees every holder and waiter (docs/guarantees.md#the-deadlock-watchdog)."""
+        super().__init__(workers, watchdog)
         self._start_lock = threading.Lock()
         self._link_: Link | None = None
         self._manager: Manager | None = None
@@ -145,7 +148,7 @@ class ProcessesBackend(Backend):
         # spawn, never fork: this process may have threads (and fork would copy their locks).
         manager = Manager(ctx=get_context("spawn"), shutdown_timeout=_SHUTDOWN_TIMEOUT)
         try:
-            manager.start(init_coordinator)
+            manager.start(init_coordinator, (self.watchdog,))
         except (EOFError, OSError) as exc:
             if mp_internals.left_rerunning_main(manager.process):
                 raise _unguarded_main() from None
@@ -258,7 +261,7 @@ class ProcessesBackend(Backend):
     # this package's client class for it (docs/architecture.md#the-backend-protocol).
 
     def _host(self, cls: type[H], *args: Any) -> H:
-        return cls(self._link().create(cls.__name__, args))
+        return cls(self._link().create(cls.__name__, args, creation_site()))
 
     def create_lock(self) -> Lock:
         return self._host(Lock)

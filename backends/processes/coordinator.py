@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from dualmode.off_loop import NOT_YET
+from dualmode.watchdog import Watchdog, sited
 
 from .. import threads
 from . import link, mp_internals, primitives
@@ -55,9 +56,11 @@ class Coordinator:
                 "keeps the object alive)"
             )
 
-    def create(self, typeid: str, args: tuple[Any, ...]) -> tuple[str, int]:
+    def create(
+        self, typeid: str, args: tuple[Any, ...], site: str | None = None
+    ) -> tuple[str, int]:
         self._drain_local()
-        with self._lock:
+        with self._lock, sited(site):
             ident = self._server.host(typeid, args)  # refcount 1: the caller's
             serial = self._serials[ident] = next(self._counter)
         return ident, serial
@@ -116,8 +119,11 @@ class Manager(mp_internals.HostingManager, server=_CoordinatorServer):
     """Starts the coordinator process (``start(init_coordinator)``) and stops it."""
 
 
-def init_coordinator() -> None:
-    """First code in the coordinator process: exit when the owning process is gone."""
+def init_coordinator(watchdog: float | None = None) -> None:
+    """First code in the coordinator process: exit when the owning process is gone.
+    *watchdog*: the owning backend's limit, for the waits of the objects hosted here."""
+    global _watchdog
+    _watchdog = watchdog
     mp_internals.exit_with_parent("dualmode-owner-watch")
 
 
@@ -126,6 +132,7 @@ def init_coordinator() -> None:
 # The coordinator builds hosted objects with one threads backend of its own.
 _hosting: threads.ThreadsBackend | None = None
 _hosting_lock = threading.Lock()
+_watchdog: float | None = None
 
 
 def _hosting_backend() -> threads.ThreadsBackend:
@@ -133,7 +140,19 @@ def _hosting_backend() -> threads.ThreadsBackend:
     with _hosting_lock:
         if _hosting is None:
             _hosting = threads.ThreadsBackend()
+            if _watchdog is not None:
+                # Here, where every holder and waiter of a hosted object is seen, the
+                # watchdog finds cycles; not stalls: the clients may still act. It stops
+                # with this process (a daemon thread).
+                _hosting.watcher = Watchdog(_watchdog, stalls=False, describe=client_named)
         return _hosting
+
+
+def client_named(name: str) -> str:
+    """A client thread, from the name of the coordinator's thread that serves it
+    (``link.Link._connection``: "process (pid N)", then "|thread" but for a main thread)."""
+    process, _, thread = name.partition("|")
+    return f"thread {thread!r} of {process}" if thread else f"the main thread of {process}"
 
 
 class _HostedFreezeLock(threads.FreezeLock):
@@ -191,6 +210,8 @@ def _host(typeid: str, *args: Any) -> object:
         return _host_condition(*args)
     if typeid == "FreezeLock":
         return _HostedFreezeLock(_hosting_backend(), *args)
+    if typeid == "Lock":  # the factory's: one that records its holder for the watchdog
+        return _hosting_backend().create_lock()
     cls: Callable[..., object] = getattr(threads, typeid)
     return cls(_hosting_backend(), *args)
 

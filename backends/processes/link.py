@@ -126,7 +126,9 @@ class Link:
         conn: connection.Connection | None = getattr(self._tls, "conn", None)
         if conn is not None:
             return conn
-        name = current_process().name
+        # The coordinator's thread serving this connection takes its name: the watchdog's
+        # reports there name the process and thread (coordinator.client_named reads it back).
+        name = f"{current_process().name} (pid {os.getpid()})"
         if threading.current_thread() is not threading.main_thread():
             name += "|" + threading.current_thread().name
         try:
@@ -166,9 +168,10 @@ class Link:
 
     # -- reference counting --------------------------------------------------------------------
 
-    def create(self, typeid: str, args: tuple[Any, ...]) -> Ref:
-        """Host a new object of *typeid* built from *args*; return this process's reference."""
-        ident, serial = self.coordinator("create", typeid, args)
+    def create(self, typeid: str, args: tuple[Any, ...], site: str | None = None) -> Ref:
+        """Host a new object of *typeid* built from *args*; return this process's reference.
+        *site*: where the user's code created it, for the coordinator's watchdog."""
+        ident, serial = self.coordinator("create", typeid, args, site)
         return self._ref(ident, serial)
 
     def pin(self, ident: str, serial: int) -> int:

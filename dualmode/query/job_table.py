@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import os
 import threading
 import time
@@ -38,6 +39,7 @@ from typing import Any, Protocol
 
 from ..errors import CycleError, WorkerCrashed
 from ..parking_lot import Latch, Waiter
+from ..watchdog import Awaited, Watchdog
 from .memo import (
     COUNTED_REVISIONS,
     LOW,
@@ -368,6 +370,12 @@ class _Sleeper(Waiter):
         return False
 
 
+def _woken(sleeper: _Sleeper) -> bool:
+    """The watchdog's interrupt of a latch wait: the sleeper looks at its record's error."""
+    sleeper.nudge()
+    return True
+
+
 # Runs a call on a thread of its own, awaited (anyio.to_thread.run_sync).
 _Helper = Callable[[Callable[[Memo | None], bool], Memo | None], Awaitable[Any]]
 
@@ -410,6 +418,10 @@ class InProcessJobTable:
 
     shared = False
     scope: Hashable | None = None
+    # The backend's deadlock watchdog (set by Backend.create_job_table): a thread waiting for
+    # a query's latch is recorded, held by the query's owner, so a cycle through locks and
+    # queries is found. Query-only cycles raise CycleError at once and never wait that long.
+    watcher: Watchdog | None = None
 
     def __init__(self, fallbacks: dict[str, bool], volatile: Iterable[str] = ()) -> None:
         self._fallbacks = dict(fallbacks)
@@ -941,7 +953,7 @@ class InProcessJobTable:
         """Wait for *job*'s latch; if its owner's process dies first, abandon it for them.
         Meanwhile run the hand-over the wait is stuck behind, if no worker has started it
         (see :meth:`_stalled`): returns the seconds that took (not waited)."""
-        owner_pid = job.owner.thread[0]
+        owner_pid, owner_ident = job.owner.thread
         latch = job.latch
         assert latch is not None  # made by claim before it waits
         sleeper = _Sleeper()
@@ -950,8 +962,17 @@ class InProcessJobTable:
         ran = 0.0
         with self._graph_lock:  # before the first look: a hand-over made later nudges it
             self._sleepers.add(sleeper)
+        record = None
+        if self.watcher is not None:  # its owner holds it: a thread of this process, or none
+            ((name, key),) = canonical_cycle([job.qkey])  # named as CycleError names it
+            held = (owner_ident,) if owner_pid == os.getpid() and owner_ident > 0 else ()
+            record = self.watcher.waiting(
+                Awaited(f"query {name}({key!r})", held), functools.partial(_woken, sleeper)
+            )
         try:
             while not sleeper.granted:
+                if record is not None and record.error is not None:
+                    raise record.error
                 with self._graph_lock:
                     stalled = self._stalled(job)
                 if stalled is not None:
@@ -963,6 +984,8 @@ class InProcessJobTable:
                 if not sleeper.sleep(_OWNER_CHECK) and not _alive(owner_pid):
                     self._abandon_dead(job)
         finally:
+            if record is not None:
+                self.watcher.done(record)  # type: ignore[union-attr]
             with self._graph_lock:
                 self._sleepers.discard(sleeper)
             latch.withdraw(sleeper)
