@@ -263,8 +263,11 @@ def stress(session: nox.Session) -> None:
     # A test that takes one of these fixtures plays a scenario on the fixture's database (one
     # caller, exact execution logs): its copies would share it, so it runs on one thread.
     shared = ["-o", "thread_unsafe_fixtures=" + "\n".join(STRESS_SHARED_FIXTURES)]
+    # pytest-timeout's signal cannot stop a test running on the plugin's threads: a test still
+    # running after this long has every thread's stack written out, to show what it waits for.
+    dump = ["-o", "faulthandler_timeout=300"]
     suites = [str(ROOT / suite) for suite in STRESS_SUITES]
-    _pytest(session, [*parallel, *backends, *shared, *suites, *session.posargs], env)
+    _pytest(session, [*parallel, *backends, *shared, *dump, *suites, *session.posargs], env)
 
 
 @nox.session(python="3.11")
