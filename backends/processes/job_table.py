@@ -32,6 +32,7 @@ from dualmode.query.job_table import (
     TableStats,
     Verdict,
 )
+from dualmode.query.lru import Recency
 from dualmode.query.memo import LOW, Memo, MemoState, QKey, ThreadId, lookup
 
 from .packing import (
@@ -212,9 +213,28 @@ class RemoteJobTable:
     def scope(self) -> Hashable:
         return os.getpid()
 
-    def attach(self, queries: Iterable[str], unreported_hits: Callable[[], HitCounts]) -> None:
+    def attach(
+        self,
+        queries: Iterable[str],
+        unreported_hits: Callable[[], HitCounts],
+        lru: Mapping[str, int] | None = None,
+    ) -> None:
         self._memos: dict[str, dict[tuple[Any, ...], Memo]] = {name: {} for name in queries}
         self._unreported = unreported_hits
+        # This process's cache keeps at most N values of an lru=N query (the owner's table
+        # keeps its own N): the least recently cached are dropped, and fetched again.
+        self._recency: dict[str, Recency[tuple[Any, ...]]] = {
+            name: Recency(limit) for name, limit in (lru or {}).items()
+        }
+
+    def _cache(self, name: str, key: tuple[Any, ...], memo: Memo) -> None:
+        """Keep *memo* in this process's cache, within its query's ``lru=`` bound."""
+        memos = self._memos[name]
+        memos[key] = memo
+        recency = self._recency.get(name)
+        if recency is not None:
+            for victim in recency.use(key):
+                memos.pop(victim, None)
 
     def unchanged(self, qkey: QKey, memo: Memo, revision: int) -> bool:
         return False  # only the owner's table knows: ask it with a claim
@@ -238,7 +258,7 @@ class RemoteJobTable:
             return mine.replace(verified_at=memo.verified_at, changed_at=memo.changed_at)
         memo = unpack_memo(memo)
         if memo.state is not ERROR_ONCE and not old:
-            self._memos[name][key] = memo
+            self._cache(name, key, memo)
         return memo
 
     # -- the protocol ----------------------------------------------------------------------------
@@ -329,7 +349,7 @@ class RemoteJobTable:
             except Exception:
                 return
             if loaded.state is not ERROR_ONCE:
-                memos[key] = loaded
+                self._cache(name, key, loaded)
 
     def publish(
         self,
@@ -347,7 +367,7 @@ class RemoteJobTable:
         thread = self._link.thread_id()
         if verdict is Verdict.GREEN:
             if scope is None:
-                self._memos[name][key] = memo
+                self._cache(name, key, memo)
             shipped = memo_fields(memo, None)  # the owner's table re-stamps the one it has
         else:
             if store and scope is not None:
@@ -369,7 +389,7 @@ class RemoteJobTable:
         if settlement is not None:  # a cycle through this query was settled meanwhile
             return self._received(name, key, settlement, scope, old=False)
         if store and verdict is not Verdict.GREEN:
-            self._memos[name][key] = memo
+            self._cache(name, key, memo)
         return memo
 
     def abandon(

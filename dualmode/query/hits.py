@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable
 from threading import get_ident
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from .memo import COUNTED_REVISIONS, HIGH, Memo, MemoState, QKey
+from .memo import COUNTED_REVISIONS, HIGH, Memo, MemoState, QKey, lookup
 
 if TYPE_CHECKING:
     from .database import Database, _QueryDescriptor
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 __all__ = ["BoundQuery", "Frame", "ThreadState", "unhashable"]
 
 T = TypeVar("T")
-OK = MemoState.OK
+OK, EVICTED = MemoState.OK, MemoState.EVICTED
 
 
 class Frame:
@@ -241,6 +241,13 @@ class ThreadState:
             for name, key in changes:
                 if name in index:  # not an input's
                     self.carried[index[name]].pop(key, None)
+            for name in self.rt.lru:  # no copy of a value its lru= bound dropped
+                i, table = index[name], self.rt.memos[name]
+                self.carried[i] = {
+                    key: memo
+                    for key, memo in self.carried[i].items()
+                    if (kept := lookup(table, key)) is not None and kept.state is not EVICTED
+                }
         self.unknown_deps = []
         self.memos = [{} for _ in self.memos]
         self._new_caches()

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 from ..errors import CycleError, WorkerCrashed
 from ..parking_lot import Latch, Waiter
+from .lru import evict
 from .memo import (
     COUNTED_REVISIONS,
     LOW,
@@ -68,12 +69,13 @@ _SHARDS = 64  # claims on different keys rarely share a lock
 _LISTED_REVISIONS = 64
 _OWNER_CHECK = 0.5  # seconds between checks that a waited-for owner's process is alive
 
-OK, ERROR, FALLBACK, ERROR_ONCE, RETRY = (
+OK, ERROR, FALLBACK, ERROR_ONCE, RETRY, EVICTED = (
     MemoState.OK,
     MemoState.ERROR,
     MemoState.FALLBACK,
     MemoState.ERROR_ONCE,
     MemoState.RETRY,
+    MemoState.EVICTED,
 )
 
 
@@ -111,10 +113,10 @@ class InputCheck(ImmortalEnum):
 
 
 HitCounts = list[tuple[str, int]]  # (query name, hits) not yet reported to the table
-# JobTable.stats(): per query (hits, misses, executions, total time, self time, wait time),
-# and per revision the count of each verdict.
+# JobTable.stats(): per query (hits, misses, executions, total time, self time, wait time,
+# values held), and per revision the count of each verdict.
 TableStats = tuple[
-    dict[str, tuple[int, int, int, float, float, float]], dict[int, dict[Verdict, int]]
+    dict[str, tuple[int, int, int, float, float, float, int]], dict[int, dict[Verdict, int]]
 ]
 
 # The members the code below uses, as module globals: an enum member read from its class
@@ -172,12 +174,19 @@ class JobTable(Protocol):
         process anyway, else this process."""
         ...
 
-    def attach(self, queries: Iterable[str], unreported_hits: Callable[[], HitCounts]) -> None:
+    def attach(
+        self,
+        queries: Iterable[str],
+        unreported_hits: Callable[[], HitCounts],
+        lru: Mapping[str, int] | None = None,
+    ) -> None:
         """Called once by each process's runtime, before it reads :attr:`memos`: the
         database's query names, and how to read the calling thread's hits that the table
         has not counted yet (served from the thread's own caches). A table in this process
         is asked for its stats in this process and may ignore the latter; a table elsewhere
-        sends them along with claims."""
+        sends them along with claims. *lru*: the queries declared with ``lru=N``, and N:
+        the most values of each to keep from one revision to the next (see
+        ``dualmode.query.lru``); a cache of this process's keeps at most N too."""
         ...
 
     def claim(
@@ -250,8 +259,9 @@ class JobTable(Protocol):
         ...
 
     def stats(self) -> TableStats:
-        """Per query: hits, misses, executions, total time, self time, wait time; and per
-        revision, how many (query, key) got each :class:`Verdict`."""
+        """Per query: hits, misses, executions, total time, self time, wait time, values
+        held (memos with a value or an exception); and per revision, how many (query, key)
+        got each :class:`Verdict`."""
         ...
 
     def set_input(self, name: str, key: Hashable, value: Any, durability: int = LOW) -> int:
@@ -446,17 +456,29 @@ class InProcessJobTable:
         # The revision whose marks are all made. Until it reaches self.revision, no memo is
         # found green from the marks: one not yet marked would look unchanged.
         self._marked = 1
+        self._lru: dict[str, int] = {}  # @dm.query(lru=N): values beyond N dropped (set_input)
 
     def _shard(self, slot: Any) -> threading.Lock:
         return self._locks[hash(slot) % _SHARDS]
+
+    def _shard_of_key(self, name: str) -> Callable[[Any], threading.Lock]:
+        """The lock of the shard of each key of query *name* (its memos' slots)."""
+        return lambda key: self._locks[hash((name, key)) % _SHARDS]
 
     def _counts(self, slot: Any, name: str) -> _Counters:
         """The counters of query *name* in *slot*'s shard (its lock held)."""
         return self._counters[hash(slot) % _SHARDS][name]
 
-    def attach(self, queries: Iterable[str], unreported_hits: Callable[[], HitCounts]) -> None:
-        """Nothing to do: this table knows its queries, and the runtime in this process
-        reports its hits before it asks for stats()."""
+    def attach(
+        self,
+        queries: Iterable[str],
+        unreported_hits: Callable[[], HitCounts],
+        lru: Mapping[str, int] | None = None,
+    ) -> None:
+        """Keeps *lru*, the bounds it applies in :meth:`set_input`. Nothing else to do: this
+        table knows its queries, and the runtime in this process reports its hits before it
+        asks for stats()."""
+        self._lru = dict(lru or {})
 
     # claim and publish hash a slot once (a key tuple's hash is not cached) and use the shard
     # number for its lock, jobs, counters and verdicts.
@@ -570,6 +592,7 @@ class InProcessJobTable:
             return memo
         if (
             memo.deps is not None
+            and memo.state is not EVICTED  # its claim's owner computes the value
             and self._marked == revision
             and (
                 lookup(self._dirty, qkey, 0) <= memo.verified_at
@@ -697,7 +720,7 @@ class InProcessJobTable:
         """See :meth:`JobTable.peek`: verified in *revision*, or nothing it read changed
         since. (*scope*: a client elsewhere answers ``local=True`` memos itself.)"""
         memo = lookup(self.memos[name], key)
-        if memo is None:
+        if memo is None or memo.state is EVICTED:
             return None
         if memo.verified_at == revision or self.unchanged((name, key), memo, revision):
             return memo
@@ -715,6 +738,9 @@ class InProcessJobTable:
                 sum(c.total for c in shards),
                 sum(c.self_time for c in shards),
                 sum(c.wait for c in shards),
+                sum(
+                    1 for m in list(self.memos[name].values()) if m.state is OK or m.state is ERROR
+                ),
             )
         verdicts: dict[int, dict[Verdict, int]] = {}
         for shard, lock in zip(self._verdicts, self._locks, strict=True):
@@ -756,6 +782,9 @@ class InProcessJobTable:
             self.revision = revision  # before the marks: see publish()
             self._take_deferred_edges()
             self._mark_dependents(sources, revision)
+            # Before the marks count: until then no memo is re-stamped green, nor carried.
+            for lru_name, limit in self._lru.items():
+                evict(self.memos[lru_name], limit, self._shard_of_key(lru_name), revision)
             self._marked = revision
             for marked_in, verdicts, lock in zip(
                 self._marked_in, self._verdicts, self._locks, strict=True
