@@ -443,3 +443,95 @@ def test_memory_stays_flat_over_many_revisions(dualmode_backend: str) -> None:
     assert after < warm * 1.05 + 20_000, (warm, after)
     kept = db.stats().revisions
     assert len(kept) <= COUNTED_REVISIONS + 1 and db.revision in kept
+
+
+class Bounded(Logged):
+    """``item`` keeps at most 3 values; ``top(k)`` reads ``item(k)``, then ``gate()``, which
+    reads the flag but gives True whatever its (positive) value."""
+
+    source = dm.input()
+    flag = dm.input()
+
+    @dm.query(lru=3)
+    def item(self, k: int) -> int:
+        self.note("item")
+        return self.source[k] * 2
+
+    @dm.query
+    def gate(self) -> bool:
+        self.note("gate")
+        return self.flag["x"] > 0
+
+    @dm.query
+    def top(self, k: int) -> int:
+        self.note("top")
+        return self.item(k) + self.gate()
+
+
+@pytest.fixture
+def bounded(dualmode_backend: str) -> Bounded:
+    db = Bounded(backend=dualmode_backend, workers=2)
+    for k in range(10):
+        db.source[k] = k
+    db.flag["x"] = 1
+    return db
+
+
+def top_of(db: Bounded, k: int) -> int:
+    return db.top(k)
+
+
+@pytest.mark.parametrize("repeat", range(3))
+def test_lru_keeps_at_most_n_values_and_recomputes_the_evicted_ones(
+    bounded: Bounded, repeat: int
+) -> None:
+    # 10 keys computed in one revision stay for the rest of it (single-flight holds)...
+    first = [bounded.top(k) for k in range(10)]
+    assert first == [2 * k + 1 for k in range(10)]
+    assert bounded.stats()["item"].values == 10
+    assert bounded.executed().count("item") == 10
+    # ...and a new revision keeps 3 of them, the other 7 recomputed when asked for again,
+    # from worker processes too on processes (whose caches keep at most 3 each).
+    for flag in (2, 3):
+        bounded.flag["x"] = flag
+        assert bounded.stats()["item"].values == 3
+        again = dm.par_map(functools.partial(top_of, bounded), range(10), backend=bounded.backend)
+        assert again == first
+        assert [bounded.item(k) for k in range(10)] == [2 * k for k in range(10)]
+        assert bounded.executed() == ["gate"] + ["item"] * 7
+        assert bounded.stats()["item"].values == 10
+    # Values that changed are computed anew, as without lru=.
+    bounded.source[0] = 50
+    assert bounded.top(0) == 101 and bounded.executed() == ["item", "top"]
+
+
+@pytest.mark.parametrize("repeat", range(3))
+def test_an_evicted_value_recomputed_unchanged_keeps_its_dependents_green(
+    bounded: Bounded, repeat: int
+) -> None:
+    # The flag changes: gate and every top are marked, and each top verifies item(k) first.
+    # The evicted items execute again, give what they gave (nothing they read changed), and
+    # keep their changed_at: so do gate's, and no top executes.
+    first = [bounded.top(k) for k in range(10)]
+    bounded.executed()
+    bounded.flag["x"] = 2
+    bounded.top.prefetch(range(10))
+    assert [bounded.top(k) for k in range(10)] == first
+    assert bounded.executed() == ["gate"] + ["item"] * 7
+    revision = bounded.stats().revisions[bounded.revision]
+    assert (revision.executed, revision.backdated) == (8, 8)
+
+
+def test_lru_n_values_are_kept_over_many_revisions(dualmode_backend: str) -> None:
+    db = Bounded(backend=dualmode_backend, workers=2)
+    db.flag["x"] = 1
+    for k in range(100):
+        db.source[k] = k
+    for r in range(20):
+        db.source[r] = r + 1  # each revision changes one item's input...
+        assert sum(db.top(k) for k in range(100)) == sum(2 * k + 1 for k in range(100)) + 2 * (
+            r + 1
+        )
+        # ...and the next one drops all but 3 of the 100 values computed or verified
+        db.flag["x"] = 1 + r
+        assert db.stats()["item"].values == 3
