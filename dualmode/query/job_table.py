@@ -49,6 +49,7 @@ from .memo import (
     ThreadId,
     lookup,
 )
+from .revision_ring import RevisionCounts, RevisionLists
 
 __all__ = [
     "Claim",
@@ -409,6 +410,10 @@ def _no_verdicts() -> dict[Verdict, int]:
     return dict.fromkeys(Verdict, 0)
 
 
+_VERDICTS = list(Verdict)  # the order of a revision's counters (RevisionCounts)
+_VERDICT_INDEX = {verdict: i for i, verdict in enumerate(_VERDICTS)}
+
+
 class InProcessJobTable:
     """The :class:`JobTable` of one database, in this process: single-flight claims, the
     wait-for graph, memos, inputs and revisions.
@@ -444,15 +449,18 @@ class InProcessJobTable:
         # Per durability, the last revision in which an input at least that durable changed:
         # a memo no input of its durability or more changed since it was verified is green.
         self._last_changed = [1, 1, 1]
-        # Per shard (written under its lock): revision -> verdict -> count.
-        self._verdicts: list[dict[int, dict[Verdict, int]]] = [{} for _ in range(_SHARDS)]
+        # Per shard (written under its lock): per revision, the count of each verdict.
+        self._verdicts = [
+            RevisionCounts(COUNTED_REVISIONS + 1, len(_VERDICTS)) for _ in range(_SHARDS)
+        ]
         # Push-based dirtying (Buck2's DICE): who read each input and query, and per query the
         # last revision in which something it (transitively) read changed. A memo verified
         # since then is green without looking at its dependencies.
         self._dependents: list[dict[QKey, set[QKey]]] = [{} for _ in range(_SHARDS)]
         self._dirty: dict[QKey, int] = {}
-        # Per shard (written under its lock): revision -> the keys marked in it, for changes().
-        self._marked_in: list[dict[int, list[QKey]]] = [{} for _ in range(_SHARDS)]
+        # Per revision, the keys marked in it, for changes(); each revision's list is started
+        # by set_input before that revision is in force.
+        self._marked_in: RevisionLists[QKey] = RevisionLists(_LISTED_REVISIONS + 1)
         # The revision whose marks are all made. Until it reaches self.revision, no memo is
         # found green from the marks: one not yet marked would look unchanged.
         self._marked = 1
@@ -627,11 +635,10 @@ class InProcessJobTable:
         if latest != self.revision or since < latest - _LISTED_REVISIONS:
             return None
         changed: set[QKey] = set()
-        for marked_in, lock in zip(self._marked_in, self._locks, strict=True):
-            with lock:
-                for revision in range(since + 1, latest + 1):
-                    if revision in marked_in:
-                        changed.update(marked_in[revision])
+        for revision in range(since + 1, latest + 1):
+            listed = self._marked_in.get(revision)
+            if listed is not None:
+                changed.update(listed)
         return changed
 
     def publish(
@@ -743,24 +750,21 @@ class InProcessJobTable:
                 ),
             )
         verdicts: dict[int, dict[Verdict, int]] = {}
+        oldest = self.revision - COUNTED_REVISIONS
         for shard, lock in zip(self._verdicts, self._locks, strict=True):
             with lock:
-                for revision, counts in shard.items():
+                for revision, counts in shard.items(oldest):
                     total = verdicts.setdefault(revision, _no_verdicts())
-                    for verdict, n in counts.items():
+                    for verdict, n in zip(_VERDICTS, counts, strict=True):
                         total[verdict] += n
         return queries, verdicts
 
     def _count(self, shard: int, revision: int, verdict: Verdict) -> None:
         """Count a verdict (the shard's lock held); not one of a revision no longer counted
         (a body that ran across many input changes)."""
-        verdicts = self._verdicts[shard]
-        counts = lookup(verdicts, revision)
-        if counts is None:
-            if revision < self.revision - COUNTED_REVISIONS:
-                return
-            counts = verdicts[revision] = _no_verdicts()
-        counts[verdict] += 1
+        if revision < self.revision - COUNTED_REVISIONS:
+            return
+        self._verdicts[shard].add(revision, _VERDICT_INDEX[verdict])
 
     # -- inputs and revisions ------------------------------------------------------------------
 
@@ -775,6 +779,7 @@ class InProcessJobTable:
             self._inputs[(name, key)] = (value, revision, durability)
             for level in range(changed + 1):
                 self._last_changed[level] = revision
+            self._marked_in.start(revision)  # before a publish may mark in it
             # Volatile queries change in every revision, as if they read an input just set.
             sources = [(name, (key,))]
             for volatile in self._volatile:
@@ -786,12 +791,6 @@ class InProcessJobTable:
             for lru_name, limit in self._lru.items():
                 evict(self.memos[lru_name], limit, self._shard_of_key(lru_name), revision)
             self._marked = revision
-            for marked_in, verdicts, lock in zip(
-                self._marked_in, self._verdicts, self._locks, strict=True
-            ):
-                with lock:
-                    marked_in.pop(revision - _LISTED_REVISIONS - 1, None)
-                    verdicts.pop(revision - COUNTED_REVISIONS - 1, None)
         return revision
 
     def _record_edges(
@@ -820,11 +819,7 @@ class InProcessJobTable:
         with self._locks[shard]:
             if lookup(self._dirty, qkey, 0) < revision:
                 self._dirty[qkey] = revision
-                marked_in = self._marked_in[shard]
-                listed = lookup(marked_in, revision)
-                if listed is None:
-                    listed = marked_in[revision] = []
-                listed.append(qkey)
+                self._marked_in.add(revision, qkey)
 
     def _mark_dependents(self, sources: list[QKey], revision: int) -> None:
         """Mark everything that (transitively) read *sources* as changed in *revision*."""

@@ -32,7 +32,7 @@ from .backdate import backdate
 from .execute import execute
 from .hits import BoundQuery, Frame, ThreadState, unhashable
 from .job_table import Claim, HitCounts, InProcessJobTable, JobTable, Verdict
-from .memo import Memo, MemoState
+from .memo import COUNTED_REVISIONS, Memo, MemoState
 from .stats import DatabaseStats, QueryStats, RevisionStats
 from .tasks import loop_here, no_loop_here
 
@@ -434,8 +434,12 @@ class Runtime:
             self.reported.pop(id(state), None)
             greens = state.past_greens.copy()
             greens[state.revision] = greens.get(state.revision, 0) + state.greens
+            oldest = self.revision - COUNTED_REVISIONS  # as the table counts verdicts
+            retired = {r: n for r, n in self.retired_greens.items() if r >= oldest}
             for revision, n in greens.items():
-                self.retired_greens[revision] = self.retired_greens.get(revision, 0) + n
+                if revision >= oldest:
+                    retired[revision] = retired.get(revision, 0) + n
+            self.retired_greens = retired
         if pending:
             self.table.add_hits(pending)
 
