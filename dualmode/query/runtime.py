@@ -458,13 +458,16 @@ class Runtime:
         queries = {name: QueryStats(*counts[name]) for name in self.index}
         with self.states_lock:
             retired = self.retired_greens.copy()
+        # As the table counts: a thread that has not asked since keeps older revisions' greens.
+        oldest = self.revision - COUNTED_REVISIONS
         for r, n in retired.items():
-            verdicts.setdefault(r, dict.fromkeys(Verdict, 0))[GREEN] += n
+            if r >= oldest:
+                verdicts.setdefault(r, dict.fromkeys(Verdict, 0))[GREEN] += n
         for thread in states:
             greens = thread.past_greens.copy()
             greens[thread.revision] = greens.get(thread.revision, 0) + thread.greens
             for r, n in greens.items():
-                if n:
+                if n and r >= oldest:
                     verdicts.setdefault(r, dict.fromkeys(Verdict, 0))[GREEN] += n
         revisions = {
             r: RevisionStats(v[GREEN], v[EXECUTED] + v[BACKDATED], v[BACKDATED])
