@@ -438,9 +438,9 @@ def _memory_over_revisions(backend: str, revisions: int) -> None:
     and the owner's table server take part too). After the first 100 revisions, memory is
     measured at every tenth of the run: in this process (which holds the table, and on
     processes serves it) it stays within 10% of the level after the first 100. A worker
-    process's cache fills up over more revisions than that (it keeps the memos of the keys
-    its tasks visited, at most one per key): the workers' memory must stop growing, the
-    last measure within 10% of the one halfway."""
+    process's cache fills up over a few thousand revisions (it keeps the memos of the keys
+    its tasks visited, at most one per key): over 10,000 revisions the workers' memory must
+    stop growing, the last measure within 10% of the one halfway."""
     import tracemalloc
 
     from dualmode.query.memo import COUNTED_REVISIONS
@@ -478,7 +478,8 @@ def _memory_over_revisions(backend: str, revisions: int) -> None:
             assert here <= level * 1.1, (start + step, level, here)
             if start + step >= (revisions + 100) // 2 and not halfway:
                 halfway = workers
-        assert sum(workers) <= sum(halfway) * 1.1, (halfway, workers)
+        if revisions >= 10_000:
+            assert sum(workers) <= sum(halfway) * 1.1, (halfway, workers)
     finally:
         tracemalloc.stop()
         if backend == "processes":
