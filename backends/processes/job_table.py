@@ -51,7 +51,12 @@ from .table_server import shared_table
 
 __all__ = ["RemoteJobTable", "sync_job_tables"]
 
-OK, ERROR_ONCE, RETRY = MemoState.OK, MemoState.ERROR_ONCE, MemoState.RETRY
+OK, ERROR_ONCE, RETRY, EVICTED = (
+    MemoState.OK,
+    MemoState.ERROR_ONCE,
+    MemoState.RETRY,
+    MemoState.EVICTED,
+)
 
 # One-way requests sent together while a prefetch chunk runs (see RemoteJobTable._event): a
 # message costs the two processes about as much as ten small publishes, and this bounds how
@@ -234,7 +239,10 @@ class RemoteJobTable:
         recency = self._recency.get(name)
         if recency is not None:
             for victim in recency.use(key):
-                memos.pop(victim, None)
+                # Replaced, not deleted: other threads read this dict with `in` then `[]`.
+                dropped = lookup(memos, victim)
+                if dropped is not None:
+                    memos[victim] = dropped.evicted()
 
     def unchanged(self, qkey: QKey, memo: Memo, revision: int) -> bool:
         return False  # only the owner's table knows: ask it with a claim
@@ -410,7 +418,7 @@ class RemoteJobTable:
         self, name: str, key: tuple[Any, ...], revision: int, scope: Hashable | None = None
     ) -> Memo | None:
         memo = lookup(self._memos[name], key)
-        if memo is not None and memo.verified_at == revision:
+        if memo is not None and memo.verified_at == revision and memo.state is not EVICTED:
             return memo
         if scope is not None:  # a local=True value is here or nowhere
             return None
