@@ -214,6 +214,30 @@ MISUSES = [
         r"no value for 'a.py'; set it first \(db.source\['a.py'\] = ...\)",
     ),
     Misuse(
+        "lru=0",
+        lambda b: dm.query(lru=0)(len),
+        ValueError,
+        "lru must be at least 1 .*; pass lru=None to keep every value",
+    ),
+    Misuse(
+        "lru that is text",
+        lambda b: dm.query(lru="100")(len),  # type: ignore[call-overload]
+        TypeError,
+        r"lru must be a positive int \(the most values to keep\) or None",
+    ),
+    Misuse(
+        "lru=True",
+        lambda b: dm.query(lru=True)(len),
+        TypeError,
+        "lru must be a positive int",
+    ),
+    Misuse(
+        "lru with local=True",
+        lambda b: dm.query(lru=10, local=True)(len),
+        ValueError,
+        "lru= and local=True cannot be combined.*drop one of the two options",
+    ),
+    Misuse(
         "a primitive used after its backend was closed",
         _closed_backend_lock,
         dm.WorkerCrashed,

@@ -32,6 +32,7 @@ from dualmode.query.job_table import (
     TableStats,
     Verdict,
 )
+from dualmode.query.lru import Recency
 from dualmode.query.memo import LOW, Memo, MemoState, QKey, ThreadId, lookup
 
 from .link import refused
@@ -51,7 +52,12 @@ from .table_server import shared_table
 
 __all__ = ["RemoteJobTable", "sync_job_tables"]
 
-OK, ERROR_ONCE, RETRY = MemoState.OK, MemoState.ERROR_ONCE, MemoState.RETRY
+OK, ERROR_ONCE, RETRY, EVICTED = (
+    MemoState.OK,
+    MemoState.ERROR_ONCE,
+    MemoState.RETRY,
+    MemoState.EVICTED,
+)
 
 # One-way requests sent together while a prefetch chunk runs (see RemoteJobTable._event): a
 # message costs the two processes about as much as ten small publishes, and this bounds how
@@ -213,9 +219,31 @@ class RemoteJobTable:
     def scope(self) -> Hashable:
         return os.getpid()
 
-    def attach(self, queries: Iterable[str], unreported_hits: Callable[[], HitCounts]) -> None:
+    def attach(
+        self,
+        queries: Iterable[str],
+        unreported_hits: Callable[[], HitCounts],
+        lru: Mapping[str, int] | None = None,
+    ) -> None:
         self._memos: dict[str, dict[tuple[Any, ...], Memo]] = {name: {} for name in queries}
         self._unreported = unreported_hits
+        # This process's cache keeps at most N values of an lru=N query (the owner's table
+        # keeps its own N): the least recently cached are dropped, and fetched again.
+        self._recency: dict[str, Recency[tuple[Any, ...]]] = {
+            name: Recency(limit) for name, limit in (lru or {}).items()
+        }
+
+    def _cache(self, name: str, key: tuple[Any, ...], memo: Memo) -> None:
+        """Keep *memo* in this process's cache, within its query's ``lru=`` bound."""
+        memos = self._memos[name]
+        memos[key] = memo
+        recency = self._recency.get(name)
+        if recency is not None:
+            for victim in recency.use(key):
+                # Replaced, not deleted: other threads read this dict with `in` then `[]`.
+                dropped = lookup(memos, victim)
+                if dropped is not None:
+                    memos[victim] = dropped.evicted()
 
     def unchanged(self, qkey: QKey, memo: Memo, revision: int) -> bool:
         return False  # only the owner's table knows: ask it with a claim
@@ -239,7 +267,7 @@ class RemoteJobTable:
             return mine.replace(verified_at=memo.verified_at, changed_at=memo.changed_at)
         memo = unpack_memo(memo)
         if memo.state is not ERROR_ONCE and not old:
-            self._memos[name][key] = memo
+            self._cache(name, key, memo)
         return memo
 
     # -- the protocol ----------------------------------------------------------------------------
@@ -330,7 +358,7 @@ class RemoteJobTable:
             except Exception:
                 return
             if loaded.state is not ERROR_ONCE:
-                memos[key] = loaded
+                self._cache(name, key, loaded)
 
     def publish(
         self,
@@ -348,7 +376,7 @@ class RemoteJobTable:
         thread = self._link.thread_id()
         if verdict is Verdict.GREEN:
             if scope is None:
-                self._memos[name][key] = memo
+                self._cache(name, key, memo)
             shipped = memo_fields(memo, None)  # the owner's table re-stamps the one it has
         else:
             if store and scope is not None:
@@ -370,7 +398,7 @@ class RemoteJobTable:
         if settlement is not None:  # a cycle through this query was settled meanwhile
             return self._received(name, key, settlement, scope, old=False)
         if store and verdict is not Verdict.GREEN:
-            self._memos[name][key] = memo
+            self._cache(name, key, memo)
         return memo
 
     def abandon(
@@ -391,7 +419,7 @@ class RemoteJobTable:
         self, name: str, key: tuple[Any, ...], revision: int, scope: Hashable | None = None
     ) -> Memo | None:
         memo = lookup(self._memos[name], key)
-        if memo is not None and memo.verified_at == revision:
+        if memo is not None and memo.verified_at == revision and memo.state is not EVICTED:
             return memo
         if scope is not None:  # a local=True value is here or nowhere
             return None

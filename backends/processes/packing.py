@@ -119,7 +119,22 @@ def unpack_fields(fields: MemoFields) -> Memo:
     state, value = _STATES[fields[0]], fields[1]
     if state in _WITH_VALUE and isinstance(value, bytes):
         value = unpack_value(value)
-    return Memo(state, value, *fields[2:])
+    _, _, deps, verified_at, changed_at, durability = fields
+    return Memo(state, value, deps, _revision(verified_at), _revision(changed_at), durability)
+
+
+# One int object per recent revision in this process, shared by the memos it unpacks: each
+# unpickled int past 256 is an object of its own (32 bytes, two per memo), so memory crept up
+# as a long-lived database's revisions passed 256 and its memos were replaced.
+_REVISIONS: dict[int, int] = {}
+_KEPT_REVISIONS = 64
+
+
+def _revision(number: int) -> int:
+    shared = _REVISIONS.setdefault(number, number)
+    if len(_REVISIONS) > _KEPT_REVISIONS:
+        _REVISIONS.clear()  # the old ones are no longer in new memos
+    return shared
 
 
 def pack_memo_or_error(memo: Memo, keep_value: bool = True) -> Memo:
@@ -132,8 +147,12 @@ def pack_memo_or_error(memo: Memo, keep_value: bool = True) -> Memo:
 
 def unpack_memo(memo: Memo) -> Memo:
     """The memo *pack_memo* packed, with its value loaded."""
+    verified_at, changed_at = _revision(memo.verified_at), _revision(memo.changed_at)
     if memo.state in _WITH_VALUE and isinstance(memo.value, bytes):
-        return memo.replace(value=unpack_value(memo.value))
+        return memo.replace(
+            value=unpack_value(memo.value), verified_at=verified_at, changed_at=changed_at
+        )
+    memo.verified_at, memo.changed_at = verified_at, changed_at
     return memo
 
 

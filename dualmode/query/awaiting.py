@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["async_get"]
 
-OK, ERROR = MemoState.OK, MemoState.ERROR  # globals: see dualmode.query.job_table
+OK, ERROR, EVICTED = MemoState.OK, MemoState.ERROR, MemoState.EVICTED  # globals: see job_table
 MEMO, STALE = Claim.MEMO, Claim.STALE
 
 
@@ -168,12 +168,16 @@ async def _async_update(
     state.enter(frame)
     try:
         green = old is not None and not descriptor.volatile and not await _changed(rt, old, state)
-        executed = None if green else await async_execute(rt, descriptor, key, state, frame)
+        executed = (
+            None
+            if green and old is not None and old.state is not EVICTED
+            else await async_execute(rt, descriptor, key, state, frame)
+        )
     except BaseException:
         rt.give_up(descriptor.name, key, state, scope)
         raise
     state.leave()
-    return rt.finish(descriptor, key, state, scope, old, executed, revision)
+    return rt.finish(descriptor, key, state, scope, old, executed, revision, green)
 
 
 async def _changed(rt: Runtime, old: Memo, state: ThreadState) -> bool:

@@ -17,12 +17,18 @@ BACKDATED, EXECUTED = Verdict.BACKDATED, Verdict.EXECUTED  # see dualmode.query.
 OK = MemoState.OK
 
 
-def backdate(old: Memo | None, new: Memo) -> Verdict:
-    """Backdate *new* (give it *old*'s ``changed_at``) if it equals *old*; the verdict.
+def backdate(old: Memo | None, new: Memo, *, recomputed: bool = False) -> Verdict:
+    """Backdate *new* (give it *old*'s ``changed_at``) if it equals *old*, or if it was
+    *recomputed*: *old*'s value was evicted (``lru=``) and nothing it read has changed, so
+    the body, a function of what it reads, gave the same result again. The verdict.
 
     Not when its durability fell (as in salsa): its dependents were verified under the old,
     higher durability, and would stay green through a change that the lower one admits."""
-    if old is not None and new.durability >= old.durability and _same_result(old, new):
+    if (
+        old is not None
+        and new.durability >= old.durability
+        and (recomputed or _same_result(old, new))
+    ):
         new.changed_at = old.changed_at
         return BACKDATED
     return EXECUTED

@@ -37,6 +37,7 @@ from . import shipping
 from .hits import THREAD_QUERIES, BoundQuery, _ThreadQueries, thread_queries_class
 from .hits import thread_query_getter as _getter
 from .inputs import _InputMap, input
+from .lru import check_lru
 from .runtime import Runtime
 from .stats import DatabaseStats
 
@@ -61,6 +62,7 @@ class _QueryDescriptor(property, Generic[T]):
         cache_errors: bool = True,
         local: bool = False,
         volatile: bool = False,
+        lru: int | None = None,
     ) -> None:
         self.fn = fn
         # An async body runs on an event loop (dualmode.query.awaiting; tasks.run_body).
@@ -69,6 +71,7 @@ class _QueryDescriptor(property, Generic[T]):
         self.cache_errors = cache_errors
         self.local = local
         self.volatile = volatile
+        self.lru = check_lru(fn.__name__, lru, local)
         self._named(fn.__name__)
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
 
@@ -86,7 +89,7 @@ class _QueryDescriptor(property, Generic[T]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A class shipped by value carries its queries (a property does not pickle).
-        options = (self.cycle, self.cache_errors, self.local, self.volatile)
+        options = (self.cycle, self.cache_errors, self.local, self.volatile, self.lru)
         return _rebuild_query, (self.fn, self.name, *options)
 
     if TYPE_CHECKING:
@@ -107,9 +110,10 @@ def _rebuild_query(
     cache_errors: bool,
     local: bool,
     volatile: bool,
+    lru: int | None,
 ) -> _QueryDescriptor[Any]:
     descriptor: _QueryDescriptor[Any] = _QueryDescriptor(
-        fn, cycle=cycle, cache_errors=cache_errors, local=local, volatile=volatile
+        fn, cycle=cycle, cache_errors=cache_errors, local=local, volatile=volatile, lru=lru
     )
     descriptor._named(name)
     return descriptor
@@ -164,6 +168,7 @@ def query(
     cache_errors: bool = True,
     local: bool = False,
     volatile: bool = False,
+    lru: int | None = None,
 ) -> Callable[[Callable[..., T]], _QueryDescriptor[T]]: ...
 
 
@@ -175,10 +180,12 @@ def query(
     cache_errors: bool = True,
     local: bool = False,
     volatile: bool = False,
+    lru: int | None = None,
 ) -> Any:
     """Make a Database method a memoized, single-flight, cycle-checked query.
 
-    ``@dm.query`` or ``@dm.query(cycle=fn, cache_errors=True, local=False, volatile=False)``,
+    ``@dm.query`` or
+    ``@dm.query(cycle=fn, cache_errors=True, local=False, volatile=False, lru=None)``,
     on a method of a :class:`Database` subclass (elsewhere, calling it raises TypeError).
     *cycle* is called as ``fn(db, *key)`` for the value this query takes when it lies on a
     dependency cycle (without it, the cycle raises CycleError). With ``cache_errors=False`` an
@@ -189,7 +196,11 @@ def query(
     process. On serial and threads it changes nothing. A ``volatile=True`` query (rustc's
     ``eval_always``, for bodies that read something outside the database) executes again in
     every new revision in which it is asked for; if its value is unchanged, what depends on
-    it stays green.
+    it stays green. With ``lru=N`` (salsa's LRU) at most N values of the query are kept from
+    one revision to the next (on processes: in the database's table, and in each worker
+    process's cache); when an input changes, those verified longest ago are dropped, and
+    recomputed when asked for again (see ``docs/queries.md#bounded-memory-lru``). *lru*
+    must be a positive int or None (TypeError, ValueError), and not with ``local=True``.
 
     An ``async def`` method is an async query: from async code ``await db.q.async_get(key)``
     runs its body on the running event loop (asyncio or trio); a sync call ``db.q(key)`` runs
@@ -202,7 +213,7 @@ def query(
         if not callable(f):
             raise TypeError(f"@dm.query decorates a method, got {f!r}")
         return _QueryDescriptor(
-            f, cycle=cycle, cache_errors=cache_errors, local=local, volatile=volatile
+            f, cycle=cycle, cache_errors=cache_errors, local=local, volatile=volatile, lru=lru
         )
 
     return decorate if fn is None else decorate(fn)

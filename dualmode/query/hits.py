@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable
 from threading import get_ident
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from .memo import COUNTED_REVISIONS, HIGH, Memo, MemoState, QKey
+from .memo import COUNTED_REVISIONS, HIGH, Memo, MemoState, QKey, lookup
 
 if TYPE_CHECKING:
     from .database import Database, _QueryDescriptor
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 __all__ = ["BoundQuery", "Frame", "ThreadState", "unhashable"]
 
 T = TypeVar("T")
-OK = MemoState.OK
+OK, EVICTED = MemoState.OK, MemoState.EVICTED
 
 
 class Frame:
@@ -115,12 +115,16 @@ def _primer(thread: ThreadState, rt: Runtime, name: str, index: int) -> Callable
     return prime
 
 
-def _recorder(stack: list[Frame], name: str, cache: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """A thread's cache of query *name* as seen while a body runs: records the edge first."""
+def _recorder(
+    stack: list[Frame], name: str, cache: Callable[[Any], Any], qkeys: dict[Any, QKey]
+) -> Callable[[Any], Any]:
+    """A thread's cache of query *name* as seen while a body runs: records the edge first.
 
-    # One (name, (arg,)) per argument, shared by every edge to it: fewer objects for the
-    # collector, which on free-threaded builds stops every thread while it runs.
-    qkeys: dict[Any, QKey] = {}
+    *qkeys*: the thread's one (name, (arg,)) per argument, shared by every edge to it, in
+    every revision: fewer objects for the collector, which on free-threaded builds stops
+    every thread while it runs, and memos of different revisions share their edges' keys
+    (one set per revision made a long-lived database's memory creep up as its memos were
+    replaced)."""
 
     def record(arg: Any) -> Any:
         if arg in qkeys:  # in and [], not .get: see dualmode.query.memo.lookup
@@ -160,6 +164,7 @@ class ThreadState:
         "names",
         "past_greens",
         "prime",
+        "qkeys",
         "recording",
         "revision",
         "rt",
@@ -184,6 +189,7 @@ class ThreadState:
         self.stack: list[Frame] = []
         self.hits = [0] * n  # besides those the caches count
         self.prime: Any = _NO_ARG
+        self.qkeys: list[dict[Any, QKey]] = [{} for _ in range(n)]  # see _recorder
         self.caches: list[Any] = []
         self.recording: list[Callable[[Any], Any]] = []
         self.calls: list[Callable[[Any], Any]] = []
@@ -201,7 +207,8 @@ class ThreadState:
             for i, name in enumerate(self.names)
         ]
         self.recording = [
-            _recorder(self.stack, n, c) for n, c in zip(self.names, self.caches, strict=False)
+            _recorder(self.stack, n, c, q)
+            for n, c, q in zip(self.names, self.caches, self.qkeys, strict=True)
         ]
         self.calls = self.recording if self.stack else self.caches
 
@@ -241,6 +248,13 @@ class ThreadState:
             for name, key in changes:
                 if name in index:  # not an input's
                     self.carried[index[name]].pop(key, None)
+            for name in self.rt.lru:  # no copy of a value its lru= bound dropped
+                i, table = index[name], self.rt.memos[name]
+                self.carried[i] = {
+                    key: memo
+                    for key, memo in self.carried[i].items()
+                    if (kept := lookup(table, key)) is not None and kept.state is not EVICTED
+                }
         self.unknown_deps = []
         self.memos = [{} for _ in self.memos]
         self._new_caches()

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 from ..errors import CycleError, WorkerCrashed
 from ..parking_lot import Latch, Waiter
 from ..watchdog import Awaited, Watchdog
+from .lru import evict
 from .memo import (
     COUNTED_REVISIONS,
     LOW,
@@ -50,6 +51,7 @@ from .memo import (
     ThreadId,
     lookup,
 )
+from .revision_ring import RevisionCounts, RevisionLists
 
 __all__ = [
     "Claim",
@@ -70,12 +72,13 @@ _SHARDS = 64  # claims on different keys rarely share a lock
 _LISTED_REVISIONS = 64
 _OWNER_CHECK = 0.5  # seconds between checks that a waited-for owner's process is alive
 
-OK, ERROR, FALLBACK, ERROR_ONCE, RETRY = (
+OK, ERROR, FALLBACK, ERROR_ONCE, RETRY, EVICTED = (
     MemoState.OK,
     MemoState.ERROR,
     MemoState.FALLBACK,
     MemoState.ERROR_ONCE,
     MemoState.RETRY,
+    MemoState.EVICTED,
 )
 
 
@@ -113,10 +116,10 @@ class InputCheck(ImmortalEnum):
 
 
 HitCounts = list[tuple[str, int]]  # (query name, hits) not yet reported to the table
-# JobTable.stats(): per query (hits, misses, executions, total time, self time, wait time),
-# and per revision the count of each verdict.
+# JobTable.stats(): per query (hits, misses, executions, total time, self time, wait time,
+# values held), and per revision the count of each verdict.
 TableStats = tuple[
-    dict[str, tuple[int, int, int, float, float, float]], dict[int, dict[Verdict, int]]
+    dict[str, tuple[int, int, int, float, float, float, int]], dict[int, dict[Verdict, int]]
 ]
 
 # The members the code below uses, as module globals: an enum member read from its class
@@ -174,12 +177,19 @@ class JobTable(Protocol):
         process anyway, else this process."""
         ...
 
-    def attach(self, queries: Iterable[str], unreported_hits: Callable[[], HitCounts]) -> None:
+    def attach(
+        self,
+        queries: Iterable[str],
+        unreported_hits: Callable[[], HitCounts],
+        lru: Mapping[str, int] | None = None,
+    ) -> None:
         """Called once by each process's runtime, before it reads :attr:`memos`: the
         database's query names, and how to read the calling thread's hits that the table
         has not counted yet (served from the thread's own caches). A table in this process
         is asked for its stats in this process and may ignore the latter; a table elsewhere
-        sends them along with claims."""
+        sends them along with claims. *lru*: the queries declared with ``lru=N``, and N:
+        the most values of each to keep from one revision to the next (see
+        ``dualmode.query.lru``); a cache of this process's keeps at most N too."""
         ...
 
     def claim(
@@ -252,8 +262,9 @@ class JobTable(Protocol):
         ...
 
     def stats(self) -> TableStats:
-        """Per query: hits, misses, executions, total time, self time, wait time; and per
-        revision, how many (query, key) got each :class:`Verdict`."""
+        """Per query: hits, misses, executions, total time, self time, wait time, values
+        held (memos with a value or an exception); and per revision, how many (query, key)
+        got each :class:`Verdict`."""
         ...
 
     def set_input(self, name: str, key: Hashable, value: Any, durability: int = LOW) -> int:
@@ -407,6 +418,10 @@ def _no_verdicts() -> dict[Verdict, int]:
     return dict.fromkeys(Verdict, 0)
 
 
+_VERDICTS = list(Verdict)  # the order of a revision's counters (RevisionCounts)
+_VERDICT_INDEX = {verdict: i for i, verdict in enumerate(_VERDICTS)}
+
+
 class InProcessJobTable:
     """The :class:`JobTable` of one database, in this process: single-flight claims, the
     wait-for graph, memos, inputs and revisions.
@@ -446,29 +461,44 @@ class InProcessJobTable:
         # Per durability, the last revision in which an input at least that durable changed:
         # a memo no input of its durability or more changed since it was verified is green.
         self._last_changed = [1, 1, 1]
-        # Per shard (written under its lock): revision -> verdict -> count.
-        self._verdicts: list[dict[int, dict[Verdict, int]]] = [{} for _ in range(_SHARDS)]
+        # Per shard (written under its lock): per revision, the count of each verdict.
+        self._verdicts = [
+            RevisionCounts(COUNTED_REVISIONS + 1, len(_VERDICTS)) for _ in range(_SHARDS)
+        ]
         # Push-based dirtying (Buck2's DICE): who read each input and query, and per query the
         # last revision in which something it (transitively) read changed. A memo verified
         # since then is green without looking at its dependencies.
         self._dependents: list[dict[QKey, set[QKey]]] = [{} for _ in range(_SHARDS)]
         self._dirty: dict[QKey, int] = {}
-        # Per shard (written under its lock): revision -> the keys marked in it, for changes().
-        self._marked_in: list[dict[int, list[QKey]]] = [{} for _ in range(_SHARDS)]
+        # Per revision, the keys marked in it, for changes(); each revision's list is started
+        # by set_input before that revision is in force.
+        self._marked_in: RevisionLists[QKey] = RevisionLists(_LISTED_REVISIONS + 1)
         # The revision whose marks are all made. Until it reaches self.revision, no memo is
         # found green from the marks: one not yet marked would look unchanged.
         self._marked = 1
+        self._lru: dict[str, int] = {}  # @dm.query(lru=N): values beyond N dropped (set_input)
 
     def _shard(self, slot: Any) -> threading.Lock:
         return self._locks[hash(slot) % _SHARDS]
+
+    def _shard_of_key(self, name: str) -> Callable[[Any], threading.Lock]:
+        """The lock of the shard of each key of query *name* (its memos' slots)."""
+        return lambda key: self._locks[hash((name, key)) % _SHARDS]
 
     def _counts(self, slot: Any, name: str) -> _Counters:
         """The counters of query *name* in *slot*'s shard (its lock held)."""
         return self._counters[hash(slot) % _SHARDS][name]
 
-    def attach(self, queries: Iterable[str], unreported_hits: Callable[[], HitCounts]) -> None:
-        """Nothing to do: this table knows its queries, and the runtime in this process
-        reports its hits before it asks for stats()."""
+    def attach(
+        self,
+        queries: Iterable[str],
+        unreported_hits: Callable[[], HitCounts],
+        lru: Mapping[str, int] | None = None,
+    ) -> None:
+        """Keeps *lru*, the bounds it applies in :meth:`set_input`. Nothing else to do: this
+        table knows its queries, and the runtime in this process reports its hits before it
+        asks for stats()."""
+        self._lru = dict(lru or {})
 
     # claim and publish hash a slot once (a key tuple's hash is not cached) and use the shard
     # number for its lock, jobs, counters and verdicts.
@@ -582,6 +612,7 @@ class InProcessJobTable:
             return memo
         if (
             memo.deps is not None
+            and memo.state is not EVICTED  # its claim's owner computes the value
             and self._marked == revision
             and (
                 lookup(self._dirty, qkey, 0) <= memo.verified_at
@@ -616,11 +647,10 @@ class InProcessJobTable:
         if latest != self.revision or since < latest - _LISTED_REVISIONS:
             return None
         changed: set[QKey] = set()
-        for marked_in, lock in zip(self._marked_in, self._locks, strict=True):
-            with lock:
-                for revision in range(since + 1, latest + 1):
-                    if revision in marked_in:
-                        changed.update(marked_in[revision])
+        for revision in range(since + 1, latest + 1):
+            listed = self._marked_in.get(revision)
+            if listed is not None:
+                changed.update(listed)
         return changed
 
     def publish(
@@ -709,7 +739,7 @@ class InProcessJobTable:
         """See :meth:`JobTable.peek`: verified in *revision*, or nothing it read changed
         since. (*scope*: a client elsewhere answers ``local=True`` memos itself.)"""
         memo = lookup(self.memos[name], key)
-        if memo is None:
+        if memo is None or memo.state is EVICTED:
             return None
         if memo.verified_at == revision or self.unchanged((name, key), memo, revision):
             return memo
@@ -727,26 +757,26 @@ class InProcessJobTable:
                 sum(c.total for c in shards),
                 sum(c.self_time for c in shards),
                 sum(c.wait for c in shards),
+                sum(
+                    1 for m in list(self.memos[name].values()) if m.state is OK or m.state is ERROR
+                ),
             )
         verdicts: dict[int, dict[Verdict, int]] = {}
+        oldest = self.revision - COUNTED_REVISIONS
         for shard, lock in zip(self._verdicts, self._locks, strict=True):
             with lock:
-                for revision, counts in shard.items():
+                for revision, counts in shard.items(oldest):
                     total = verdicts.setdefault(revision, _no_verdicts())
-                    for verdict, n in counts.items():
+                    for verdict, n in zip(_VERDICTS, counts, strict=True):
                         total[verdict] += n
         return queries, verdicts
 
     def _count(self, shard: int, revision: int, verdict: Verdict) -> None:
         """Count a verdict (the shard's lock held); not one of a revision no longer counted
         (a body that ran across many input changes)."""
-        verdicts = self._verdicts[shard]
-        counts = lookup(verdicts, revision)
-        if counts is None:
-            if revision < self.revision - COUNTED_REVISIONS:
-                return
-            counts = verdicts[revision] = _no_verdicts()
-        counts[verdict] += 1
+        if revision < self.revision - COUNTED_REVISIONS:
+            return
+        self._verdicts[shard].add(revision, _VERDICT_INDEX[verdict])
 
     # -- inputs and revisions ------------------------------------------------------------------
 
@@ -761,6 +791,7 @@ class InProcessJobTable:
             self._inputs[(name, key)] = (value, revision, durability)
             for level in range(changed + 1):
                 self._last_changed[level] = revision
+            self._marked_in.start(revision)  # before a publish may mark in it
             # Volatile queries change in every revision, as if they read an input just set.
             sources = [(name, (key,))]
             for volatile in self._volatile:
@@ -768,13 +799,10 @@ class InProcessJobTable:
             self.revision = revision  # before the marks: see publish()
             self._take_deferred_edges()
             self._mark_dependents(sources, revision)
+            # Before the marks count: until then no memo is re-stamped green, nor carried.
+            for lru_name, limit in self._lru.items():
+                evict(self.memos[lru_name], limit, self._shard_of_key(lru_name), revision)
             self._marked = revision
-            for marked_in, verdicts, lock in zip(
-                self._marked_in, self._verdicts, self._locks, strict=True
-            ):
-                with lock:
-                    marked_in.pop(revision - _LISTED_REVISIONS - 1, None)
-                    verdicts.pop(revision - COUNTED_REVISIONS - 1, None)
         return revision
 
     def _record_edges(
@@ -803,11 +831,7 @@ class InProcessJobTable:
         with self._locks[shard]:
             if lookup(self._dirty, qkey, 0) < revision:
                 self._dirty[qkey] = revision
-                marked_in = self._marked_in[shard]
-                listed = lookup(marked_in, revision)
-                if listed is None:
-                    listed = marked_in[revision] = []
-                listed.append(qkey)
+                self._marked_in.add(revision, qkey)
 
     def _mark_dependents(self, sources: list[QKey], revision: int) -> None:
         """Mark everything that (transitively) read *sources* as changed in *revision*."""

@@ -99,6 +99,7 @@ class MemoState(ImmortalEnum):
     FALLBACK = enum.auto()
     ERROR_ONCE = enum.auto()
     RETRY = enum.auto()
+    EVICTED = enum.auto()
 
 
 class Memo:
@@ -142,6 +143,12 @@ class Memo:
         """This memo as verified in *revision* (``replace(verified_at=revision)``, at half its
         cost: re-validation re-stamps one per memo found green)."""
         return Memo(self.state, self.value, self.deps, revision, self.changed_at, self.durability)
+
+    def evicted(self) -> Memo:
+        """This memo without its value (see ``MemoState.EVICTED``)."""
+        return Memo(
+            MemoState.EVICTED, None, self.deps, self.verified_at, self.changed_at, self.durability
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         return Memo, (

@@ -32,7 +32,7 @@ from .backdate import backdate
 from .execute import execute
 from .hits import BoundQuery, Frame, ThreadState, unhashable
 from .job_table import Claim, HitCounts, InProcessJobTable, JobTable, Verdict
-from .memo import Memo, MemoState
+from .memo import COUNTED_REVISIONS, Memo, MemoState
 from .stats import DatabaseStats, QueryStats, RevisionStats
 from .tasks import loop_here, no_loop_here
 
@@ -42,11 +42,12 @@ if TYPE_CHECKING:
 __all__ = ["Runtime"]
 
 T = TypeVar("T")
-OK, ERROR, FALLBACK, ERROR_ONCE = (
+OK, ERROR, FALLBACK, ERROR_ONCE, EVICTED = (
     MemoState.OK,
     MemoState.ERROR,
     MemoState.FALLBACK,
     MemoState.ERROR_ONCE,
+    MemoState.EVICTED,
 )
 MEMO, STALE = Claim.MEMO, Claim.STALE  # globals: see dualmode.query.job_table
 GREEN, EXECUTED, BACKDATED = Verdict.GREEN, Verdict.EXECUTED, Verdict.BACKDATED
@@ -79,7 +80,8 @@ class Runtime:
         self.queries = {q.name: q for q in queries}
         self.index = {q.name: i for i, q in enumerate(queries)}
         self.inputs = inputs
-        table.attach(list(self.queries), self.unreported_hits)
+        self.lru = {q.name: q.lru for q in queries if q.lru is not None}
+        table.attach(list(self.queries), self.unreported_hits, self.lru)
         self.memos = table.memos  # what threads may read without a claim
         self.scope = table.scope  # where local=True memos are kept
         self.home = home
@@ -223,8 +225,8 @@ class Runtime:
             return None
         memo = memos[key]
         revision = thread.revision
-        if memo.state is FALLBACK:
-            return None
+        if memo.state is FALLBACK or memo.state is EVICTED:
+            return None  # a claim computes the value
         if memo.verified_at != revision:
             if not self.table.unchanged((name, key), memo, revision):
                 return None
@@ -292,12 +294,16 @@ class Runtime:
                 and not descriptor.volatile
                 and not verify.changed(self, old, thread)
             )
-            executed = None if green else execute(self, descriptor, key, thread, frame)
+            executed = (
+                None
+                if green and old is not None and old.state is not EVICTED
+                else execute(self, descriptor, key, thread, frame)
+            )
         except BaseException:
             self.give_up(descriptor.name, key, thread, scope)
             raise
         thread.leave()
-        return self.finish(descriptor, key, thread, scope, old, executed, revision)
+        return self.finish(descriptor, key, thread, scope, old, executed, revision, green)
 
     def give_up(
         self, name: str, key: tuple[Any, ...], thread: ThreadState, scope: Hashable | None
@@ -315,17 +321,18 @@ class Runtime:
         old: Memo | None,
         executed: tuple[Memo, float, float] | None,
         revision: int,
+        green: bool,
     ) -> Memo:
         """Publish *thread*'s claim of ``descriptor(*key)`` in *revision*, its frame popped:
         *old* found green (*executed* None), or what the body gave, backdated if equal to
-        *old*."""
+        *old* or if *old* was *green* (nothing it read changed) but its value evicted."""
         name = descriptor.name
         if executed is None:
             assert old is not None
             memo = old.verified(revision)
             return self.table.publish(name, key, thread.id, memo, verdict=GREEN, scope=scope)
         memo, elapsed, self_time = executed
-        verdict = backdate(old, memo)
+        verdict = backdate(old, memo, recomputed=green)
         store = memo.state is OK or descriptor.cache_errors
         if not store:
             memo = memo.replace(state=ERROR_ONCE)
@@ -365,7 +372,7 @@ class Runtime:
 
     def peek_value(self, name: str, key: tuple[Any, ...], default: Any) -> Any:
         memo = self.peek(name, key)
-        if memo is None or memo.state is ERROR_ONCE:
+        if memo is None or memo.state is ERROR_ONCE or memo.state is EVICTED:
             return default
         if memo.state is OK:
             return memo.value
@@ -427,8 +434,12 @@ class Runtime:
             self.reported.pop(id(state), None)
             greens = state.past_greens.copy()
             greens[state.revision] = greens.get(state.revision, 0) + state.greens
+            oldest = self.revision - COUNTED_REVISIONS  # as the table counts verdicts
+            retired = {r: n for r, n in self.retired_greens.items() if r >= oldest}
             for revision, n in greens.items():
-                self.retired_greens[revision] = self.retired_greens.get(revision, 0) + n
+                if revision >= oldest:
+                    retired[revision] = retired.get(revision, 0) + n
+            self.retired_greens = retired
         if pending:
             self.table.add_hits(pending)
 
@@ -447,13 +458,16 @@ class Runtime:
         queries = {name: QueryStats(*counts[name]) for name in self.index}
         with self.states_lock:
             retired = self.retired_greens.copy()
+        # As the table counts: a thread that has not asked since keeps older revisions' greens.
+        oldest = self.revision - COUNTED_REVISIONS
         for r, n in retired.items():
-            verdicts.setdefault(r, dict.fromkeys(Verdict, 0))[GREEN] += n
+            if r >= oldest:
+                verdicts.setdefault(r, dict.fromkeys(Verdict, 0))[GREEN] += n
         for thread in states:
             greens = thread.past_greens.copy()
             greens[thread.revision] = greens.get(thread.revision, 0) + thread.greens
             for r, n in greens.items():
-                if n:
+                if n and r >= oldest:
                     verdicts.setdefault(r, dict.fromkeys(Verdict, 0))[GREEN] += n
         revisions = {
             r: RevisionStats(v[GREEN], v[EXECUTED] + v[BACKDATED], v[BACKDATED])

@@ -16,7 +16,11 @@ class QueryStats:
     ``total_time``: wall time in the body, dependencies included; ``self_time``: the same less
     the time spent executing dependencies; ``wait_time``: time callers waited for another
     thread's execution. On processes, every worker's counts are included (hits served from a
-    worker's own cache reach the coordinator with that worker's next request).
+    worker's own cache reach the coordinator with that worker's next request). ``values``:
+    how many keys' values (or memoized exceptions) the database's table holds now (on
+    processes, the table in the process that created the database); with ``lru=N``, at most
+    N when an input has just changed, plus those computed since (see
+    ``docs/queries.md#bounded-memory-lru``).
     """
 
     hits: int = 0
@@ -25,6 +29,7 @@ class QueryStats:
     total_time: float = 0.0
     self_time: float = 0.0
     wait_time: float = 0.0
+    values: int = 0
 
 
 @dataclass(frozen=True)
