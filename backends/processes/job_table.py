@@ -50,7 +50,12 @@ from .table_server import shared_table
 
 __all__ = ["RemoteJobTable", "sync_job_tables"]
 
-OK, ERROR_ONCE, RETRY = MemoState.OK, MemoState.ERROR_ONCE, MemoState.RETRY
+OK, ERROR_ONCE, RETRY, RERUN = (
+    MemoState.OK,
+    MemoState.ERROR_ONCE,
+    MemoState.RETRY,
+    MemoState.RERUN,
+)
 
 # One-way requests sent together while a prefetch chunk runs (see RemoteJobTable._event): a
 # message costs the two processes about as much as ten small publishes, and this bounds how
@@ -237,7 +242,7 @@ class RemoteJobTable:
                 raise RuntimeError(f"query {name}{key!r}: its local=True value is lost")
             return mine.replace(verified_at=memo.verified_at, changed_at=memo.changed_at)
         memo = unpack_memo(memo)
-        if memo.state is not ERROR_ONCE and not old:
+        if memo.state is not ERROR_ONCE and memo.state is not RERUN and not old:
             self._memos[name][key] = memo
         return memo
 

@@ -42,11 +42,12 @@ if TYPE_CHECKING:
 __all__ = ["Runtime"]
 
 T = TypeVar("T")
-OK, ERROR, FALLBACK, ERROR_ONCE = (
+OK, ERROR, FALLBACK, ERROR_ONCE, RERUN = (
     MemoState.OK,
     MemoState.ERROR,
     MemoState.FALLBACK,
     MemoState.ERROR_ONCE,
+    MemoState.RERUN,
 )
 MEMO, STALE = Claim.MEMO, Claim.STALE  # globals: see dualmode.query.job_table
 GREEN, EXECUTED, BACKDATED = Verdict.GREEN, Verdict.EXECUTED, Verdict.BACKDATED
@@ -201,9 +202,12 @@ class Runtime:
         """*found*, the memo fetched for ``name(*key)``, kept in *memos*: *thread*'s copy of
         the revision it was fetched in, taken before the fetch (a body that ends after an
         input changed moves its thread on, and its value must not land in the new copy). A
-        fallback's value is computed; an ERROR_ONCE is delivered, kept nowhere. A memo whose
-        dependencies are unknown is never carried to a later revision (ThreadState.advance)."""
+        fallback's value is computed; an ERROR_ONCE is delivered, kept nowhere, and so is the
+        result of a RERUN (:meth:`rerun`). A memo whose dependencies are unknown is never
+        carried to a later revision (ThreadState.advance)."""
         if found.state is not OK:
+            if found.state is RERUN:
+                return self.rerun(self.queries[name], key, thread)
             if found.state is FALLBACK:
                 found = self._fallback(self.queries[name], key, found)
             if found.state is ERROR_ONCE:
@@ -340,6 +344,27 @@ class Runtime:
             self_time=self_time,
             scope=scope,
         )
+
+    def rerun(
+        self, descriptor: _QueryDescriptor[Any], key: tuple[Any, ...], thread: ThreadState
+    ) -> Memo:
+        """Run the body of ``descriptor(*key)`` on *thread*, unclaimed: the table answered
+        ``RERUN`` (the query is on a cycle settled through other queries' fallbacks, and its
+        owner waits for this thread through the cycle). Its reads find the settled values, so
+        it gives what the owner will publish. Its memo (OK or ERROR) is kept nowhere; if a
+        cycle settled the query meanwhile (its reads closed one through it), the settled memo
+        is answered instead, as every other caller gets it."""
+        frame = Frame()
+        thread.enter(frame)
+        try:
+            memo, _, _ = execute(self, descriptor, key, thread, frame)
+        finally:
+            thread.leave()
+        scope = self.scope if descriptor.local else None
+        settled = self.table.peek(descriptor.name, key, thread.revision, scope)
+        if settled is None:
+            return memo
+        return self._fallback(descriptor, key, settled) if settled.state is FALLBACK else settled
 
     def _fallback(
         self, descriptor: _QueryDescriptor[Any], key: tuple[Any, ...], memo: Memo
