@@ -241,8 +241,13 @@ class RemoteJobTable:
                 # Cannot happen: a local=True memo is published only after it was cached here.
                 raise RuntimeError(f"query {name}{key!r}: its local=True value is lost")
             return mine.replace(verified_at=memo.verified_at, changed_at=memo.changed_at)
+        if memo.state is RERUN:  # to bring up to date here, from the old memo it carries
+            mine = (
+                None if memo.value is None else self._received(name, key, memo.value, scope, True)
+            )
+            return memo.replace(value=None if mine is None or mine.state is RETRY else mine)
         memo = unpack_memo(memo)
-        if memo.state is not ERROR_ONCE and memo.state is not RERUN and not old:
+        if memo.state is not ERROR_ONCE and not old:
             self._memos[name][key] = memo
         return memo
 

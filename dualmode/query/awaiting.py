@@ -109,7 +109,7 @@ async def async_fetch(rt: Runtime, name: str, key: tuple[Any, ...], state: Threa
             found = await _fetch_cold(rt, name, key, state)
         if found is not None:
             if found.state is RERUN and rt.queries[name].is_async:
-                return await _async_rerun(rt, rt.queries[name], key, state)
+                return await _async_rerun(rt, rt.queries[name], key, state, found.value)
             return rt.keep(name, key, state, memos, found)
         memos = state.memos[index]  # a new revision: a new copy
 
@@ -155,12 +155,19 @@ async def _fetch_cold(
 
 
 async def _async_rerun(
-    rt: Runtime, descriptor: _QueryDescriptor[Any], key: tuple[Any, ...], state: ThreadState
+    rt: Runtime,
+    descriptor: _QueryDescriptor[Any],
+    key: tuple[Any, ...],
+    state: ThreadState,
+    old: Memo | None,
 ) -> Memo:
-    """``Runtime.rerun`` of an async query: its body run on this event loop, unclaimed."""
+    """``Runtime.rerun`` of an async query: *old* verified, else its body run on this event
+    loop, unclaimed; kept nowhere."""
     frame = Frame()
     state.enter(frame)
     try:
+        if old is not None and not descriptor.volatile and not await _changed(rt, old, state):
+            return old.verified(state.revision)
         memo, _, _ = await async_execute(rt, descriptor, key, state, frame)
     finally:
         state.leave()

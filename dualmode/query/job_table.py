@@ -933,7 +933,9 @@ class InProcessJobTable:
                     # stuck on the cycle. I do, unclaimed (docs/queries.md). Likewise if its
                     # owner runs, while it waits, a body I handed over: it cannot go on
                     # before I do.
-                    return Memo(RERUN, None, None, job.revision, job.revision, LOW), None
+                    # The old memo it verifies, if any, travels along: the caller verifies
+                    # it too, so a cycle found green executes no body whoever closed it.
+                    return Memo(RERUN, job.old, None, job.revision, job.revision, LOW), None
                 if job.settlement is None:
                     if me is None:
                         me = self._threads[thread] = _ThreadJobs(thread)
@@ -1033,9 +1035,7 @@ class InProcessJobTable:
         assert job.latch is not None  # a waiter is here
         job.latch.set()
 
-    def _find_cycle(
-        self, job: _Job, me: _ThreadJobs, buried: bool = False
-    ) -> list[_Job] | None:
+    def _find_cycle(self, job: _Job, me: _ThreadJobs, buried: bool = False) -> list[_Job] | None:
         """The jobs on the cycle that waiting for *job* would close, or None (graph_lock held).
 
         Follows owner -> the job that owner waits for -> its owner... back to *me*. The cycle is

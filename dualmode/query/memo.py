@@ -93,8 +93,9 @@ class MemoState(ImmortalEnum):
     waiters but memoized nowhere (``cache_errors=False``, or a worker that died). ``RETRY``:
     the execution was abandoned (cancelled, interrupted); a waiter asks again. ``RERUN``: the
     query lies, without a fallback, on a cycle settled through other queries' fallbacks, and
-    its owner waits (through the cycle) for the caller: the caller runs the body itself, once
-    more, and keeps the result nowhere (the owner publishes its own, equal one).
+    its owner waits (through the cycle) for the caller: the caller brings it up to date itself
+    (its value: the older revision's memo the owner verifies, or None), unclaimed, and keeps
+    the result nowhere (the owner publishes its own, equal one).
     """
 
     OK = enum.auto()

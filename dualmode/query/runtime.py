@@ -207,7 +207,7 @@ class Runtime:
         carried to a later revision (ThreadState.advance)."""
         if found.state is not OK:
             if found.state is RERUN:
-                return self.rerun(self.queries[name], key, thread)
+                return self.rerun(self.queries[name], key, thread, found.value)
             if found.state is FALLBACK:
                 found = self._fallback(self.queries[name], key, found)
             if found.state is ERROR_ONCE:
@@ -291,17 +291,26 @@ class Runtime:
         frame = Frame()
         thread.enter(frame)  # verification's reads are cancelled with a new revision too
         try:
-            green = (
-                old is not None
-                and not descriptor.volatile
-                and not verify.changed(self, old, thread)
-            )
-            executed = None if green else execute(self, descriptor, key, thread, frame)
+            executed = self._verify_or_execute(descriptor, key, thread, frame, old)
         except BaseException:
             self.give_up(descriptor.name, key, thread, scope)
             raise
         thread.leave()
         return self.finish(descriptor, key, thread, scope, old, executed, revision)
+
+    def _verify_or_execute(
+        self,
+        descriptor: _QueryDescriptor[Any],
+        key: tuple[Any, ...],
+        thread: ThreadState,
+        frame: Frame,
+        old: Memo | None,
+    ) -> tuple[Memo, float, float] | None:
+        """In *frame*, pushed: None if *old* is green (nothing it read changed), else the
+        body executed (see ``execute``)."""
+        if old is not None and not descriptor.volatile and not verify.changed(self, old, thread):
+            return None
+        return execute(self, descriptor, key, thread, frame)
 
     def give_up(
         self, name: str, key: tuple[Any, ...], thread: ThreadState, scope: Hashable | None
@@ -346,20 +355,30 @@ class Runtime:
         )
 
     def rerun(
-        self, descriptor: _QueryDescriptor[Any], key: tuple[Any, ...], thread: ThreadState
+        self,
+        descriptor: _QueryDescriptor[Any],
+        key: tuple[Any, ...],
+        thread: ThreadState,
+        old: Memo | None,
     ) -> Memo:
-        """Run the body of ``descriptor(*key)`` on *thread*, unclaimed: the table answered
+        """Bring ``descriptor(*key)`` up to date on *thread*, unclaimed: the table answered
         ``RERUN`` (the query is on a cycle settled through other queries' fallbacks, and its
-        owner waits for this thread through the cycle). Its reads find the settled values, so
-        it gives what the owner will publish. Its memo (OK or ERROR) is kept nowhere; if a
-        cycle settled the query meanwhile (its reads closed one through it), the settled memo
-        is answered instead, as every other caller gets it."""
+        owner waits for this thread through the cycle), with *old*, the memo its owner
+        verifies. Verified as the owner does (its reads find the settled values), else
+        executed, it gives what the owner will publish. Its memo is kept nowhere; if a cycle
+        settled the query meanwhile (its reads closed one through it), the settled memo is
+        answered instead, as every other caller gets it."""
         frame = Frame()
         thread.enter(frame)
         try:
-            memo, _, _ = execute(self, descriptor, key, thread, frame)
+            executed = self._verify_or_execute(descriptor, key, thread, frame, old)
         finally:
             thread.leave()
+        if executed is None:
+            assert old is not None
+            memo = old.verified(thread.revision)
+        else:
+            memo = executed[0]
         scope = self.scope if descriptor.local else None
         settled = self.table.peek(descriptor.name, key, thread.revision, scope)
         if settled is None:
