@@ -492,6 +492,88 @@ def test_a_cycle_across_two_runners_raises_in_both_at_once(backend: str, repeat:
     assert serial.value.cycle == cycle_a
 
 
+class Ring(dm.Database):
+    """``link(0) -> link(1) -> ... -> link(size - 1) -> link(0)``, where the links in *guarded*
+    are asked through ``guarded`` (a ``cycle=`` fallback) and the others through ``plain``.
+    The first *meet* bodies to start wait at a barrier for each other, so that two callers
+    both hold a claim on the ring before either reads on (a cycle closed across them)."""
+
+    def __init__(self, size: int, guarded: set[int], meet: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.size, self.guarded_links = size, frozenset(guarded)
+        self.meet = meet
+        self.arrived = dm.AtomicInt(0, backend=self.backend)
+        self.both = dm.Barrier(max(meet, 1), backend=self.backend, timeout=20)
+
+    def link(self, i: int) -> int:
+        return (self.guarded if i in self.guarded_links else self.plain)(i)
+
+    def _body(self, i: int) -> int:
+        if self.arrived.fetch_add(1) < self.meet:
+            self.both.wait()
+        return i + 10 * self.link((i + 1) % self.size)
+
+    @dm.query
+    def plain(self, i: int) -> int:
+        return self._body(i)
+
+    @dm.query(cycle=lambda db, i: -1 - i)
+    def guarded(self, i: int) -> int:
+        return self._body(i)
+
+
+def ring_values(size: int, guarded: set[int]) -> list[int]:
+    """What docs/queries.md says each link of a Ring is: a guarded one its fallback, the
+    others computed from the next link, back to a guarded one."""
+    values: dict[int, int] = {i: -1 - i for i in guarded}
+    while len(values) < size:
+        for i in range(size):
+            if i not in values and (i + 1) % size in values:
+                values[i] = i + 10 * values[(i + 1) % size]
+    return [values[i] for i in range(size)]
+
+
+@pytest.mark.parametrize("guarded", [{1}, {0, 2}], ids=["one-fallback", "two-fallbacks"])
+def test_a_partly_guarded_cycle_gives_the_same_values_whichever_key_is_asked_first(
+    dualmode_backend: str, guarded: set[int]
+) -> None:
+    # Asked first, a link without a fallback is the one whose own read closes the cycle: it
+    # is computed again from the settled links rather than raising CycleError there.
+    expected = ring_values(3, guarded)
+    for first in range(3):
+        db = Ring(3, guarded, backend=dualmode_backend, workers=2)
+        assert db.link(first) == expected[first]
+        assert [db.link(i) for i in range(3)] == expected, f"{first} asked first"
+        executions = {name: s.executions for name, s in db.stats().items()}
+        assert executions == {"plain": 3 - len(guarded), "guarded": len(guarded)}
+
+
+def ask_links(db: Ring, firsts: list[int]) -> list[int]:
+    return dm.par_map(db.link, firsts, chunksize=1, backend=db.backend)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("size", "guarded"), [(3, {1}), (4, {2})], ids=["3-ring", "4-ring-fallback-opposite"]
+)
+def test_a_partly_guarded_cycle_closed_across_two_runners_gives_the_same_values(
+    dualmode_parallel_backend: str, size: int, guarded: set[int]
+) -> None:
+    # Two runners each claim one link and meet, then read on: the cycle closes across them,
+    # by whichever reads last. In the 4-ring entered at 1 and 3, the runner holding the
+    # fallback (2) waits for the other, which must compute the link it needs (1) itself:
+    # waiting for it would hang.
+    expected = ring_values(size, guarded)
+    pairs = [(i, j) for i in range(size) for j in range(size) if i != j]
+    with dm.use(dualmode_parallel_backend, workers=2):
+        for _ in range(3):
+            for first, second in pairs:
+                db = Ring(size, guarded, meet=2)
+                got = ask_links(db, [first, second])
+                assert got == [expected[first], expected[second]], (first, second)
+                assert [db.link(i) for i in range(size)] == expected, (first, second)
+
+
 class Meeting(Analyzer):
     """``met(n)`` waits until another body is running too: it fails (BrokenBarrierError,
     memoized) unless two bodies run at the same time."""

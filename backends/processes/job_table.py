@@ -52,11 +52,12 @@ from .table_server import shared_table
 
 __all__ = ["RemoteJobTable", "sync_job_tables"]
 
-OK, ERROR_ONCE, RETRY, EVICTED = (
+OK, ERROR_ONCE, RETRY, EVICTED, RERUN = (
     MemoState.OK,
     MemoState.ERROR_ONCE,
     MemoState.RETRY,
     MemoState.EVICTED,
+    MemoState.RERUN,
 )
 
 # One-way requests sent together while a prefetch chunk runs (see RemoteJobTable._event): a
@@ -265,6 +266,11 @@ class RemoteJobTable:
                 # Cannot happen: a local=True memo is published only after it was cached here.
                 raise RuntimeError(f"query {name}{key!r}: its local=True value is lost")
             return mine.replace(verified_at=memo.verified_at, changed_at=memo.changed_at)
+        if memo.state is RERUN:  # to bring up to date here, from the old memo it carries
+            mine = (
+                None if memo.value is None else self._received(name, key, memo.value, scope, True)
+            )
+            return memo.replace(value=None if mine is None or mine.state is RETRY else mine)
         memo = unpack_memo(memo)
         if memo.state is not ERROR_ONCE and not old:
             self._cache(name, key, memo)

@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
 __all__ = ["async_get"]
 
-OK, ERROR, EVICTED = MemoState.OK, MemoState.ERROR, MemoState.EVICTED  # globals: see job_table
+# globals: see job_table
+OK, ERROR, EVICTED, RERUN = MemoState.OK, MemoState.ERROR, MemoState.EVICTED, MemoState.RERUN
 MEMO, STALE = Claim.MEMO, Claim.STALE
 
 
@@ -108,6 +109,8 @@ async def async_fetch(rt: Runtime, name: str, key: tuple[Any, ...], state: Threa
         if found is None:
             found = await _fetch_cold(rt, name, key, state)
         if found is not None:
+            if found.state is RERUN and rt.queries[name].is_async:
+                return await _async_rerun(rt, rt.queries[name], key, state, found.value)
             return rt.keep(name, key, state, memos, found)
         memos = state.memos[index]  # a new revision: a new copy
 
@@ -150,6 +153,31 @@ async def _fetch_cold(
     # Serial (the loop's thread is the database's), or a private loop (its thread blocks
     # anyway, and a worker busy with it could not run it): here, under the task's id.
     return _run_for(rt, descriptor, key, state.id, state.revision, answer, scope)
+
+
+async def _async_rerun(
+    rt: Runtime,
+    descriptor: _QueryDescriptor[Any],
+    key: tuple[Any, ...],
+    state: ThreadState,
+    old: Memo | None,
+) -> Memo:
+    """``Runtime.rerun`` of an async query: *old* verified, else its body run on this event
+    loop, unclaimed; kept nowhere."""
+    frame = Frame()
+    state.enter(frame)
+    try:
+        if (
+            old is not None
+            and old.state is not EVICTED
+            and not descriptor.volatile
+            and not await _changed(rt, old, state)
+        ):
+            return old.verified(state.revision)
+        memo, _, _ = await async_execute(rt, descriptor, key, state, frame)
+    finally:
+        state.leave()
+    return memo
 
 
 async def _async_update(

@@ -72,13 +72,14 @@ _SHARDS = 64  # claims on different keys rarely share a lock
 _LISTED_REVISIONS = 64
 _OWNER_CHECK = 0.5  # seconds between checks that a waited-for owner's process is alive
 
-OK, ERROR, FALLBACK, ERROR_ONCE, RETRY, EVICTED = (
+OK, ERROR, FALLBACK, ERROR_ONCE, RETRY, EVICTED, RERUN = (
     MemoState.OK,
     MemoState.ERROR,
     MemoState.FALLBACK,
     MemoState.ERROR_ONCE,
     MemoState.RETRY,
     MemoState.EVICTED,
+    MemoState.RERUN,
 )
 
 
@@ -313,12 +314,15 @@ class _ThreadJobs:
     ``stack``; others read it only while it waits (its stack is still then), under
     graph_lock."""
 
-    __slots__ = ("stack", "thread", "waiting")
+    __slots__ = ("stack", "taking", "thread", "waiting")
 
     def __init__(self, thread: ThreadId) -> None:
         self.thread = thread
         self.stack: list[_Job] = []
         self.waiting: _Job | None = None
+        # The handed-over job whose body this thread runs while it waits (_sleep): until that
+        # body ends, the thread cannot go on, even once the job it waits for is done.
+        self.taking: _Job | None = None
 
 
 class _Job:
@@ -565,7 +569,7 @@ class InProcessJobTable:
                 return _WAIT, job
             self._before_wait(thread)
             result = self._wait(job, thread, refuse)
-            if job.revision == revision and result.state is not RETRY:
+            if (job.revision == revision and result.state is not RETRY) or result.state is RERUN:
                 return MEMO, result
             # An older revision's job, or an abandoned one: look again.
 
@@ -594,7 +598,7 @@ class InProcessJobTable:
                 return found
             job: _Job = found[1]
             result = await self._async_wait(job, thread, helper)
-            if job.revision == revision and result.state is not RETRY:
+            if (job.revision == revision and result.state is not RETRY) or result.state is RERUN:
                 return MEMO, result
 
     def _valid(
@@ -888,7 +892,7 @@ class InProcessJobTable:
         try:
             if refuse is not None and job.result is None:
                 refuse()
-            ran = self._sleep(job)
+            ran = self._sleep(job, me)
         finally:
             self._leave_wait(job, me, time.perf_counter() - start - ran)
         assert job.result is not None  # set before the latch opened
@@ -944,8 +948,9 @@ class InProcessJobTable:
 
     def _enter_wait(self, job: _Job, thread: ThreadId) -> tuple[Memo | None, _ThreadJobs | None]:
         """The wait-for graph's part of a wait for *job*: settle the cycle that waiting would
-        close, if any, and record the edge. Returns the memo to take at once (a cycle through
-        the caller's own frames), else None and the caller's entry (to :meth:`_leave_wait`)."""
+        close, if any, and record the edge. Returns the memo to take at once (``RERUN``: the
+        caller is to run the body itself, see above), else None and the caller's entry (to
+        :meth:`_leave_wait`)."""
         me: _ThreadJobs | None = None
         with self._graph_lock:
             if job.settlement is None:
@@ -953,13 +958,21 @@ class InProcessJobTable:
                 cycle = None if me is None else self._find_cycle(job, me)
                 if cycle is not None:
                     self._settle(cycle)
+                if (
+                    job.settlement is None
+                    and me is not None
+                    and self._find_cycle(job, me, buried=True) is not None
+                ):
+                    # A fallback-less query on a cycle settled through fallbacks, whose
+                    # owner still waits, through the cycle, for me (it may be me): its value
+                    # comes from the settled ones, but only if someone computes it who is not
+                    # stuck on the cycle. I do, unclaimed (docs/queries.md). Likewise if its
+                    # owner runs, while it waits, a body I handed over: it cannot go on
+                    # before I do.
+                    # The old memo it verifies, if any, travels along: the caller verifies
+                    # it too, so a cycle found green executes no body whoever closed it.
+                    return Memo(RERUN, job.old, None, job.revision, job.revision, LOW), None
                 if job.settlement is None:
-                    if job.owner is me:
-                        # A fallback-less query on my own stack, on a cycle settled through a
-                        # fallback: waiting for it would wait for myself. Unwind to it.
-                        assert cycle is not None
-                        error = CycleError(canonical_cycle([j.qkey for j in cycle]))
-                        return Memo(ERROR, error, None, job.revision, job.revision, LOW), None
                     if me is None:
                         me = self._threads[thread] = _ThreadJobs(thread)
                     me.waiting = job  # its chain reaches a running or settled job
@@ -973,7 +986,7 @@ class InProcessJobTable:
         with self._shard(job.slot):
             self._counts(job.slot, job.qkey[0]).wait += waited
 
-    def _sleep(self, job: _Job) -> float:
+    def _sleep(self, job: _Job, me: _ThreadJobs | None) -> float:
         """Wait for *job*'s latch; if its owner's process dies first, abandon it for them.
         Meanwhile run the hand-over the wait is stuck behind, if no worker has started it
         (see :meth:`_stalled`): returns the seconds that took (not waited)."""
@@ -999,10 +1012,18 @@ class InProcessJobTable:
                     raise record.error
                 with self._graph_lock:
                     stalled = self._stalled(job)
+                    if stalled is not None and me is not None:
+                        me.taking = stalled
                 if stalled is not None:
                     assert stalled.hand_over is not None
                     start = time.perf_counter()
-                    if stalled.hand_over.take_over(stalled.old):
+                    try:
+                        took = stalled.hand_over.take_over(stalled.old)
+                    finally:
+                        if me is not None:
+                            with self._graph_lock:
+                                me.taking = None
+                    if took:
                         ran += time.perf_counter() - start
                         continue
                 if not sleeper.sleep(_OWNER_CHECK) and not _alive(owner_pid):
@@ -1061,19 +1082,24 @@ class InProcessJobTable:
         assert job.latch is not None  # a waiter is here
         job.latch.set()
 
-    def _find_cycle(self, job: _Job, me: _ThreadJobs) -> list[_Job] | None:
+    def _find_cycle(self, job: _Job, me: _ThreadJobs, buried: bool = False) -> list[_Job] | None:
         """The jobs on the cycle that waiting for *job* would close, or None (graph_lock held).
 
         Follows owner -> the job that owner waits for -> its owner... back to *me*. The cycle is
         my frames from the job that the chain reaches, then each owner's frames from the job
-        waited for up to its newest, in dependency order.
+        waited for up to its newest, in dependency order. A settled job ends the chain (its
+        waiters go on), unless *buried* and the waiter that led to it runs a handed-over body
+        meanwhile (``taking``): then the chain goes on from that body's job.
         """
         segments: list[list[_Job]] = []
         current = job
         seen: set[int] = set()
+        waiter: _ThreadJobs | None = None
         while True:
             if current.settlement is not None:
-                return None  # settled: waiting for it ends at once
+                if not buried or waiter is None or waiter.taking is None:
+                    return None  # settled: waiting for it ends at once
+                current = waiter.taking
             owner = current.owner
             if owner is not me and owner.waiting is None:
                 return None  # it is running, so the chain ends: no cycle
@@ -1088,7 +1114,7 @@ class InProcessJobTable:
                 return None
             seen.add(id(owner))
             assert owner.waiting is not None
-            current = owner.waiting
+            waiter, current = owner, owner.waiting
 
     def _settle(self, cycle: list[_Job]) -> None:
         """Settle a cycle now (graph_lock held), the same way whichever request closed it.
@@ -1103,6 +1129,8 @@ class InProcessJobTable:
         error = CycleError(canonical_cycle([job.qkey for job in cycle]))
         with_fallback = [job for job in cycle if self._fallbacks[job.qkey[0]]]
         for job in with_fallback or cycle:
+            if job.settlement is not None:
+                continue  # settled on a cycle found before (a re-run's reads meet it again)
             state: MemoState
             if self._fallbacks[job.qkey[0]]:
                 state, value = FALLBACK, None

@@ -91,7 +91,11 @@ class MemoState(ImmortalEnum):
     query lay on a cycle; its value is its ``cycle=`` fallback, computed by each reader (the
     job table runs no user code). ``ERROR_ONCE``: an exception delivered to the caller and the
     waiters but memoized nowhere (``cache_errors=False``, or a worker that died). ``RETRY``:
-    the execution was abandoned (cancelled, interrupted); a waiter asks again.
+    the execution was abandoned (cancelled, interrupted); a waiter asks again. ``RERUN``: the
+    query lies, without a fallback, on a cycle settled through other queries' fallbacks, and
+    its owner waits (through the cycle) for the caller: the caller brings it up to date itself
+    (its value: the older revision's memo the owner verifies, or None), unclaimed, and keeps
+    the result nowhere (the owner publishes its own, equal one).
     """
 
     OK = enum.auto()
@@ -100,6 +104,7 @@ class MemoState(ImmortalEnum):
     ERROR_ONCE = enum.auto()
     RETRY = enum.auto()
     EVICTED = enum.auto()
+    RERUN = enum.auto()
 
 
 class Memo:

@@ -42,12 +42,13 @@ if TYPE_CHECKING:
 __all__ = ["Runtime"]
 
 T = TypeVar("T")
-OK, ERROR, FALLBACK, ERROR_ONCE, EVICTED = (
+OK, ERROR, FALLBACK, ERROR_ONCE, EVICTED, RERUN = (
     MemoState.OK,
     MemoState.ERROR,
     MemoState.FALLBACK,
     MemoState.ERROR_ONCE,
     MemoState.EVICTED,
+    MemoState.RERUN,
 )
 MEMO, STALE = Claim.MEMO, Claim.STALE  # globals: see dualmode.query.job_table
 GREEN, EXECUTED, BACKDATED = Verdict.GREEN, Verdict.EXECUTED, Verdict.BACKDATED
@@ -203,9 +204,12 @@ class Runtime:
         """*found*, the memo fetched for ``name(*key)``, kept in *memos*: *thread*'s copy of
         the revision it was fetched in, taken before the fetch (a body that ends after an
         input changed moves its thread on, and its value must not land in the new copy). A
-        fallback's value is computed; an ERROR_ONCE is delivered, kept nowhere. A memo whose
-        dependencies are unknown is never carried to a later revision (ThreadState.advance)."""
+        fallback's value is computed; an ERROR_ONCE is delivered, kept nowhere, and so is the
+        result of a RERUN (:meth:`rerun`). A memo whose dependencies are unknown is never
+        carried to a later revision (ThreadState.advance)."""
         if found.state is not OK:
+            if found.state is RERUN:
+                return self.rerun(self.queries[name], key, thread, found.value)
             if found.state is FALLBACK:
                 found = self._fallback(self.queries[name], key, found)
             if found.state is ERROR_ONCE:
@@ -289,21 +293,30 @@ class Runtime:
         frame = Frame()
         thread.enter(frame)  # verification's reads are cancelled with a new revision too
         try:
-            green = (
-                old is not None
-                and not descriptor.volatile
-                and not verify.changed(self, old, thread)
-            )
-            executed = (
-                None
-                if green and old is not None and old.state is not EVICTED
-                else execute(self, descriptor, key, thread, frame)
-            )
+            executed, green = self._verify_or_execute(descriptor, key, thread, frame, old)
         except BaseException:
             self.give_up(descriptor.name, key, thread, scope)
             raise
         thread.leave()
         return self.finish(descriptor, key, thread, scope, old, executed, revision, green)
+
+    def _verify_or_execute(
+        self,
+        descriptor: _QueryDescriptor[Any],
+        key: tuple[Any, ...],
+        thread: ThreadState,
+        frame: Frame,
+        old: Memo | None,
+    ) -> tuple[tuple[Memo, float, float] | None, bool]:
+        """In *frame*, pushed: whether *old* is green (nothing it read changed), and None if
+        it is and still holds its value, else the body executed (see ``execute``): an
+        evicted value (``lru=``) is computed again even when green."""
+        green = (
+            old is not None and not descriptor.volatile and not verify.changed(self, old, thread)
+        )
+        if green and old is not None and old.state is not EVICTED:
+            return None, True
+        return execute(self, descriptor, key, thread, frame), green
 
     def give_up(
         self, name: str, key: tuple[Any, ...], thread: ThreadState, scope: Hashable | None
@@ -347,6 +360,37 @@ class Runtime:
             self_time=self_time,
             scope=scope,
         )
+
+    def rerun(
+        self,
+        descriptor: _QueryDescriptor[Any],
+        key: tuple[Any, ...],
+        thread: ThreadState,
+        old: Memo | None,
+    ) -> Memo:
+        """Bring ``descriptor(*key)`` up to date on *thread*, unclaimed: the table answered
+        ``RERUN`` (the query is on a cycle settled through other queries' fallbacks, and its
+        owner waits for this thread through the cycle), with *old*, the memo its owner
+        verifies. Verified as the owner does (its reads find the settled values), else
+        executed, it gives what the owner will publish. Its memo is kept nowhere; if a cycle
+        settled the query meanwhile (its reads closed one through it), the settled memo is
+        answered instead, as every other caller gets it."""
+        frame = Frame()
+        thread.enter(frame)
+        try:
+            executed, _ = self._verify_or_execute(descriptor, key, thread, frame, old)
+        finally:
+            thread.leave()
+        if executed is None:
+            assert old is not None
+            memo = old.verified(thread.revision)
+        else:
+            memo = executed[0]
+        scope = self.scope if descriptor.local else None
+        settled = self.table.peek(descriptor.name, key, thread.revision, scope)
+        if settled is None:
+            return memo
+        return self._fallback(descriptor, key, settled) if settled.state is FALLBACK else settled
 
     def _fallback(
         self, descriptor: _QueryDescriptor[Any], key: tuple[Any, ...], memo: Memo
