@@ -225,7 +225,8 @@ def compat(session: nox.Session) -> None:
 # (pytest-run-parallel), each thread running it STRESS_ITERATIONS times, on the parallel backends.
 STRESS_SUITES = [
     "tests/test_threads_backend.py",  # the primitives, with their wake-up paths
-    "tests/test_lock_tests.py",  # CPython's own lock tests, on dualmode's primitives
+    # (not test_lock_tests.py: CPython's lock tests count the process's threads, and their
+    # setUp's objects are shared by a test's copies)
     "tests/test_queue_tests.py",
     "tests/test_parallel.py",
     "tests/test_query.py",
@@ -268,6 +269,15 @@ def stress(session: nox.Session) -> None:
     dump = ["-o", "faulthandler_timeout=300"]
     suites = [str(ROOT / suite) for suite in STRESS_SUITES]
     _pytest(session, [*parallel, *backends, *shared, *dump, *suites, *session.posargs], env)
+
+
+@nox.session(python=["3.11", FREE_THREADED])
+def soak(session: nox.Session) -> None:
+    """The tests that run for many minutes (marked ``soak``, skipped otherwise), not part of
+    CI: memory over 10,000 revisions of a 1,000-query graph, on every backend. Extra
+    arguments go to pytest."""
+    env = _install_tests(session)
+    _pytest(session, [str(ROOT / "tests"), "-m", "soak", *session.posargs], env)
 
 
 @nox.session(python="3.11")

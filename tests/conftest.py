@@ -31,6 +31,16 @@ def pytest_configure(config: pytest.Config) -> None:
         sys.setswitchinterval(switch_interval())
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Soak tests run for many minutes: only when ``-m`` selects them (``nox -s soak``)."""
+    if "soak" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="a soak test: select it with -m soak (nox -s soak)")
+    for item in items:
+        if item.get_closest_marker("soak"):
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def switch_often() -> Iterator[None]:
     """On a GIL build, switch threads every 10 us (or ``$DUALMODE_SWITCH_INTERVAL``) rather

@@ -528,7 +528,7 @@ def test_memory_stays_flat_over_many_revisions(dualmode_backend: str) -> None:
     _memory_over_revisions(dualmode_backend, 1_000)
 
 
-@pytest.mark.slow
+@pytest.mark.soak
 @pytest.mark.timeout(1800)
 def test_memory_stays_flat_over_10_000_revisions(dualmode_backend: str) -> None:
     _memory_over_revisions(dualmode_backend, 10_000)

@@ -115,10 +115,6 @@ def _suite(backend: str, name: str, base: Any, attribute: str, cls: Callable[...
     }
     for test, reason in NOT_APPLICABLE[backend].get(name, {}).items():
         namespace[test] = _does_not_apply(reason)
-    if name == "Barrier":  # for nox -s stress (pytest-run-parallel)
-        namespace["pytestmark"] = pytest.mark.thread_unsafe(
-            reason="BarrierTests.setUp makes one barrier, which the test's copies would share"
-        )
     suite = type(f"{backend.capitalize()}{name}Tests", (base,), namespace)
     unavailable = dm.available_backends().get(backend)
     skip = unittest.skipIf(unavailable is not None, f"backend {backend!r}: {unavailable}")
