@@ -1630,6 +1630,9 @@ class _Pool:
         self._idle: set[int] = set()  # workers waiting for a task, for the watchdog (_cond)
         if watcher is not None:
             watcher.idle_threads(self._idle.copy)
+            watcher.pool_threads(
+                lambda: [t.ident for t in self._threads if t.ident is not None], _TASKS
+            )
         self._cond = threading.Condition(threading.Lock())
         self._tasks: deque[_Task] = deque()
         self._inboxes: list[deque[_Task]] = [deque() for _ in range(workers)]

@@ -14,7 +14,9 @@ holder). It reports
   cycle of one), and
 - where the backend asks for it (threads, not the processes coordinator, whose clients may
   still act), a *stall*: every thread of the process is blocked longer than the limit, so
-  none can wake another (a worker pool whose every worker waits for an Event nobody sets).
+  none can wake another; or every worker of a pool is (a pool whose every worker waits for an
+  Event nobody sets), whatever the process's other threads do: they may be another library's
+  or another backend's, idle for good.
 
 A report must be seen in two scans in a row, made of the same records, so a wait that is being
 granted as the watchdog looks (the holder recorded a moment late) is never reported. Each
@@ -124,6 +126,10 @@ class WaitRecord:
         self.error: DeadlockError | None = None
 
 
+# What a report is about: a wait-for cycle, or a stall of the process's threads or of a pool's.
+_CYCLE, _PROCESS, _POOL = "cycle", "process", "pool"
+
+
 def thread_named(name: str) -> str:
     return f"thread {name!r}"
 
@@ -151,6 +157,7 @@ class Watchdog:
         self._records: dict[int, WaitRecord] = {}
         self._origins: weakref.WeakKeyDictionary[Any, tuple[str, str]] = weakref.WeakKeyDictionary()
         self._idle: list[Callable[[], Collection[int]]] = []
+        self._pools: list[tuple[Callable[[], Collection[int]], object]] = []
         self._seen: set[frozenset[WaitRecord]] = set()
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -166,6 +173,12 @@ class Watchdog:
     def idle_threads(self, idle: Callable[[], Collection[int]]) -> None:
         """Add a source of idle threads for the stall rule (a worker pool's)."""
         self._idle.append(idle)
+
+    def pool_threads(self, workers: Callable[[], Collection[int]], tasks: object) -> None:
+        """Add a worker pool (its threads, none before it starts) for the stall rule: every
+        one of them blocked longer than the limit is a stall, reported with the callers that
+        wait for *tasks* (what a wait for the pool's tasks is recorded as waiting for)."""
+        self._pools.append((workers, tasks))
 
     def waiting(self, on: object, interrupt: Callable[[], bool] | None) -> WaitRecord:
         """Record that this thread blocks on *on* from now, with no timeout; call
@@ -227,13 +240,13 @@ class Watchdog:
             for thread, record in self._records.copy().items()
             if now - record.since >= self.limit
         }
-        found = [(cycle, True) for cycle in self._cycles(stuck)]
-        if not found and self._stalls and self._all_blocked(stuck):
-            found.append((list(stuck.values()), False))
+        found = [(cycle, _CYCLE) for cycle in self._cycles(stuck)]
+        if not found and self._stalls:
+            found.extend(self._stalls_among(stuck))
         keys = {frozenset(records) for records, _ in found}
-        for records, is_cycle in found:
+        for records, kind in found:
             if frozenset(records) in self._seen:
-                self._report(records, is_cycle)
+                self._report(records, kind)
         self._seen = keys
 
     def _holders(self, on: object) -> tuple[object, ...]:
@@ -255,6 +268,21 @@ class Watchdog:
                 cycles.append([stuck[t] for t in path[path.index(thread) :]])
         return cycles
 
+    def _stalls_among(self, stuck: dict[int, WaitRecord]) -> list[tuple[list[WaitRecord], str]]:
+        """The stalls: the whole process, else each pool whose every worker is *stuck*, with
+        one of them that can be woken."""
+        if self._all_blocked(stuck):
+            return [(list(stuck.values()), _PROCESS)]
+        stalls = []
+        for source, tasks in self._pools:
+            workers = set(source())
+            if workers and workers <= stuck.keys():
+                records = [stuck[t] for t in workers]
+                if any(record.interrupt is not None for record in records):
+                    callers = [r for t, r in stuck.items() if r.on is tasks and t not in workers]
+                    stalls.append((records + callers, _POOL))
+        return stalls
+
     def _all_blocked(self, stuck: dict[int, WaitRecord]) -> bool:
         """Whether every thread of the process but this one and the idle is stuck, and one
         of them can be woken."""
@@ -266,9 +294,10 @@ class Watchdog:
             t.ident in stuck or t.ident in idle or t.ident == me for t in threading.enumerate()
         )
 
-    def _report(self, records: list[WaitRecord], is_cycle: bool) -> None:
+    def _report(self, records: list[WaitRecord], kind: str) -> None:
         names = {t.ident: t.name for t in threading.enumerate()}
         waits = [self._line(record, names) for record in records]
+        is_cycle = kind is _CYCLE
         if is_cycle:  # rotated to start at its smallest line: one message whoever closed it
             first = waits.index(min(waits))
             waits = waits[first:] + waits[:first]
@@ -285,9 +314,10 @@ class Watchdog:
                 "in one global order, or use a timeout"
             )
         else:
+            who = "thread of this process" if kind is _PROCESS else "worker of the pool"
             head = (
-                f"deadlock: every thread of this process has been blocked for over {limit}, so "
-                "none can wake another (dualmode watchdog):"
+                f"deadlock: every {who} has been blocked for over {limit}, so none can wake "
+                "another (dualmode watchdog):"
             )
             advice = (
                 "each waiting caller above raises DeadlockError and takes nothing: something "

@@ -199,10 +199,20 @@ def test_an_event_nobody_sets_is_reported_once_every_thread_is_blocked() -> None
 
 @pytest.mark.timeout(60)
 def test_a_pool_whose_every_worker_waits_is_reported() -> None:
-    with ThreadsBackend(workers=2, watchdog=LIMIT) as backend, dm.use(backend):
-        never = dm.Event()
-        with pytest.raises(dm.ParallelError) as caught:
-            dm.par_map(lambda _: never.wait(), range(2), chunksize=1)
+    # A thread of someone else's, alive and not waiting on dualmode (as other libraries' and
+    # backends' threads are in a real program, or in a test suite): the pool is stalled all
+    # the same.
+    bystander_done = threading.Event()
+    bystander = threading.Thread(target=bystander_done.wait, name="bystander", daemon=True)
+    bystander.start()
+    try:
+        with ThreadsBackend(workers=2, watchdog=LIMIT) as backend, dm.use(backend):
+            never = dm.Event()
+            with pytest.raises(dm.ParallelError) as caught:
+                dm.par_map(lambda _: never.wait(), range(2), chunksize=1)
+    finally:
+        bystander_done.set()
+        bystander.join(JOIN_TIMEOUT)
     errors = caught.value.exceptions
     assert len(errors) == 2 and all(isinstance(e, dm.DeadlockError) for e in errors)
     text = str(errors[0])
