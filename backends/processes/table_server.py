@@ -296,7 +296,12 @@ class SharedJobTable(InProcessJobTable):
     # -- reservations: a prefetch chunk claimed in one request --------------------------------
 
     def reserve(
-        self, name: str, keys: list[tuple[Any, ...]], thread: ThreadId, revision: int
+        self,
+        name: str,
+        keys: list[tuple[Any, ...]],
+        thread: ThreadId,
+        revision: int,
+        scope: Hashable | None = None,
     ) -> list[tuple[Claim, Any] | None]:
         """Claim each of *keys* for *thread* without starting it: per key, ``(MEMO, memo)``
         if a memo is valid in *revision*, ``(RUN, None)`` or ``(VERIFY, old memo)`` if it is
@@ -307,7 +312,8 @@ class SharedJobTable(InProcessJobTable):
         claim, on its stack) and gives up the rest with :meth:`release_reservations`; a
         claim of its that is about to wait gives them up first (:meth:`_before_wait`), so
         that no thread waits for a job whose owner waits too and has not started it. A
-        claim by another thread of a reserved key waits for it as for any job.
+        claim by another thread of a reserved key waits for it as for any job. *scope*: as
+        for :meth:`claim` (a ``local=True`` query's keys, kept per process).
         """
         if revision != self.revision:
             return [(STALE, self.revision)] * len(keys)
@@ -315,37 +321,46 @@ class SharedJobTable(InProcessJobTable):
         if owner is None:
             owner = self._threads[thread] = _ThreadJobs(thread)
         reserved = self._reserved.setdefault(thread, {})
-        memos = self.memos[name]
+        memos = self.memos[name] if scope is None else self._scoped
         answers: list[tuple[Claim, Any] | None] = []
         for key in keys:
             qkey = (name, key)
-            shard = hash(qkey) % _SHARDS
+            slot = qkey if scope is None else (name, key, scope)
+            memo_key = key if scope is None else slot
+            shard = hash(slot) % _SHARDS
             counters = self._counters[shard][name]
             with self._locks[shard]:
-                memo = lookup(memos, key)
+                memo = lookup(memos, memo_key)
                 if memo is not None:
-                    valid = self._valid(memo, qkey, revision, shard, memos, key)
+                    valid = self._valid(memo, qkey, revision, shard, memos, memo_key)
                     if valid is not None:  # counted as a hit where it is read, in the client
                         answers.append((MEMO, valid))
                         continue
                 jobs = self._jobs[shard]
-                if lookup(jobs, qkey) is not None:
+                if lookup(jobs, slot) is not None:
                     answers.append(None)
                     continue
                 counters.misses += 1
-                job = jobs[qkey] = _Job(qkey, qkey, owner, revision, memo)
-                reserved[qkey] = job
+                job = jobs[slot] = _Job(qkey, slot, owner, revision, memo)
+                reserved[slot] = job
                 answers.append((RUN, None) if memo is None else (VERIFY, memo))
         return answers
 
     def start_reserved(
-        self, thread: ThreadId, name: str, key: tuple[Any, ...], only_if_reserved: bool = False
+        self,
+        thread: ThreadId,
+        name: str,
+        key: tuple[Any, ...],
+        scope: Hashable | None = None,
+        only_if_reserved: bool = False,
     ) -> None:
-        """*thread* started its reserved ``name(*key)``: from now on an ordinary claim, on its
-        stack. (A client says so only before it claims, or with the publish: see
-        ``RemoteJobTable.claim``; *only_if_reserved* for the latter, which may follow.)"""
+        """*thread* started its reserved ``name(*key)`` (of *scope*, see :meth:`reserve`):
+        from now on an ordinary claim, on its stack. (A client says so only before it claims,
+        or with the publish: see ``RemoteJobTable.claim``; *only_if_reserved* for the
+        latter, which may follow.)"""
         reserved = self._reserved.get(thread)
-        job = None if reserved is None else reserved.pop((name, key), None)
+        slot = (name, key) if scope is None else (name, key, scope)
+        job = None if reserved is None else reserved.pop(slot, None)
         if job is None:
             if only_if_reserved:
                 return
@@ -548,14 +563,15 @@ def _reserve(
     thread: ThreadId,
     revision: int,
     hits: HitCounts,
+    scope: Hashable | None = None,
 ) -> tuple[list[tuple[Claim, Any] | None], list[News]]:
     if hits:
         table.add_hits(hits)
     packed = [
         answer
         if answer is None or answer[0] is STALE or answer[0] is RUN
-        else (answer[0], pack_memo_or_error(answer[1]))
-        for answer in table.reserve(name, keys, thread, revision)
+        else (answer[0], pack_memo_or_error(answer[1], keep_value=scope is None))
+        for answer in table.reserve(name, keys, thread, revision, scope)
     ]
     return packed, table.news_since(thread)
 
@@ -583,7 +599,7 @@ def _events(table: SharedJobTable, events: list[tuple[Any, ...]]) -> None:
             table.add_hits(event[1])
         elif kind == "abandon":
             name, key, thread, scope = event[1:]
-            table.start_reserved(thread, name, key, only_if_reserved=True)
+            table.start_reserved(thread, name, key, scope, only_if_reserved=True)
             table.abandon(name, key, thread, scope)
         else:  # "release"
             table.release_reservations(*event[1:])
@@ -615,7 +631,7 @@ def _finish(
             and table.publish_reserved(thread, name, key, memo, entry, elapsed, self_time)
         ):
             return
-    table.start_reserved(thread, name, key, only_if_reserved=True)
+    table.start_reserved(thread, name, key, scope, only_if_reserved=True)
     table.publish_packed(
         name,
         key,
@@ -654,6 +670,12 @@ def _get_input(
     return state, value, changed_at, durability
 
 
+def _get_inputs(
+    table: SharedJobTable, name: str, keys: list[Hashable], revision: int
+) -> list[tuple[InputState, Any, int, int]]:
+    return [_get_input(table, name, key, revision) for key in keys]
+
+
 def _unloadable(name: str, key: tuple[Any, ...], exc: Exception) -> TypeError:
     return TypeError(
         f"the result of {name}{key!r}, computed in a worker, cannot be loaded in the process "
@@ -676,6 +698,7 @@ _REQUESTS: dict[str, Any] = {
     "stats": _plain(InProcessJobTable.stats),
     "set_input": _set_input,
     "get_input": _get_input,
+    "get_inputs": _get_inputs,
     "input_changes": _plain(InProcessJobTable.input_changes),
     "sync": lambda table: None,  # its reply says the requests before it are done
 }
