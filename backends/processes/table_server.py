@@ -72,6 +72,11 @@ NEWS_MAX_BYTES = 4096
 # the publishing client packed them: the owner keeps and forwards them as they came, and
 # bytes are nothing for its garbage collector to walk.
 News = tuple[int, bytes]
+# The owner's own results wait in the news as (name, key, memo) until a client is sent them
+# (news_since packs them then): packing each as it was published cost the owner as much as
+# the rest of its publish (a report asked after a parallel run publishes thousands, and
+# often no client asks again).
+_Unpacked = tuple[str, tuple[Any, ...], Memo]
 # What SharedJobTable._record_edges defers: its arguments.
 _Edges = tuple[ThreadId, QKey, tuple[QKey, ...], tuple[QKey, ...]]
 
@@ -96,7 +101,7 @@ class SharedJobTable(InProcessJobTable):
         # Once served: the results of the current revision, packed, in the order published,
         # for the server threads to pass on to every client (see _claim). A new list per
         # revision: a memo of an older one is of no use to a client without a claim.
-        self.news: list[News] | None = None
+        self.news: list[tuple[int, bytes | _Unpacked | None]] | None = None
         # Per client thread, how much of the news it has had: (the list's generation, length).
         # A generation, not the list: an old revision's list must not stay alive here.
         self._news_generation = 0
@@ -257,12 +262,8 @@ class SharedJobTable(InProcessJobTable):
             and in_force.verified_at == revision
         ):
             if packed is None or in_force is not memo:
-                try:
-                    fields = pack_memo(in_force)
-                except TypeError:
-                    return in_force  # its readers get the error when they claim it
-                packed = pack_entry(name, key, memo_fields(fields, fields.value))
-            if len(packed) <= NEWS_MAX_BYTES:
+                news.append((thread[0], (name, key, in_force)))  # packed when sent
+            elif len(packed) <= NEWS_MAX_BYTES:
                 news.append((thread[0], packed))
         return in_force
 
@@ -291,7 +292,17 @@ class SharedJobTable(InProcessJobTable):
         end = len(news)
         self._news_seen[thread] = (generation, end)
         pid = thread[0]
-        return [entry for entry in news[done:end] if entry[0] != pid]
+        sent: list[News] = []
+        for i in range(done, end):
+            publisher, entry = news[i]
+            if publisher == pid:
+                continue
+            if isinstance(entry, tuple):  # packed once, by whichever server thread comes first
+                entry = _packed_news(*entry)
+                news[i] = (publisher, entry)
+            if entry is not None:
+                sent.append((publisher, entry))
+        return sent
 
     # -- reservations: a prefetch chunk claimed in one request --------------------------------
 
@@ -422,6 +433,17 @@ class SharedJobTable(InProcessJobTable):
         from .job_table import RemoteJobTable  # that module imports this one
 
         return RemoteJobTable.connect, (address, self.ident, self.owner_pid)
+
+
+def _packed_news(name: str, key: tuple[Any, ...], memo: Memo) -> bytes | None:
+    """The owner's result as news (see ``_Unpacked``): None if it cannot travel (its readers
+    get the error when they claim it) or is larger than ``NEWS_MAX_BYTES``."""
+    try:
+        fields = pack_memo(memo)
+    except TypeError:
+        return None
+    packed = pack_entry(name, key, memo_fields(fields, fields.value))
+    return packed if len(packed) <= NEWS_MAX_BYTES else None
 
 
 def shared_table(ident: str) -> SharedJobTable | None:
