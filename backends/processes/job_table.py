@@ -17,7 +17,6 @@ import pickle
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager
 from multiprocessing import AuthenticationError, current_process
 from multiprocessing.connection import Client, Connection
 from typing import Any, cast
@@ -160,6 +159,7 @@ class RemoteJobTable:
                 entry = (revision, kind, self._received(name, key, memo, scope, old=True))
                 reserved[(name, key)] = entry
 
+    @contextlib.contextmanager
     def prefetching(
         self,
         name: str,
@@ -167,21 +167,11 @@ class RemoteJobTable:
         thread: ThreadId,
         revision: int,
         scope: Hashable | None = None,
-    ) -> AbstractContextManager[None]:
+    ) -> Iterator[None]:
         """See :meth:`JobTable.prefetching`: the chunk's keys are claimed in one request
         (reserved: see ``SharedJobTable.reserve``), each started without a round trip when
         the thread comes to it, and what the thread publishes goes in batches."""
-        return self._prefetching(name, keys, self._link.thread_id(), revision, scope)
-
-    @contextlib.contextmanager
-    def _prefetching(
-        self,
-        name: str,
-        keys: list[tuple[Any, ...]],
-        thread: ThreadId,
-        revision: int,
-        scope: Hashable | None,
-    ) -> Iterator[None]:
+        thread = self._link.thread_id()
         local = self._local
         if local.batching:
             # A prefetch inside a query of this thread's chunk (nested parallel calls run
