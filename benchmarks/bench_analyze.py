@@ -14,6 +14,9 @@ shared machine falls on every side of a ratio:
 - the first run (analysis to report, inside the process) on threads(2) and processes(2) /
   serial's [targets: processes on a GIL build <= 0.67 (>= 1.5x), threads on a free-threaded
   build <= 0.56 (>= 1.8x)]
+- the CPU seconds of the whole process tree (the command, its workers and coordinator, all
+  reaped before it exits), threads(2) and processes(2) / serial's, least of the runs: what
+  parallelism costs, far less noisy than time on a shared machine [no target; 1.0 = nothing]
 - ``--edit 1``: the incremental run / the first run, time and queries executed [target < 0.05
   and < 0.01]
 - the ceiling the machine allows right now: the analyzer's per-file work (``parse_module`` and
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -80,14 +84,23 @@ def _ceiling(files: list[str], pool: Executor) -> tuple[Callable[[], float], Cal
     return one, two
 
 
-def _analyze(backend: str, runs: dict[str, list[dict[str, Any]]]) -> Callable[[], float]:
+def _children_cpu() -> float:
+    """CPU seconds of this process's reaped descendants (each reaped its own)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _analyze(
+    backend: str, runs: dict[str, list[dict[str, Any]]], cpu: dict[str, float]
+) -> Callable[[], float]:
     argv = [sys.executable, "-m", "dualmode", "analyze", "--json", "--no-progress"]
     argv += ["--backend", backend, "--workers", str(WORKERS), "--edit", "1"]
 
     def run() -> float:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), _children_cpu()
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - start
+        cpu[backend] = min(cpu.get(backend, float("inf")), _children_cpu() - start_cpu)
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr}")
         mine = json.loads(done.stdout)["runs"]
@@ -108,12 +121,13 @@ def main() -> None:
     files = [f.path for f in discover([stdlib_path()], DEFAULT_EXCLUDES + STDLIB_EXCLUDES).files]
     backends = ["serial", "threads", "processes"]
     runs: dict[str, list[dict[str, Any]]] = {}
+    cpu: dict[str, float] = {}
     free_threaded = not getattr(sys, "_is_gil_enabled", lambda: True)()
     pool: Executor = ThreadPoolExecutor(2) if free_threaded else ProcessPoolExecutor(2)
     with pool:
         list(pool.map(_analyze_all, [files[:1], files[:1]]))  # started
         walls = best_of_turns(
-            [_pyflakes(files), *(_analyze(b, runs) for b in backends), *_ceiling(files, pool)],
+            [_pyflakes(files), *(_analyze(b, runs, cpu) for b in backends), *_ceiling(files, pool)],
             args.repeats,
         )
     pyflakes_wall, serial_wall = walls[0], walls[1]
@@ -146,6 +160,15 @@ def main() -> None:
             "time ratio; 0.5 on 2 idle cores",
         )
     )
+    rows += [
+        Row(
+            f"{label}: CPU seconds of the whole process tree, {b}({WORKERS}) vs serial",
+            cpu[b],
+            cpu["serial"],
+            "CPU ratio; what parallelism costs (1.0 = nothing), steadier than time",
+        )
+        for b in backends[1:]
+    ]
     for b in backends:
         first_run, edit = runs[b]
         rows.append(
