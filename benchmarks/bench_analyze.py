@@ -14,30 +14,41 @@ shared machine falls on every side of a ratio:
 - the first run (analysis to report, inside the process) on threads(2) and processes(2) /
   serial's [targets: processes on a GIL build <= 0.67 (>= 1.5x), threads on a free-threaded
   build <= 0.56 (>= 1.8x)]
+- the CPU seconds of the whole process tree (the command, its workers and coordinator, all
+  reaped before it exits), threads(2) and processes(2) / serial's, least of the runs: what
+  parallelism costs, far less noisy than time on a shared machine [no target; 1.0 = nothing]
 - ``--edit 1``: the incremental run / the first run, time and queries executed [target < 0.05
   and < 0.01]
-- the ceiling the machine allows right now: ``ast.parse`` of the same files in 2 processes (2
-  threads on a free-threaded build) with no dualmode / in one, measured in the same turns (on
-  a shared machine it is well under 2.0, and no backend can beat it)
+- the ceiling the machine allows right now: the analyzer's per-file work (``parse_module`` and
+  ``file_facts_of``: what the workers run) on the same files in 2 processes (2 threads on a
+  free-threaded build) with no dualmode / in one, measured in the same turns (on a shared
+  machine it is well under 2.0, and no backend can beat it)
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import suppress
 from typing import Any
 
 from report import Row, best_of_turns, report
 
-from dualmode.analyze.files import DEFAULT_EXCLUDES, STDLIB_EXCLUDES, discover, stdlib_path
+from dualmode.analyze.files import (
+    DEFAULT_EXCLUDES,
+    STDLIB_EXCLUDES,
+    discover,
+    read_source,
+    stdlib_path,
+)
+from dualmode.analyze.parse import parse_module
+from dualmode.analyze.queries import file_facts_of
 
 WORKERS = 2
 
@@ -51,12 +62,10 @@ def _pyflakes(files: list[str]) -> Callable[[], float]:
     return run
 
 
-def _parse_all(paths: list[str]) -> int:
-    trees = []
-    for path in paths:
-        with open(path, encoding="utf-8", errors="replace") as f, suppress(SyntaxError):
-            trees.append(ast.parse(f.read()))
-    return len(trees)
+def _analyze_all(paths: list[str]) -> int:
+    """The per-file work of ``dualmode analyze`` on *paths*, with no query engine."""
+    facts = [file_facts_of(parse_module(read_source(path), path), path) for path in paths]
+    return len(facts)
 
 
 def _ceiling(files: list[str], pool: Executor) -> tuple[Callable[[], float], Callable[[], float]]:
@@ -64,25 +73,34 @@ def _ceiling(files: list[str], pool: Executor) -> tuple[Callable[[], float], Cal
 
     def one() -> float:
         start = time.perf_counter()
-        pool.submit(_parse_all, files).result()
+        pool.submit(_analyze_all, files).result()
         return time.perf_counter() - start
 
     def two() -> float:
         start = time.perf_counter()
-        list(pool.map(_parse_all, [files[0::2], files[1::2]]))
+        list(pool.map(_analyze_all, [files[0::2], files[1::2]]))
         return time.perf_counter() - start
 
     return one, two
 
 
-def _analyze(backend: str, runs: dict[str, list[dict[str, Any]]]) -> Callable[[], float]:
+def _children_cpu() -> float:
+    """CPU seconds of this process's reaped descendants (each reaped its own)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _analyze(
+    backend: str, runs: dict[str, list[dict[str, Any]]], cpu: dict[str, float]
+) -> Callable[[], float]:
     argv = [sys.executable, "-m", "dualmode", "analyze", "--json", "--no-progress"]
     argv += ["--backend", backend, "--workers", str(WORKERS), "--edit", "1"]
 
     def run() -> float:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), _children_cpu()
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - start
+        cpu[backend] = min(cpu.get(backend, float("inf")), _children_cpu() - start_cpu)
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr}")
         mine = json.loads(done.stdout)["runs"]
@@ -103,12 +121,13 @@ def main() -> None:
     files = [f.path for f in discover([stdlib_path()], DEFAULT_EXCLUDES + STDLIB_EXCLUDES).files]
     backends = ["serial", "threads", "processes"]
     runs: dict[str, list[dict[str, Any]]] = {}
+    cpu: dict[str, float] = {}
     free_threaded = not getattr(sys, "_is_gil_enabled", lambda: True)()
     pool: Executor = ThreadPoolExecutor(2) if free_threaded else ProcessPoolExecutor(2)
     with pool:
-        list(pool.map(_parse_all, [files[:1], files[:1]]))  # started
+        list(pool.map(_analyze_all, [files[:1], files[:1]]))  # started
         walls = best_of_turns(
-            [_pyflakes(files), *(_analyze(b, runs) for b in backends), *_ceiling(files, pool)],
+            [_pyflakes(files), *(_analyze(b, runs, cpu) for b in backends), *_ceiling(files, pool)],
             args.repeats,
         )
     pyflakes_wall, serial_wall = walls[0], walls[1]
@@ -134,13 +153,22 @@ def main() -> None:
     ]
     rows.append(
         Row(
-            f"{label}: the machine's ceiling now: ast.parse in 2 "
+            f"{label}: the machine's ceiling now: the per-file work in 2 "
             f"{'threads' if free_threaded else 'processes'} vs 1, no dualmode",
             ceiling_two,
             ceiling_one,
             "time ratio; 0.5 on 2 idle cores",
         )
     )
+    rows += [
+        Row(
+            f"{label}: CPU seconds of the whole process tree, {b}({WORKERS}) vs serial",
+            cpu[b],
+            cpu["serial"],
+            "CPU ratio; what parallelism costs (1.0 = nothing), steadier than time",
+        )
+        for b in backends[1:]
+    ]
     for b in backends:
         first_run, edit = runs[b]
         rows.append(

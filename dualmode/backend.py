@@ -165,6 +165,12 @@ class Backend(abc.ABC):
     def closed(self) -> bool:
         return self._closed
 
+    def runs_inline(self) -> bool:
+        """Whether a parallel call made here runs all of its items on the calling thread,
+        in order (serial; a processes pool worker, where nested calls run inline). Who
+        splits work into chunks for the workers (``prefetch``) then makes one."""
+        return not self.parallel
+
     def close(self) -> None:
         """Stop every thread, process or connection this backend started. Idempotent."""
         with self._close_lock:

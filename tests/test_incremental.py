@@ -8,6 +8,7 @@ logged in a dualmode Mutex, which every process can append to.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import threading
 import time
@@ -425,6 +426,55 @@ def test_an_input_change_reaches_results_computed_in_worker_processes() -> None:
             for key in keys
         ]
         assert db.executed() == ["a", "b", "c"]
+
+
+class Parsed(Logged):
+    """A local=True query under an ordinary one, as dualmode analyze has them."""
+
+    source = dm.input()
+
+    @dm.query(local=True)
+    def tree(self, k: str) -> tuple[int, int]:
+        self.note(f"tree {k}")
+        return os.getpid(), len(self.source[k])
+
+    @dm.query
+    def size(self, k: str) -> tuple[int, int]:
+        self.note(f"size {k}")
+        return self.tree(k)
+
+
+def _analyze_chunk(db: Parsed, keys: list[str]) -> None:
+    db.source.prefetch(keys)  # one request for the inputs, one for each query's claims
+    db.tree.prefetch(keys)
+    db.size.prefetch(keys)
+
+
+@pytest.mark.parametrize("repeat", range(3))
+def test_prefetched_inputs_and_local_queries_in_a_worker_follow_each_revision(
+    repeat: int,
+) -> None:
+    """A worker that prefetches a chunk's inputs and claims its local=True keys in one
+    request each (reservations) computes each once, keeps the values there, and in the next
+    revision re-executes only what read a changed input, with the new value."""
+    db = Parsed(backend="processes", workers=1)  # one worker: every chunk in one process
+    keys = [f"k{n}" for n in range(12)]
+    for key in keys:
+        db.source[key] = key
+    chunks = [keys[0::3], keys[1::3], keys[2::3]]
+    chunk = functools.partial(_analyze_chunk, db)
+    dm.par_for_each(chunk, chunks, chunksize=1, backend=db.backend)
+    assert db.executed() == sorted([f"tree {k}" for k in keys] + [f"size {k}" for k in keys])
+    worker = db.size("k0")[0]
+    assert worker != os.getpid()
+    assert [db.size(k) for k in keys] == [(worker, len(k)) for k in keys]
+    for revision, changed in enumerate(("k4", "k11", "k4")):
+        db.source[changed] = "x" * (20 + revision)
+        dm.par_for_each(chunk, chunks, chunksize=1, backend=db.backend)
+        assert db.executed() == [f"size {changed}", f"tree {changed}"]
+        assert db.size(changed) == (worker, 20 + revision)
+        assert db.stats()["tree"].executions == len(keys) + 1 + revision
+    assert db.executed() == []  # nothing ran in this process: the values were the worker's
 
 
 NODES, LEAF_INPUTS = 1000, 50

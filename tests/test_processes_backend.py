@@ -796,6 +796,35 @@ def test_a_client_gone_mid_handshake_does_not_stop_the_table_server() -> None:
     assert client.stats()[0]["q"][0] == 0  # answered: the server still accepts
 
 
+def test_the_owners_own_results_reach_the_clients_as_news_packed_when_sent() -> None:
+    # The owner's results wait in the news unpacked (packing each as it was published cost
+    # the owner as much as the publish); a client thread gets them packed, as a worker's.
+    from dualmode.backends.processes.packing import unpack_entry, unpack_fields
+    from dualmode.backends.processes.table_server import NEWS_MAX_BYTES, SharedJobTable
+    from dualmode.query.job_table import Claim
+    from dualmode.query.memo import Memo, MemoState
+
+    table = SharedJobTable({"q": False})
+    table.serve_news()
+    me, client, other_client = (os.getpid(), 1), (os.getpid() + 1, 1), (os.getpid() + 2, 1)
+    values = {1: "small", 2: "x" * NEWS_MAX_BYTES, 3: (1, 2.5)}  # 2 is too large for news
+    for n, value in values.items():
+        assert table.claim("q", (n,), me, table.revision)[0] is Claim.RUN
+        table.publish("q", (n,), me, Memo(MemoState.OK, value, (), table.revision))
+
+    def news(reader: tuple[int, int]) -> dict[int, Any]:
+        got = {}
+        for pid, entry in table.news_since(reader):
+            name, key, fields = unpack_entry(entry)
+            assert (pid, name) == (os.getpid(), "q")
+            got[key[0]] = unpack_fields(fields).value
+        return got
+
+    assert news(client) == {1: "small", 3: (1, 2.5)}
+    assert news(other_client) == {1: "small", 3: (1, 2.5)}  # packed once, sent to each
+    assert news(client) == {}  # nothing new since its last request
+
+
 @pytest.mark.timeout(120)
 def test_a_dropped_database_leaves_no_results_in_its_owner(backend: ProcessesBackend) -> None:
     # The owner passes each worker's results on to the other workers (news): once the

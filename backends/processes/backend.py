@@ -210,6 +210,9 @@ class ProcessesBackend(Backend):
     # In a pool worker, nested calls run inline (as serial does): the pool's processes are all
     # the parallelism there is, and a worker waiting on its own pool could deadlock it.
 
+    def runs_inline(self) -> bool:
+        return in_worker()
+
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Outcome]:
         if in_worker():
             return run_now(capture, fn, *args)

@@ -17,7 +17,6 @@ import pickle
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager
 from multiprocessing import AuthenticationError, current_process
 from multiprocessing.connection import Client, Connection
 from typing import Any, cast
@@ -88,6 +87,9 @@ class RemoteJobTable:
         self._owner_pid = owner_pid
         self._link = _link_to(address, owner_pid)
         self._local = _ThreadState()
+        # Input values fetched by prefetch_inputs: (their revision, {(name, key): answer}).
+        # An input's value in a revision never changes, so any thread reads them in it.
+        self._inputs: tuple[int, dict[tuple[str, Hashable], tuple[Any, ...]]] = (0, {})
 
     @classmethod
     def connect(cls, address: Any, ident: str, owner_pid: int) -> JobTable:
@@ -131,11 +133,18 @@ class RemoteJobTable:
         self._link.send(self._ident, "events", (events,), {})
 
     def _reserve(
-        self, name: str, keys: list[tuple[Any, ...]], thread: ThreadId, revision: int
+        self,
+        name: str,
+        keys: list[tuple[Any, ...]],
+        thread: ThreadId,
+        revision: int,
+        scope: Hashable | None,
     ) -> None:
         """Claim *keys* for this thread in one request (see ``SharedJobTable.reserve``);
         those given are this thread's reservations, to start when it comes to them."""
-        answers, news = self._call("reserve", name, keys, thread, revision, self._unreported())
+        answers, news = self._call(
+            "reserve", name, keys, thread, revision, self._unreported(), scope
+        )
         # Recorded before anything is loaded: a value that fails to load must not leave the
         # owner holding reservations this thread no longer knows of.
         reserved: dict[tuple[str, tuple[Any, ...]], tuple[int, Claim, Any]] = {}
@@ -149,24 +158,27 @@ class RemoteJobTable:
             if answer is None:
                 continue  # another thread's job
             kind, memo = answer
-            if kind is Claim.MEMO:
+            if kind is Claim.MEMO and scope is not None:  # this process's value, re-stamped
+                self._memos[name][key] = self._received(name, key, memo, scope, old=False)
+            elif kind is Claim.MEMO:
                 self._learn_one(name, key, memo_fields(memo, memo.value))
             elif kind is Claim.VERIFY and memo is not None:
-                entry = (revision, kind, self._received(name, key, memo, None, old=True))
+                entry = (revision, kind, self._received(name, key, memo, scope, old=True))
                 reserved[(name, key)] = entry
 
+    @contextlib.contextmanager
     def prefetching(
-        self, name: str, keys: list[tuple[Any, ...]], thread: ThreadId, revision: int
-    ) -> AbstractContextManager[None]:
+        self,
+        name: str,
+        keys: list[tuple[Any, ...]],
+        thread: ThreadId,
+        revision: int,
+        scope: Hashable | None = None,
+    ) -> Iterator[None]:
         """See :meth:`JobTable.prefetching`: the chunk's keys are claimed in one request
         (reserved: see ``SharedJobTable.reserve``), each started without a round trip when
         the thread comes to it, and what the thread publishes goes in batches."""
-        return self._prefetching(name, keys, self._link.thread_id(), revision)
-
-    @contextlib.contextmanager
-    def _prefetching(
-        self, name: str, keys: list[tuple[Any, ...]], thread: ThreadId, revision: int
-    ) -> Iterator[None]:
+        thread = self._link.thread_id()
         local = self._local
         if local.batching:
             # A prefetch inside a query of this thread's chunk (nested parallel calls run
@@ -174,10 +186,11 @@ class RemoteJobTable:
             yield
             return
         local.batching = True
+        local.scope = scope
         chunks = _chunk_tables()
         chunks.add(self)
         try:
-            self._reserve(name, keys, thread, revision)
+            self._reserve(name, keys, thread, revision, scope)
             yield
         finally:
             chunks.discard(self)
@@ -198,8 +211,8 @@ class RemoteJobTable:
     def _report_started(self, thread: ThreadId) -> None:
         started = self._local.started
         if started:
-            for name, key in started:
-                self._event(("start", thread, name, key))
+            for name, key, scope in started:
+                self._event(("start", thread, name, key, scope))
             started.clear()
 
     def _give_way(self, thread: ThreadId) -> None:
@@ -294,7 +307,7 @@ class RemoteJobTable:
                 if mine[0] == revision:  # reserved for this thread: start it, no round trip
                     # The owner learns of it with its publish, or before this thread's next
                     # claim (which may wait, and the wait-for graph must see it running).
-                    self._local.started.append((name, key))
+                    self._local.started.append((name, key, scope))
                     return mine[1], mine[2]
                 reserved[(name, key)] = mine
                 self._release(thread)  # reserved in an older revision: give them all up
@@ -311,7 +324,7 @@ class RemoteJobTable:
             )
         except BaseException:
             if kind is Claim.RUN or kind is Claim.VERIFY:  # granted: give it back
-                self._forget_started(name, key)
+                self._forget_started(name, key, scope)
                 self._event(("abandon", name, key, thread, scope))
             raise
 
@@ -335,7 +348,8 @@ class RemoteJobTable:
             if voided and self._local.batching:
                 # Still in the chunk: reserve what is left of it again, in one request.
                 chunk_name = next(iter(voided))[0]
-                self._reserve(chunk_name, [k for _, k in voided], thread, revision)
+                keys = [k for _, k in voided]
+                self._reserve(chunk_name, keys, thread, revision, self._local.scope)
         if news:
             self._learn(news)
         if settled:
@@ -398,7 +412,7 @@ class RemoteJobTable:
         entry = pack_entry(name, key, shipped)  # the owner passes it on to the others as it is
         # One way: a settlement of this job would have come with one of this thread's claims
         # (only a claim of this thread waits while its jobs run, and cycles are settled then).
-        self._forget_started(name, key)
+        self._forget_started(name, key, scope)
         self._event(("finish", thread, entry, store, verdict, elapsed, self_time, scope))
         settlement = self._local.settled.pop((name, key), None)
         if settlement is not None:  # a cycle through this query was settled meanwhile
@@ -411,14 +425,14 @@ class RemoteJobTable:
         self, name: str, key: tuple[Any, ...], thread: ThreadId, scope: Hashable | None = None
     ) -> None:
         thread = self._link.thread_id()
-        self._forget_started(name, key)
+        self._forget_started(name, key, scope)
         self._event(("abandon", name, key, thread, scope))
         self._local.settled.pop((name, key), None)
 
-    def _forget_started(self, name: str, key: tuple[Any, ...]) -> None:
+    def _forget_started(self, name: str, key: tuple[Any, ...], scope: Hashable | None) -> None:
         """A started reservation ends: its publish (or abandon) tells the owner it ran."""
         started = self._local.started
-        if started and started[-1] == (name, key):
+        if started and started[-1] == (name, key, scope):
             started.pop()
 
     def peek(
@@ -444,15 +458,38 @@ class RemoteJobTable:
     def get_input(
         self, name: str, key: Hashable, revision: int
     ) -> tuple[InputState, Any, int, int]:
-        state, value, changed_at, durability = self._call("get_input", name, key, revision)
-        if state is InputState.SET:
-            value = unpack_value(value)
-        return state, value, changed_at, durability
+        fetched, answers = self._inputs
+        if fetched == revision:
+            answer = lookup(answers, (name, key))
+            if answer is not None:
+                return answer
+        return _loaded(self._call("get_input", name, key, revision))
+
+    def prefetch_inputs(self, name: str, keys: list[Hashable], revision: int) -> None:
+        """See :meth:`JobTable.prefetch_inputs`: one request for all of *keys*. Kept for
+        *revision* only (replacing those of another); nothing is kept if it is over, and
+        the reads then ask as usual (and learn so)."""
+        answers = self._call("get_inputs", name, keys, revision)
+        if any(answer[0] is InputState.STALE for answer in answers):
+            return
+        fetched, kept = self._inputs
+        kept = dict(kept) if fetched == revision else {}
+        for key, answer in zip(keys, answers, strict=True):
+            kept[(name, key)] = _loaded(answer)
+        self._inputs = (revision, kept)
 
     def input_changes(
         self, inputs: list[tuple[str, Hashable]], since: int, revision: int
     ) -> tuple[InputCheck, int]:
         return cast(tuple[InputCheck, int], self._call("input_changes", inputs, since, revision))
+
+
+def _loaded(answer: tuple[InputState, Any, int, int]) -> tuple[InputState, Any, int, int]:
+    """A ``get_input`` answer from the owner, its value unpacked."""
+    state, value, changed_at, durability = answer
+    if state is InputState.SET:
+        value = unpack_value(value)
+    return state, value, changed_at, durability
 
 
 class _ThreadState(threading.local):
@@ -462,9 +499,10 @@ class _ThreadState(threading.local):
         self.pending: list[tuple[Any, ...]] = []  # one-way requests not sent yet (_event)
         self.since = 0.0  # when the oldest of them was made
         self.batching = False  # inside a prefetch chunk (prefetching)
+        self.scope: Hashable | None = None  # the chunk's query's scope (see claim)
         # This thread's reservations (_reserve) and those it started but has not reported.
         self.reserved: dict[tuple[str, tuple[Any, ...]], tuple[int, Claim, Any]] = {}
-        self.started: list[tuple[str, tuple[Any, ...]]] = []
+        self.started: list[tuple[str, tuple[Any, ...], Hashable | None]] = []
         # Its jobs that a cycle settled while they ran, as the table said in its claim
         # replies: their settlement replaces what their bodies give.
         self.settled: dict[tuple[str, tuple[Any, ...]], Memo] = {}

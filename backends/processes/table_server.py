@@ -72,6 +72,11 @@ NEWS_MAX_BYTES = 4096
 # the publishing client packed them: the owner keeps and forwards them as they came, and
 # bytes are nothing for its garbage collector to walk.
 News = tuple[int, bytes]
+# The owner's own results wait in the news as (name, key, memo) until a client is sent them
+# (news_since packs them then): packing each as it was published cost the owner as much as
+# the rest of its publish (a report asked after a parallel run publishes thousands, and
+# often no client asks again).
+_Unpacked = tuple[str, tuple[Any, ...], Memo]
 # What SharedJobTable._record_edges defers: its arguments.
 _Edges = tuple[ThreadId, QKey, tuple[QKey, ...], tuple[QKey, ...]]
 
@@ -96,7 +101,7 @@ class SharedJobTable(InProcessJobTable):
         # Once served: the results of the current revision, packed, in the order published,
         # for the server threads to pass on to every client (see _claim). A new list per
         # revision: a memo of an older one is of no use to a client without a claim.
-        self.news: list[News] | None = None
+        self.news: list[tuple[int, bytes | _Unpacked | None]] | None = None
         # Per client thread, how much of the news it has had: (the list's generation, length).
         # A generation, not the list: an old revision's list must not stay alive here.
         self._news_generation = 0
@@ -257,12 +262,8 @@ class SharedJobTable(InProcessJobTable):
             and in_force.verified_at == revision
         ):
             if packed is None or in_force is not memo:
-                try:
-                    fields = pack_memo(in_force)
-                except TypeError:
-                    return in_force  # its readers get the error when they claim it
-                packed = pack_entry(name, key, memo_fields(fields, fields.value))
-            if len(packed) <= NEWS_MAX_BYTES:
+                news.append((thread[0], (name, key, in_force)))  # packed when sent
+            elif len(packed) <= NEWS_MAX_BYTES:
                 news.append((thread[0], packed))
         return in_force
 
@@ -291,12 +292,27 @@ class SharedJobTable(InProcessJobTable):
         end = len(news)
         self._news_seen[thread] = (generation, end)
         pid = thread[0]
-        return [entry for entry in news[done:end] if entry[0] != pid]
+        sent: list[News] = []
+        for i in range(done, end):
+            publisher, entry = news[i]
+            if publisher == pid:
+                continue
+            if isinstance(entry, tuple):  # packed once, by whichever server thread comes first
+                entry = _packed_news(*entry)
+                news[i] = (publisher, entry)
+            if entry is not None:
+                sent.append((publisher, entry))
+        return sent
 
     # -- reservations: a prefetch chunk claimed in one request --------------------------------
 
     def reserve(
-        self, name: str, keys: list[tuple[Any, ...]], thread: ThreadId, revision: int
+        self,
+        name: str,
+        keys: list[tuple[Any, ...]],
+        thread: ThreadId,
+        revision: int,
+        scope: Hashable | None = None,
     ) -> list[tuple[Claim, Any] | None]:
         """Claim each of *keys* for *thread* without starting it: per key, ``(MEMO, memo)``
         if a memo is valid in *revision*, ``(RUN, None)`` or ``(VERIFY, old memo)`` if it is
@@ -307,7 +323,8 @@ class SharedJobTable(InProcessJobTable):
         claim, on its stack) and gives up the rest with :meth:`release_reservations`; a
         claim of its that is about to wait gives them up first (:meth:`_before_wait`), so
         that no thread waits for a job whose owner waits too and has not started it. A
-        claim by another thread of a reserved key waits for it as for any job.
+        claim by another thread of a reserved key waits for it as for any job. *scope*: as
+        for :meth:`claim` (a ``local=True`` query's keys, kept per process).
         """
         if revision != self.revision:
             return [(STALE, self.revision)] * len(keys)
@@ -315,37 +332,46 @@ class SharedJobTable(InProcessJobTable):
         if owner is None:
             owner = self._threads[thread] = _ThreadJobs(thread)
         reserved = self._reserved.setdefault(thread, {})
-        memos = self.memos[name]
+        memos = self.memos[name] if scope is None else self._scoped
         answers: list[tuple[Claim, Any] | None] = []
         for key in keys:
             qkey = (name, key)
-            shard = hash(qkey) % _SHARDS
+            slot = qkey if scope is None else (name, key, scope)
+            memo_key = key if scope is None else slot
+            shard = hash(slot) % _SHARDS
             counters = self._counters[shard][name]
             with self._locks[shard]:
-                memo = lookup(memos, key)
+                memo = lookup(memos, memo_key)
                 if memo is not None:
-                    valid = self._valid(memo, qkey, revision, shard, memos, key)
+                    valid = self._valid(memo, qkey, revision, shard, memos, memo_key)
                     if valid is not None:  # counted as a hit where it is read, in the client
                         answers.append((MEMO, valid))
                         continue
                 jobs = self._jobs[shard]
-                if lookup(jobs, qkey) is not None:
+                if lookup(jobs, slot) is not None:
                     answers.append(None)
                     continue
                 counters.misses += 1
-                job = jobs[qkey] = _Job(qkey, qkey, owner, revision, memo)
-                reserved[qkey] = job
+                job = jobs[slot] = _Job(qkey, slot, owner, revision, memo)
+                reserved[slot] = job
                 answers.append((RUN, None) if memo is None else (VERIFY, memo))
         return answers
 
     def start_reserved(
-        self, thread: ThreadId, name: str, key: tuple[Any, ...], only_if_reserved: bool = False
+        self,
+        thread: ThreadId,
+        name: str,
+        key: tuple[Any, ...],
+        scope: Hashable | None = None,
+        only_if_reserved: bool = False,
     ) -> None:
-        """*thread* started its reserved ``name(*key)``: from now on an ordinary claim, on its
-        stack. (A client says so only before it claims, or with the publish: see
-        ``RemoteJobTable.claim``; *only_if_reserved* for the latter, which may follow.)"""
+        """*thread* started its reserved ``name(*key)`` (of *scope*, see :meth:`reserve`):
+        from now on an ordinary claim, on its stack. (A client says so only before it claims,
+        or with the publish: see ``RemoteJobTable.claim``; *only_if_reserved* for the
+        latter, which may follow.)"""
         reserved = self._reserved.get(thread)
-        job = None if reserved is None else reserved.pop((name, key), None)
+        slot = (name, key) if scope is None else (name, key, scope)
+        job = None if reserved is None else reserved.pop(slot, None)
         if job is None:
             if only_if_reserved:
                 return
@@ -407,6 +433,17 @@ class SharedJobTable(InProcessJobTable):
         from .job_table import RemoteJobTable  # that module imports this one
 
         return RemoteJobTable.connect, (address, self.ident, self.owner_pid)
+
+
+def _packed_news(name: str, key: tuple[Any, ...], memo: Memo) -> bytes | None:
+    """The owner's result as news (see ``_Unpacked``): None if it cannot travel (its readers
+    get the error when they claim it) or is larger than ``NEWS_MAX_BYTES``."""
+    try:
+        fields = pack_memo(memo)
+    except TypeError:
+        return None
+    packed = pack_entry(name, key, memo_fields(fields, fields.value))
+    return packed if len(packed) <= NEWS_MAX_BYTES else None
 
 
 def shared_table(ident: str) -> SharedJobTable | None:
@@ -548,14 +585,15 @@ def _reserve(
     thread: ThreadId,
     revision: int,
     hits: HitCounts,
+    scope: Hashable | None = None,
 ) -> tuple[list[tuple[Claim, Any] | None], list[News]]:
     if hits:
         table.add_hits(hits)
     packed = [
         answer
         if answer is None or answer[0] is STALE or answer[0] is RUN
-        else (answer[0], pack_memo_or_error(answer[1]))
-        for answer in table.reserve(name, keys, thread, revision)
+        else (answer[0], pack_memo_or_error(answer[1], keep_value=scope is None))
+        for answer in table.reserve(name, keys, thread, revision, scope)
     ]
     return packed, table.news_since(thread)
 
@@ -583,7 +621,7 @@ def _events(table: SharedJobTable, events: list[tuple[Any, ...]]) -> None:
             table.add_hits(event[1])
         elif kind == "abandon":
             name, key, thread, scope = event[1:]
-            table.start_reserved(thread, name, key, only_if_reserved=True)
+            table.start_reserved(thread, name, key, scope, only_if_reserved=True)
             table.abandon(name, key, thread, scope)
         else:  # "release"
             table.release_reservations(*event[1:])
@@ -615,7 +653,7 @@ def _finish(
             and table.publish_reserved(thread, name, key, memo, entry, elapsed, self_time)
         ):
             return
-    table.start_reserved(thread, name, key, only_if_reserved=True)
+    table.start_reserved(thread, name, key, scope, only_if_reserved=True)
     table.publish_packed(
         name,
         key,
@@ -654,6 +692,12 @@ def _get_input(
     return state, value, changed_at, durability
 
 
+def _get_inputs(
+    table: SharedJobTable, name: str, keys: list[Hashable], revision: int
+) -> list[tuple[InputState, Any, int, int]]:
+    return [_get_input(table, name, key, revision) for key in keys]
+
+
 def _unloadable(name: str, key: tuple[Any, ...], exc: Exception) -> TypeError:
     return TypeError(
         f"the result of {name}{key!r}, computed in a worker, cannot be loaded in the process "
@@ -676,6 +720,7 @@ _REQUESTS: dict[str, Any] = {
     "stats": _plain(InProcessJobTable.stats),
     "set_input": _set_input,
     "get_input": _get_input,
+    "get_inputs": _get_inputs,
     "input_changes": _plain(InProcessJobTable.input_changes),
     "sync": lambda table: None,  # its reply says the requests before it are done
 }

@@ -31,7 +31,7 @@ from .report import ComplexFunction, Report
 from .symbols import ModuleSymbols, count_lines, module_symbols
 from .unused import unused_imports
 
-__all__ = ["LAYOUT", "Analysis", "FileFacts", "ModuleIndex"]
+__all__ = ["LAYOUT", "Analysis", "FileFacts", "ModuleIndex", "file_facts_of"]
 
 LAYOUT = "layout"  # the one key of the layout input
 DEFAULT_MAX_COMPLEXITY = 10  # mccabe's customary threshold
@@ -47,6 +47,22 @@ class FileFacts:
     complexity: tuple[FunctionComplexity, ...]
     unused_imports: tuple[Finding, ...]
     syntax_error: BadSyntax | None
+
+
+def file_facts_of(parsed: ParsedModule, path: str) -> FileFacts:
+    """Everything one parse of *path* gives (the body of :meth:`Analysis.file_facts`, and
+    what ``benchmarks/bench_analyze.py`` runs with no engine to measure the ceiling)."""
+    tree = parsed.tree
+    if tree is None:
+        symbols = ModuleSymbols(count_lines(parsed.text), (), (), ())  # lines still count
+        return FileFacts(symbols, (), (), parsed.error)
+    symbols = module_symbols(tree, parsed.text)
+    complexity = function_complexities(tree)
+    try:
+        unused = unused_imports(tree, parsed.text, path)
+    except SyntaxError as exc:  # the symbol table's (`nonlocal x` at module level, ...)
+        return FileFacts(symbols, complexity, (), BadSyntax(exc.lineno or 1, exc.msg))
+    return FileFacts(symbols, complexity, unused, None)
 
 
 @dataclass(frozen=True)
@@ -83,18 +99,7 @@ class Analysis(dm.Database):
     def file_facts(self, path: str) -> FileFacts:
         """Everything one parse of *path* gives: the unit of parallel work (a worker asks
         the owner of the job table once per query it needs, so one query does it all)."""
-        parsed = self.parse(path)
-        tree = parsed.tree
-        if tree is None:
-            symbols = ModuleSymbols(count_lines(parsed.text), (), (), ())  # lines still count
-            return FileFacts(symbols, (), (), parsed.error)
-        symbols = module_symbols(tree, parsed.text)
-        complexity = function_complexities(tree)
-        try:
-            unused = unused_imports(tree, parsed.text, path)
-        except SyntaxError as exc:  # the symbol table's (`nonlocal x` at module level, ...)
-            return FileFacts(symbols, complexity, (), BadSyntax(exc.lineno or 1, exc.msg))
-        return FileFacts(symbols, complexity, unused, None)
+        return file_facts_of(self.parse(path), path)
 
     # Projections of file_facts: each backdates on its own, so an edit inside a function body
     # leaves symbols (and the import graph after it) green.

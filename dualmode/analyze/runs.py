@@ -60,6 +60,10 @@ def load(db: Analysis, files: Sequence[SourceFile]) -> tuple[list[SourceFile], l
 
 
 def _analyze_chunk(db: Analysis, paths: list[str]) -> None:
+    # A worker process asks the database's owner for the chunk's texts and claims of its
+    # syntax trees in one request each, not one of each per file.
+    db.source.prefetch(paths)
+    db.parse.prefetch(paths)
     db.file_facts.prefetch(paths)
 
 

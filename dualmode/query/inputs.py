@@ -8,7 +8,7 @@ database's job table, so every process of the processes backend reads the same o
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .job_table import InputState
@@ -68,6 +68,14 @@ class _InputMap:
         if frame is not None and durability < frame.durability:
             frame.durability = durability
         return state, value
+
+    def prefetch(self, keys: Iterable[Hashable]) -> None:
+        """Fetch the values at *keys* ahead of reading them. On processes, in a process
+        other than the database's owner, they come in one request (each read would be a
+        round trip), kept for this revision; elsewhere this does nothing. Reading them still
+        records each read, and raises KeyError for a key that is not set."""
+        rt = self._rt
+        rt.table.prefetch_inputs(self._name, list(keys), rt.thread().revision)
 
     def __setitem__(self, key: Hashable, value: Any) -> None:
         self.set(key, value)

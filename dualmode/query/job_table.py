@@ -245,11 +245,16 @@ class JobTable(Protocol):
         ...
 
     def prefetching(
-        self, name: str, keys: list[tuple[Any, ...]], thread: ThreadId, revision: int
+        self,
+        name: str,
+        keys: list[tuple[Any, ...]],
+        thread: ThreadId,
+        revision: int,
+        scope: Hashable | None = None,
     ) -> AbstractContextManager[None]:
-        """Around *thread*'s prefetch of *keys* of query *name*, one chunk: a table in
-        another process may claim them all in one request and take what the thread publishes
-        in batches. A table in this process does nothing."""
+        """Around *thread*'s prefetch of *keys* of query *name*, one chunk (*scope*: as for
+        :meth:`claim`): a table in another process may claim them all in one request and
+        take what the thread publishes in batches. A table in this process does nothing."""
         ...
 
     def peek(
@@ -285,6 +290,12 @@ class JobTable(Protocol):
         """Whether any of *inputs* changed after revision *since*: ``(CHANGED, 0)`` or
         ``(UNCHANGED, 0)``, or ``(STALE, current revision)`` (one round trip for all of a
         memo's input reads)."""
+        ...
+
+    def prefetch_inputs(self, name: str, keys: list[Hashable], revision: int) -> None:
+        """Bring input *name*'s values at *keys* in *revision* into this process in one
+        request, so that :meth:`get_input` answers them in that revision with none. A table
+        in this process does nothing."""
         ...
 
 
@@ -726,7 +737,12 @@ class InProcessJobTable:
         self.publish(name, key, thread, Memo(RETRY, None), store=False, verdict=None, scope=scope)
 
     def prefetching(
-        self, name: str, keys: list[tuple[Any, ...]], thread: ThreadId, revision: int
+        self,
+        name: str,
+        keys: list[tuple[Any, ...]],
+        thread: ThreadId,
+        revision: int,
+        scope: Hashable | None = None,
     ) -> AbstractContextManager[None]:
         """See :meth:`JobTable.prefetching`: nothing to do, claims cost no round trip here."""
         return contextlib.nullcontext()
@@ -866,6 +882,9 @@ class InProcessJobTable:
             return UNSET, None, 0, LOW
         value, changed_at, durability = entry
         return SET, value, changed_at, durability
+
+    def prefetch_inputs(self, name: str, keys: list[Hashable], revision: int) -> None:
+        """See :meth:`JobTable.prefetch_inputs`: nothing to do, reads cost no round trip here."""
 
     def input_changes(
         self, inputs: list[tuple[str, Hashable]], since: int, revision: int

@@ -19,7 +19,6 @@ between a table in this process and one in another is behind :class:`JobTable`. 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import threading
 from collections.abc import Hashable, Iterable
@@ -451,7 +450,8 @@ class Runtime:
             from ..parallel import par_for_each
 
             backend = self.db.backend
-            size = -(-len(wanted) // (backend.workers * _PREFETCH_CHUNKS_PER_WORKER))
+            count = 1 if backend.runs_inline() else backend.workers * _PREFETCH_CHUNKS_PER_WORKER
+            size = -(-len(wanted) // count)
             chunks = [wanted[i : i + size] for i in range(0, len(wanted), size)]
             chunk = functools.partial(_prefetch_chunk, self.db, name)
             par_for_each(chunk, chunks, chunksize=1, backend=backend)
@@ -524,13 +524,8 @@ def _prefetch_chunk(db: Database, name: str, keys: list[tuple[Any, ...]]) -> Non
     """Bring *keys* of query *name* up to date, on one worker (see JobTable.prefetching)."""
     rt = db._runtime
     thread = rt.thread()
-    local = rt.queries[name].local
-    chunk = (
-        contextlib.nullcontext()
-        if local
-        else rt.table.prefetching(name, keys, thread.id, thread.revision)
-    )
-    with chunk:
+    scope = rt.scope if rt.queries[name].local else None
+    with rt.table.prefetching(name, keys, thread.id, thread.revision, scope):
         for key in keys:
             _prefetch_one(db, name, key)
 
