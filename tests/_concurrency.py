@@ -10,6 +10,7 @@ Every wait here has a timeout, so a deadlock fails its test instead of hanging i
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import threading
@@ -76,13 +77,27 @@ def wait_until(predicate: Callable[[], bool], timeout: float = JOIN_TIMEOUT) -> 
 _BLOCKING = frozenset({"park_thread", "wait", "acquire"})
 
 
+def _current_frames() -> dict[int, Any]:
+    """``sys._current_frames()`` with the garbage collector off while it runs: on CPython
+    before 3.12 a collection inside it (it holds the runtime's thread list lock) can run a
+    finalizer that waits on a thread which waits for that lock, and the test hangs
+    (CPython gh-106883; later releases do the same)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return sys._current_frames()
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def wait_until_blocked(thread: threading.Thread, timeout: float = JOIN_TIMEOUT) -> None:
     """Wait until *thread* sleeps in a blocking wait (its innermost frame is one of
     ``_BLOCKING``), so that a test then exercises the wake-up path, not a race that a sleep
     usually wins."""
 
     def blocked() -> bool:
-        frame = sys._current_frames().get(thread.ident or 0)
+        frame = _current_frames().get(thread.ident or 0)
         return frame is not None and frame.f_code.co_name in _BLOCKING
 
     wait_until(blocked, timeout)
