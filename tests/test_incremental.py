@@ -450,6 +450,7 @@ def _analyze_chunk(db: Parsed, keys: list[str]) -> None:
     db.size.prefetch(keys)
 
 
+@pytest.mark.thread_unsafe(reason="counts the executions in the one worker it shares")
 @pytest.mark.parametrize("repeat", range(3))
 def test_prefetched_inputs_and_local_queries_in_a_worker_follow_each_revision(
     repeat: int,
