@@ -591,6 +591,7 @@ class Meeting(Analyzer):
         return n * 2
 
 
+@pytest.mark.thread_unsafe(reason="its bodies meet at a barrier: it needs both pool workers")
 @pytest.mark.parametrize("backend", ["threads", "processes"])
 def test_prefetch_computes_missing_keys_in_parallel(backend: str) -> None:
     db = Meeting(backend=backend, workers=2)
