@@ -245,14 +245,15 @@ STRESS_SWITCH_INTERVAL = "1e-6"  # seconds, on a GIL build
 @nox.session(python=["3.11", FREE_THREADED])
 def stress(session: nox.Session) -> None:
     """Races, pushed: on free-threaded 3.13t with the GIL off, and on 3.11 switching threads
-    every microsecond. Not part of CI (about 12 minutes on 3.13t, 2 cores); run it after a change
-    to a primitive, a backend or the query engine.
+    every microsecond. Not part of CI (about 4 minutes per interpreter on 2 cores, with the
+    install); run it after a change to a primitive, a backend or the query engine.
 
     1. tests/test_stress.py's own loops with STRESS_THREADS threads per round and
        STRESS_ROUNDS times the rounds (the ``stress`` fixture reads the environment);
-    2. every test of STRESS_SUITES on STRESS_THREADS threads at once, STRESS_ITERATIONS times
-       each, on threads and processes (pytest-run-parallel; a test marked ``thread_unsafe``,
-       one that shares state between its threads or times a wait, runs on one thread).
+    2. every test of STRESS_SUITES on STRESS_THREADS threads at once, each copy run
+       STRESS_ITERATIONS times, on threads and processes (pytest-run-parallel). A test that
+       shares state between its copies runs on one thread: one marked ``thread_unsafe``, or
+       one taking a fixture of STRESS_SHARED_FIXTURES.
 
     Every invariant the tests assert must hold every time. Extra arguments go to both runs.
     """
