@@ -27,9 +27,11 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+import cloudpickle  # type: ignore[import-untyped]
 import pytest
 
 import dualmode as dm
+from dualmode import by_value
 from dualmode.backends.processes import ProcessesBackend
 
 sys.path.insert(0, os.path.dirname(__file__))  # whatever pytest's import mode, children see it
@@ -507,6 +509,101 @@ def test_use_and_registry(backend: ProcessesBackend) -> None:
     assert type(lock).__module__.startswith("dualmode.backends.processes.")
     assert isinstance(lock, dm.Lock) and lock.backend is backend
     assert backend.name == "processes" and backend.parallel and backend.workers == 2
+
+
+def _square_in_worker(db: w.DiesUnderTwoCallers, n: int) -> int:
+    return db.square(n)
+
+
+def test_dualmodes_own_objects_travel_by_reference(backend: ProcessesBackend) -> None:
+    """What dualmode pickles for a task names its own functions and classes by reference.
+
+    A function that cloudpickle sends by value is a new function in each task that loads it,
+    and free-threaded 3.13 never frees one once a second thread has started (it makes
+    functions, code objects and classes immortal): a worker grew ~2 kB per task from the job
+    table's unpickler alone."""
+    db = w.DiesUnderTwoCallers(backend=backend, workers=2)
+    assert db.square(3) == 9  # the owner's job table is made, and served when pickled
+    assert dm.par_map(functools.partial(_square_in_worker, db), [4], backend=backend) == [16]
+    travelling = {
+        "database": db,
+        "query": db.square,
+        "backend": backend,
+        "Lock": dm.Lock(backend=backend),
+        "RLock": dm.RLock(backend=backend),
+        "Semaphore": dm.Semaphore(2, backend=backend),
+        "Event": dm.Event(backend=backend),
+        "Condition": dm.Condition(backend=backend),
+        "Barrier": dm.Barrier(2, backend=backend),
+        "RwLock": dm.RwLock(backend=backend),
+        "OnceCell": dm.OnceCell(backend=backend),
+        "AtomicInt": dm.AtomicInt(0, backend=backend),
+        "Mutex": dm.Mutex(0, backend=backend),
+        "Queue": dm.Queue(backend=backend),
+        "ShardedDict": dm.ShardedDict(backend=backend),
+        "FreezeLock": dm.FreezeLock(0, backend=backend),
+        "WorkerLocal": dm.WorkerLocal(dict, backend=backend),
+        "WorkerCrashed": dm.WorkerCrashed("gone"),
+    }
+    for what, obj in travelling.items():
+        data = cloudpickle.dumps(obj)
+        for code in (b"_make_function", b"_make_skeleton_class", b"<dynamic-code>"):
+            assert code not in data, f"{what} pickles code by value"
+
+
+def _worker_memory() -> int:
+    """This worker's memory as tracemalloc counts it (tracing from the first call)."""
+    import tracemalloc
+
+    if not tracemalloc.is_tracing():
+        tracemalloc.start()
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0]
+
+
+@pytest.mark.parametrize("repeat", range(2))
+def test_a_function_sent_by_value_is_loaded_once_per_worker(repeat: int) -> None:
+    """docs/architecture.md#code-that-travels-by-value: a worker keeps the function it loaded
+    from the same bytes, so state a task leaves on it is there for the next task; a function
+    over LARGEST_KEPT bytes (its closure holds big data) loads afresh for each task."""
+    big = bytes(by_value.LARGEST_KEPT)
+
+    def count(_: int) -> int:  # nested: cloudpickle sends it by value
+        count.calls = getattr(count, "calls", 0) + 1  # type: ignore[attr-defined]
+        return count.calls  # type: ignore[attr-defined, no-any-return]
+
+    def count_big(_: int) -> int:
+        count_big.calls = getattr(count_big, "calls", 0) + len(big[:1])  # type: ignore[attr-defined]
+        return count_big.calls  # type: ignore[attr-defined, no-any-return]
+
+    with ProcessesBackend(workers=1) as one:
+        assert dm.par_map(count, range(5), chunksize=1, backend=one) == [1, 2, 3, 4, 5]
+        assert dm.par_map(count, range(2), chunksize=1, backend=one) == [6, 7]
+        assert dm.par_map(count_big, range(3), chunksize=1, backend=one) == [1, 1, 1]
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_running_many_tasks_of_one_lambda_does_not_grow(
+    backend: ProcessesBackend,
+) -> None:
+    """Free-threaded 3.13 never frees a function made after a second thread started: a
+    worker that loaded a lambda afresh for each task grew ~1.4 kB per task there."""
+    dm.broadcast(_worker_memory, backend=backend)
+    for i in range(200):
+        dm.par_map(lambda x: x + 1, [i], backend=backend)
+    before = dm.broadcast(_worker_memory, backend=backend)
+    for i in range(1_000):
+        dm.par_map(lambda x: x + 1, [i], backend=backend)
+    after = dm.broadcast(_worker_memory, backend=backend)
+    dm.broadcast(_stop_tracing, backend=backend)
+    # 500 tasks per worker: 700 kB grown before; allow for the allocator's slack.
+    assert sum(after) - sum(before) < 100_000, (before, after)
+
+
+def _stop_tracing() -> None:
+    import tracemalloc
+
+    tracemalloc.stop()
 
 
 # -- 7: errors -----------------------------------------------------------------------------------

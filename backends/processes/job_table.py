@@ -49,7 +49,7 @@ from .packing import (
 )
 from .table_server import shared_table
 
-__all__ = ["RemoteJobTable", "sync_job_tables"]
+__all__ = ["RemoteJobTable", "connect_job_table", "sync_job_tables"]
 
 OK, ERROR_ONCE, RETRY, EVICTED, RERUN = (
     MemoState.OK,
@@ -91,17 +91,8 @@ class RemoteJobTable:
         # An input's value in a revision never changes, so any thread reads them in it.
         self._inputs: tuple[int, dict[tuple[str, Hashable], tuple[Any, ...]]] = (0, {})
 
-    @classmethod
-    def connect(cls, address: Any, ident: str, owner_pid: int) -> JobTable:
-        """Unpickle a job table: the owner's own table in the owner, a client elsewhere."""
-        if owner_pid == os.getpid():
-            table = shared_table(ident)
-            if table is not None:
-                return table
-        return cls(address, ident, owner_pid)
-
     def __reduce__(self) -> tuple[Any, ...]:
-        return RemoteJobTable.connect, (self._address, self._ident, self._owner_pid)
+        return connect_job_table, (self._address, self._ident, self._owner_pid)
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if self._local.pending:
@@ -482,6 +473,20 @@ class RemoteJobTable:
         self, inputs: list[tuple[str, Hashable]], since: int, revision: int
     ) -> tuple[InputCheck, int]:
         return cast(tuple[InputCheck, int], self._call("input_changes", inputs, since, revision))
+
+
+def connect_job_table(address: Any, ident: str, owner_pid: int) -> JobTable:
+    """Unpickle a job table: the owner's own table in the owner, a client elsewhere.
+
+    A module-level function, not a classmethod: cloudpickle pickles a classmethod's function
+    by value (its qualified name finds a bound method, not the function), and every task a
+    worker unpickled then made a new function, which free-threaded 3.13 keeps forever
+    (it makes functions immortal once a second thread has started)."""
+    if owner_pid == os.getpid():
+        table = shared_table(ident)
+        if table is not None:
+            return table
+    return RemoteJobTable(address, ident, owner_pid)
 
 
 def _loaded(answer: tuple[InputState, Any, int, int]) -> tuple[InputState, Any, int, int]:

@@ -430,9 +430,9 @@ class SharedJobTable(InProcessJobTable):
 
     def __reduce__(self) -> tuple[Any, ...]:
         address = _serve(self)
-        from .job_table import RemoteJobTable  # that module imports this one
+        from .job_table import connect_job_table  # that module imports this one
 
-        return RemoteJobTable.connect, (address, self.ident, self.owner_pid)
+        return connect_job_table, (address, self.ident, self.owner_pid)
 
 
 def _packed_news(name: str, key: tuple[Any, ...], memo: Memo) -> bytes | None:

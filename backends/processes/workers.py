@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import cloudpickle  # type: ignore[import-untyped]
 
+from dualmode import by_value
 from dualmode.backend import Outcome
 from dualmode.errors import RemoteError, WorkerCrashed
 
@@ -142,7 +143,7 @@ def dumps_task(
     travel as the caller knows it: the function, the argument or the item."""
     is_chunk = first_item is not None
     try:
-        return cast(bytes, cloudpickle.dumps((runner, (fn, *args), is_chunk)))
+        return by_value.dumps((runner, (fn, *args), is_chunk))
     except Exception as exc:
         error = exc
     parts: list[tuple[str, Any]] = [(f"the function {task_name(fn)}", fn)]

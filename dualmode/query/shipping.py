@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle  # type: ignore[import-untyped]
 
+from .. import by_value
+
 if TYPE_CHECKING:
     from .database import Database
 
@@ -35,8 +37,8 @@ _attached: weakref.WeakValueDictionary[str, Database] = weakref.WeakValueDiction
 _attached_lock = threading.Lock()
 
 # Per class, its cloudpickle bytes (None: it cannot be pickled by value), made once.
-_by_value: weakref.WeakKeyDictionary[type, bytes | None] = weakref.WeakKeyDictionary()
-_by_value_lock = threading.Lock()
+_class_values: weakref.WeakKeyDictionary[type, bytes | None] = weakref.WeakKeyDictionary()
+_class_values_lock = threading.Lock()
 
 
 def register(db: Database) -> None:
@@ -82,15 +84,15 @@ def _main_reimported() -> bool:
 
 
 def _value_of(cls: type) -> bytes | None:
-    with _by_value_lock:
-        if cls in _by_value:
-            return _by_value[cls]
+    with _class_values_lock:
+        if cls in _class_values:
+            return _class_values[cls]
     try:
         value: bytes | None = cloudpickle.dumps(cls)
     except Exception:
         value = None
-    with _by_value_lock:
-        _by_value[cls] = value
+    with _class_values_lock:
+        _class_values[cls] = value
     return value
 
 
@@ -128,7 +130,7 @@ class ShippedClass:
             return _main_class, (cls.__qualname__, value)
         if _importable(cls):
             return _as_is, (cls,)  # the pickler takes it by reference
-        return cloudpickle.loads, (cloudpickle.dumps(cls),)
+        return by_value.load_once, (cloudpickle.dumps(cls),)
 
 
 def _as_is(cls: type) -> type:
@@ -147,5 +149,5 @@ def _main_class(qualname: str, value: bytes | None) -> type:
             "process's copy of the script, and cannot be pickled by value: define it at the "
             'top level of the script, outside the `if __name__ == "__main__":` guard'
         )
-    cls: type = cloudpickle.loads(value)
+    cls: type = by_value.load_once(value)
     return cls
