@@ -138,6 +138,32 @@ def _or_none(fn: Callable[[Any], Any], item: Any) -> Any:
         return None
 
 
+class RemembersCallsBackend(SerialBackend):  # type: ignore[misc]
+    """Serial, but a call it has made before (the same function and arguments) is answered at
+    once with the earlier outcome and made again only later, when the backend closes (a
+    result cache that takes every task for pure): the scope's exit does not wait for it."""
+
+    name = "remembers-calls"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._outcomes: dict[tuple[Any, ...], Future[Any]] = {}
+        self._later: list[tuple[Any, ...]] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
+        call = (fn, *args)
+        if call in self._outcomes:
+            self._later.append(call)
+            return self._outcomes[call]
+        self._outcomes[call] = future = super().submit(fn, *args)
+        return future  # type: ignore[no-any-return]
+
+    def _shutdown(self) -> None:
+        for fn, *args in self._later:
+            super().submit(fn, *args)
+        super()._shutdown()
+
+
 class LosesLastFailuresBackend(ThreadsBackend):  # type: ignore[misc]
     """Threads, but failures in par_map's last chunk are lost (those items give None)."""
 
@@ -266,6 +292,7 @@ class LosesExceptionTypesBackend(ProcessesBackend):  # type: ignore[misc,valid-t
         (AsyncGrantsHeldBackend, "async_acquire", None),
         (ReversedChunksBackend, "par_", [ParallelRules]),
         (LosesLastFailuresBackend, "ParallelError(", [ParallelRules]),
+        (RemembersCallsBackend, "tasks had finished at its exit", [ParallelRules]),
         (ForgetfulBackend, "GraphDatabase#", [QueryRules]),
         (StaleBackend, "GraphDatabase#", [QueryRules]),
         (SemaphoreReleasesOneBackend, "Semaphore#", [SemaphoreRules]),
@@ -281,6 +308,7 @@ class LosesExceptionTypesBackend(ProcessesBackend):  # type: ignore[misc,valid-t
         "async_acquire-grants-a-held-lock",
         "par_map-reverses-chunks",
         "par_map-loses-last-failures",
+        "scope-exit-does-not-wait-for-a-task",
         "query-executes-every-time",
         "query-stays-green-after-an-input-change",
         "semaphore-release-n-adds-one",

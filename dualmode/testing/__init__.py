@@ -48,7 +48,15 @@ except ModuleNotFoundError as exc:
 
 from .machine import RULE_MIXINS, TINY, ConformanceMachine, Instance, register_rules
 from .observation import Divergence, Failure, Observation
-from .parallel_rules import WORKLOAD_ERRORS, ParallelRules, affine, fails_when, modulo, tally
+from .parallel_rules import (
+    WORKLOAD_ERRORS,
+    ParallelRules,
+    affine,
+    counted,
+    fails_when,
+    modulo,
+    tally,
+)
 from .primitive_rules import (
     PRIMITIVE_RULES,
     AtomicIntRules,
@@ -112,6 +120,7 @@ __all__ = [
     "ask_every_node",
     "ask_node",
     "conformance_machine",
+    "counted",
     "default_rules",
     "fails_when",
     "modulo",

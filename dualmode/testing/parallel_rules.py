@@ -4,7 +4,9 @@
 Every backend must give the same values in the same order and the same
 :class:`~dualmode.ParallelError` (every failure's class and message, in item order, with the
 same ``.indices``), as docs/parallel.md#guarantees promises; exceptions compare through
-:meth:`~dualmode.testing.Failure.of`, since their messages come from the workload. See
+:meth:`~dualmode.testing.Failure.of`, since their messages come from the workload. A ``scope``
+block's exit waits for every task it spawned: its tasks count themselves as they end, and the
+count is read at the exit, before any ``result()`` (which would wait). See
 docs/architecture.md#the-conformance-kit.
 """
 
@@ -36,6 +38,7 @@ __all__ = [
     "WORKLOAD_ERRORS",
     "ParallelRules",
     "affine",
+    "counted",
     "fails_when",
     "modulo",
     "tally",
@@ -71,6 +74,15 @@ def tally(counter: p.AtomicInt, fn: Callable[[int], int], x: int) -> None:
     counter.fetch_add(fn(x))
 
 
+def counted(counter: p.AtomicInt, fn: Callable[[int], int], x: int) -> int:
+    """A ``scope`` task: ``fn(x)``, adding 1 to *counter* as it ends, whether it returned or
+    raised, so that the count read at the scope's exit is how many of its tasks had finished."""
+    try:
+        return fn(x)
+    finally:
+        counter.fetch_add(1)
+
+
 #: The exceptions a workload raises on purpose.
 WORKLOAD_ERRORS: tuple[type[Exception], ...] = (ValueError, KeyError, ZeroDivisionError)
 
@@ -101,25 +113,31 @@ def _result_of(handle: parallel.TaskHandle[Any]) -> Any:
 
 def _run_scope(
     backend: Backend,
-    tasks: Sequence[tuple[Callable[[int], Any], int]],
+    counter: p.AtomicInt,
+    fns: Sequence[Callable[[int], Any]],
+    tasks: Sequence[tuple[int, int]],
     body_error: type[Exception] | None,
-) -> tuple[Observation, Observation]:
-    """``with scope(): spawn(fn, x)`` for every task, then raise *body_error* if given.
+) -> tuple[Observation, Observation, Observation]:
+    """``with scope(): spawn(work[i], x)`` for every task ``(i, x)``, where ``work[i]`` is
+    ``partial(counted, counter, fns[i])``, then raise *body_error* if given.
 
-    Returns how the ``with`` block exited, and every handle's result (a value or a
+    Returns how the ``with`` block exited; *counter* read at once, before any ``result()`` (the
+    number of tasks that had finished at the exit); and every handle's result (a value or a
     :class:`Failure`), in spawn order.
     """
+    work = [functools.partial(counted, counter, fn) for fn in fns]
     handles: list[parallel.TaskHandle[Any]] = []
 
     def run() -> None:
         with parallel.scope(backend=backend) as s:
-            for fn, x in tasks:
-                handles.append(s.spawn(fn, x))
+            for i, x in tasks:
+                handles.append(s.spawn(work[i], x))
             if body_error is not None:
                 raise body_error("raised by the scope's body")
 
     exit_observation = Observation.of(run)
-    return exit_observation, Observation(value=tuple(_result_of(h) for h in handles))
+    finished = Observation.of(counter.load)
+    return exit_observation, finished, Observation(value=tuple(_result_of(h) for h in handles))
 
 
 def _distinct(values: Any) -> Any:
@@ -239,23 +257,43 @@ class ParallelRules(ConformanceMachine):
         )
 
     @rule(
-        tasks=st.lists(st.tuples(_FNS, _ITEM), max_size=8),
+        fns=st.lists(_FNS, min_size=1, max_size=3),
+        tasks=st.lists(st.tuples(st.integers(0, 2), _ITEM), max_size=8),
         body_error=st.none() | _WORKLOAD_ERROR,
     )
     def scope(
-        self, tasks: list[tuple[Callable[[int], int], int]], body_error: type[Exception] | None
+        self,
+        fns: list[Callable[[int], int]],
+        tasks: list[tuple[int, int]],
+        body_error: type[Exception] | None,
     ) -> None:
-        """``with scope() as s: s.spawn(fn, x)...``: each handle's ``result()`` is its task's
-        value or exception; at exit one ParallelError holds the failures in spawn order, the
-        body's own exception first; a body that fails alone raises its exception as itself."""
-        steps = [render_call("spawn", task, {}) for task in tasks]
+        """``with scope() as s: s.spawn(fn, x)...``, each task ``(i, x)`` spawning ``fns[i]``
+        (modulo their number): a few functions over several items, as programs spawn them, so
+        that the same call may come twice.
+
+        When the block exits every task has finished: each counts itself on an AtomicInt of
+        the backend as it ends (:func:`counted`), and the count is read at the exit, before any
+        ``result()``. Each handle's ``result()`` is its task's value or exception; at exit one
+        ParallelError holds the failures in spawn order, the body's own exception first; a
+        body that fails alone raises its exception as itself."""
+        counter = self.build(p.AtomicInt, 0)
+        assert isinstance(counter, Instance)  # AtomicInt(0) is built on every backend
+        tasks = [(i % len(fns), x) for i, x in tasks]
+        steps = [render_call("spawn", (fns[i], x), {}) for i, x in tasks]
         if body_error is not None:
             steps.append(f"raise {body_error.__name__}")
         what = f"with scope(): {'; '.join(steps) or 'pass'}"
-        runs = [_run_scope(backend, tasks, body_error) for backend in self.backends]
-        exits = [exit_observation for exit_observation, _ in runs]
-        self.compare(f"{what} (its exit)", exits, errors=Failure.of)
-        self.compare(f"{what} (each handle's result())", [results for _, results in runs])
+        runs = [
+            _run_scope(backend, obj, fns, tasks, body_error)
+            for backend, obj in zip(self.backends, counter.objs, strict=True)
+        ]
+        self.compare(
+            f"{what} (how many of its {len(tasks)} tasks had finished at its exit, "
+            f"counted on {counter})",
+            [finished for _, finished, _ in runs],
+        )
+        self.compare(f"{what} (its exit)", [exited for exited, _, _ in runs], errors=Failure.of)
+        self.compare(f"{what} (each handle's result())", [results for _, _, results in runs])
 
     @rule(fn=_THUNKS)
     def broadcast(self, fn: Callable[[], int]) -> None:
