@@ -75,6 +75,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float = JOIN_TIMEOUT) -> 
 # The innermost Python function of a thread asleep in a blocking wait: dualmode's parking lot,
 # threading's Condition and Event waits, a lock's acquire.
 _BLOCKING = frozenset({"park_thread", "wait", "acquire"})
+# ...and on processes, a call waiting for the coordinator's reply (multiprocessing's _recv).
+_AWAITING_REPLY = "_recv"
 
 
 def _current_frames() -> dict[int, Any]:
@@ -101,6 +103,21 @@ def wait_until_blocked(thread: threading.Thread, timeout: float = JOIN_TIMEOUT) 
         return frame is not None and frame.f_code.co_name in _BLOCKING
 
     wait_until(blocked, timeout)
+
+
+def threads_in(filename: str) -> tuple[int, int]:
+    """``(running, blocked)``: how many threads run code of *filename* (their stack passes
+    through it), and how many of those sleep in a blocking wait (of threading, dualmode, or a
+    processes primitive's request)."""
+    running = blocked = 0
+    for frame in _current_frames().values():
+        innermost, outer = frame, frame
+        while outer is not None and outer.f_code.co_filename != filename:
+            outer = outer.f_back
+        if outer is not None:
+            running += 1
+            blocked += innermost.f_code.co_name in _BLOCKING | {_AWAITING_REPLY}
+    return running, blocked
 
 
 def gone(pid: int) -> bool:

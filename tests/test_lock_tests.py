@@ -25,11 +25,13 @@ with threading's; ``NOT_APPLICABLE`` lists, with the reason, each test that does
 from __future__ import annotations
 
 import functools
+import time
 import unittest
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from _concurrency import threads_in
 
 import dualmode as dm
 
@@ -39,6 +41,32 @@ lock_tests: Any = pytest.importorskip(
 )
 
 pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(autouse=True)
+def _threads_really_blocked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """lock_tests waits for its threads to block with a sleep of 10 ms per thread. A thread's
+    first call on a processes primitive opens its connection to the coordinator first, which
+    under load takes longer: ``test_set_and_clear`` then set and cleared its Event before a
+    waiter had asked, and that waiter slept out its timeout. Wait until the threads are
+    blocked (all of them, if fewer are left; 10 s at most), then sleep as lock_tests does,
+    for the coordinator to take the requests in."""
+    sleep = getattr(lock_tests, "wait_threads_blocked", None)
+    if sleep is None:  # an older lock_tests sleeps inline
+        return
+
+    def wait_threads_blocked(nthread: int) -> None:
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            running, blocked = threads_in(lock_tests.__file__)
+            # The test's own thread runs there too; some tests ask for more threads than
+            # are left (test_notify's last phase: 5 of which 3 have ended).
+            if blocked >= min(nthread, running - 1):
+                break
+            time.sleep(0.001)
+        sleep(nthread)
+
+    monkeypatch.setattr(lock_tests, "wait_threads_blocked", wait_threads_blocked)
 
 
 # (suite, lock_tests class, the attribute it builds objects with, dualmode's class), as
