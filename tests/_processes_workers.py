@@ -1,4 +1,4 @@
-"""Process targets for test_processes_backend.py.
+"""Process targets for test_processes_backend.py (and functions broadcast to worker processes).
 
 ``spawn`` pickles a target by reference, so targets must live in a module that the children
 can import: this one (its directory is on the parent's ``sys.path``, which spawned children
@@ -197,3 +197,15 @@ def announce_then_wait(started: dm.Event, never: dm.Event) -> int:
     started.set()
     never.wait(120)
     return os.getpid()
+
+
+def traced_memory() -> int:
+    """This process's memory as tracemalloc counts it (started on the first call), after a
+    collection: on processes, broadcast to every worker."""
+    import gc
+    import tracemalloc
+
+    if not tracemalloc.is_tracing():
+        tracemalloc.start()
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0]

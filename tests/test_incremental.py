@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from _concurrency import read_while_changing
+from _processes_workers import traced_memory
 
 import dualmode as dm
 
@@ -497,18 +498,6 @@ class Heap(dm.Database):
 
 def heap_root(db: Heap, _: object) -> int:
     return db.node(0)
-
-
-def traced_memory() -> int:
-    """This process's memory as tracemalloc counts it (started on the first call), after a
-    collection: on processes, broadcast to every worker."""
-    import gc
-    import tracemalloc
-
-    if not tracemalloc.is_tracing():
-        tracemalloc.start()
-    gc.collect()
-    return tracemalloc.get_traced_memory()[0]
 
 
 def _memory_over_revisions(backend: str, revisions: int) -> None:

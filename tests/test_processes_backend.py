@@ -22,6 +22,7 @@ import sys
 import textwrap
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -551,16 +552,6 @@ def test_dualmodes_own_objects_travel_by_reference(backend: ProcessesBackend) ->
             assert code not in data, f"{what} pickles code by value"
 
 
-def _worker_memory() -> int:
-    """This worker's memory as tracemalloc counts it (tracing from the first call)."""
-    import tracemalloc
-
-    if not tracemalloc.is_tracing():
-        tracemalloc.start()
-    gc.collect()
-    return tracemalloc.get_traced_memory()[0]
-
-
 @pytest.mark.parametrize("repeat", range(2))
 def test_a_function_sent_by_value_is_loaded_once_per_worker(repeat: int) -> None:
     """docs/architecture.md#code-that-travels-by-value: a worker keeps the function it loaded
@@ -588,22 +579,18 @@ def test_a_worker_running_many_tasks_of_one_lambda_does_not_grow(
 ) -> None:
     """Free-threaded 3.13 never frees a function made after a second thread started: a
     worker that loaded a lambda afresh for each task grew ~1.4 kB per task there."""
-    dm.broadcast(_worker_memory, backend=backend)
-    for i in range(200):
-        dm.par_map(lambda x: x + 1, [i], backend=backend)
-    before = dm.broadcast(_worker_memory, backend=backend)
-    for i in range(1_000):
-        dm.par_map(lambda x: x + 1, [i], backend=backend)
-    after = dm.broadcast(_worker_memory, backend=backend)
-    dm.broadcast(_stop_tracing, backend=backend)
+    dm.broadcast(w.traced_memory, backend=backend)
+    try:
+        for i in range(200):
+            dm.par_map(lambda x: x + 1, [i], backend=backend)
+        before = dm.broadcast(w.traced_memory, backend=backend)
+        for i in range(1_000):
+            dm.par_map(lambda x: x + 1, [i], backend=backend)
+        after = dm.broadcast(w.traced_memory, backend=backend)
+    finally:  # the backend serves the module's other tests
+        dm.broadcast(tracemalloc.stop, backend=backend)
     # 500 tasks per worker: 700 kB grown before; allow for the allocator's slack.
     assert sum(after) - sum(before) < 100_000, (before, after)
-
-
-def _stop_tracing() -> None:
-    import tracemalloc
-
-    tracemalloc.stop()
 
 
 # -- 7: errors -----------------------------------------------------------------------------------
