@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import os
+import random
 import sys
 import threading
 import time
@@ -24,6 +25,35 @@ T = TypeVar("T")
 #: How long a test waits for a thread it started (or a condition) before failing: generous,
 #: the CI machines are small and shared.
 JOIN_TIMEOUT = 30.0
+
+
+class RaceWindow:
+    """Random moments for two racing events (a thread's release and a task's cancellation),
+    and a tally of how the trials came out. The window is *width* seconds, and doubles (up
+    to 32 times) after each 100 trials in which one outcome has not yet shown up: on a loaded
+    machine a round trip to the coordinator can outlast a 2 ms window every time, and a race
+    never run is not tested."""
+
+    def __init__(self, seed: int, *outcomes: str, width: float = 0.002) -> None:
+        self._rng = random.Random(seed)
+        self._width = width
+        self._widest = 32 * width
+        self.outcomes = dict.fromkeys(outcomes, 0)
+        self._trials_missing_one = 0
+
+    def delay(self) -> float:
+        """A moment in the window, in seconds from now."""
+        return self._rng.random() * self._width
+
+    def record(self, outcome: str) -> None:
+        self.outcomes[outcome] += 1
+        if 0 in self.outcomes.values():
+            self._trials_missing_one += 1
+            if self._trials_missing_one % 100 == 0:
+                self._width = min(2 * self._width, self._widest)
+
+    def assert_both_sides_hit(self) -> None:
+        assert all(self.outcomes.values()), f"a side of the race never won: {self.outcomes}"
 
 
 def run_threads(n: int, target: Callable[[int], T]) -> list[T]:

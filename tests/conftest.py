@@ -7,6 +7,7 @@ pytest plugin (``dualmode.pytest_plugin``), as they do for any project that inst
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -26,9 +27,16 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     """With ``$DUALMODE_SWITCH_INTERVAL`` set (``nox -s stress`` on a GIL build), every test
-    runs under that thread switch interval, not only the stress tests."""
+    runs under that thread switch interval, not only the stress tests.
+
+    Ctrl-C must reach the programs the tests interrupt: a shell starts a background job
+    (``pytest &``) with SIGINT ignored, its children inherit that, and a Python started so
+    never raises KeyboardInterrupt. The suite takes SIGINT back, so its children start with
+    the default (Python's KeyboardInterrupt)."""
     if os.environ.get(SWITCH_INTERVAL):
         sys.setswitchinterval(switch_interval())
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

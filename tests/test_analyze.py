@@ -563,6 +563,7 @@ def test_watch_prints_changed_findings_within_2_seconds(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT writes every thread's stack
     ) as process:
         assert process.stdout is not None and process.stderr is not None
         lines = _lines_of(process.stdout)
@@ -582,7 +583,12 @@ def test_watch_prints_changed_findings_within_2_seconds(
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                pytest.fail(f"running 30 s after Ctrl-C; stderr:\n{''.join(_drain(errors))}")
+                process.send_signal(signal.SIGABRT)  # to see where it hangs
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=5)
+                output = "".join(_drain(lines))
+                stacks = "".join(_drain(errors))
+                pytest.fail(f"running 30 s after Ctrl-C; stdout:\n{output}\nstderr:\n{stacks}")
         finally:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -18,7 +17,7 @@ from typing import Any
 
 import anyio
 import pytest
-from _concurrency import JOIN_TIMEOUT, in_thread, start_thread, wait_until
+from _concurrency import JOIN_TIMEOUT, RaceWindow, in_thread, start_thread, wait_until
 
 import dualmode as dm
 
@@ -101,24 +100,43 @@ def _asyncio_only(anyio_backend: str) -> None:
 
 class Ticker:
     """Counts the event loop's turns while a test waits: a loop that a waiting task blocked
-    would not turn."""
+    would not turn. ``turned`` is set once it has turned *turns* times."""
 
-    def __init__(self) -> None:
+    def __init__(self, turns: int) -> None:
         self.ticks = 0
+        self._turns = turns
+        self.turned = threading.Event()
 
     async def run(self) -> None:
         while True:
             await anyio.sleep(0.005)
             self.ticks += 1
+            if self.ticks >= self._turns:
+                self.turned.set()
 
 
-async def _with_ticker(body: Callable[[], Awaitable[None]]) -> int:
-    ticker = Ticker()
+async def _while_the_loop_turns(
+    body: Callable[[], Awaitable[None]], release: Callable[[], None], turns: int = 10
+) -> None:
+    """Run *body*, which waits for a thread, while a thread calls *release* once the loop
+    has turned *turns* times: the loop turned while the body waited. (A release after a
+    fixed sleep, then a count of the turns, fails on a loaded machine that turns the loop
+    less often.) A body that blocked its loop is released after JOIN_TIMEOUT, and fails."""
+    ticker = Ticker(turns)
+    turned: list[bool] = []
+
+    def release_once_turned() -> None:
+        turned.append(ticker.turned.wait(JOIN_TIMEOUT))
+        release()
+
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(ticker.run)
-        await body()
+        releaser = start_thread(release_once_turned)
+        with anyio.fail_after(2 * JOIN_TIMEOUT):
+            await body()
         tasks.cancel_scope.cancel()
-    return ticker.ticks
+    releaser.join(JOIN_TIMEOUT)
+    assert turned == [True], "the loop stood still while the task waited"
 
 
 # -- every backend ---------------------------------------------------------------------------
@@ -212,15 +230,11 @@ async def test_a_waiting_task_does_not_block_its_loop(
     got: list[bool] = []
 
     async def body() -> None:
-        releaser = threading.Timer(0.3, lock.release)
-        releaser.start()
-        with anyio.fail_after(JOIN_TIMEOUT):
-            got.append(await lock.async_acquire())
-        releaser.join()
+        got.append(await lock.async_acquire())
 
-    ticks = await _with_ticker(body)
+    # the loop turns while the task waits for a thread's release
+    await _while_the_loop_turns(body, lock.release)
     assert got == [True]
-    assert ticks >= 10  # the loop turned while the task waited for a thread's release
     lock.release()
     assert _is_free(lock)
 
@@ -237,14 +251,16 @@ async def test_event_set_by_a_thread_wakes_every_task(dualmode_parallel_backend:
         async with anyio.create_task_group() as tasks:
             for i in range(5):
                 tasks.start_soon(waiter, i)
-            await anyio.sleep(0.05)
-            assert woken == []
-            await anyio.to_thread.run_sync(event.set)
 
-    with anyio.fail_after(JOIN_TIMEOUT):
-        ticks = await _with_ticker(body)
+    woken_before_set: list[list[int]] = []
+
+    def set_it() -> None:
+        woken_before_set.append(list(woken))
+        event.set()
+
+    await _while_the_loop_turns(body, set_it, turns=5)
+    assert woken_before_set == [[]]
     assert sorted(woken) == list(range(5))
-    assert ticks >= 5
 
 
 async def test_a_thread_waits_for_a_lock_a_task_holds(dualmode_parallel_backend: str) -> None:
@@ -349,25 +365,25 @@ async def test_cancelled_waits_leave_nothing_taken(
     got it, and the next caller succeeds: 1,000 trials per event loop and backend."""
     lock = build(dualmode_parallel_backend)
     trials = 1000
-    rng = random.Random(1)
-    outcomes = {"acquired": 0, "cancelled": 0}
+    race = RaceWindow(1, "acquired", "cancelled")
     for _ in range(trials):
         lock.acquire()
-        delay = rng.random() * 0.002
-        releaser = threading.Timer(delay, lock.release)
+        releaser = threading.Timer(race.delay(), lock.release)
         acquired = False
-        with anyio.move_on_after(rng.random() * 0.002):
+        with anyio.move_on_after(race.delay()):
             releaser.start()
             acquired = await lock.async_acquire()
         releaser.join(JOIN_TIMEOUT)
         if acquired:
             lock.release()
-        outcomes["acquired" if acquired else "cancelled"] += 1
+        race.record("acquired" if acquired else "cancelled")
         with anyio.fail_after(JOIN_TIMEOUT):
             assert await lock.async_acquire()  # the next caller succeeds
         lock.release()
-    assert _is_free(lock)
-    assert outcomes["acquired"] and outcomes["cancelled"]  # both sides of the race were hit
+    # processes: a cancelled wait's slice still in flight may take it for an instant before
+    # giving it back (dualmode/off_loop.py)
+    wait_until(lambda: _is_free(lock), timeout=5)
+    race.assert_both_sides_hit()
 
 
 async def test_cancelled_event_waits_leave_no_waiter(dualmode_parallel_backend: str) -> None:
@@ -483,10 +499,11 @@ async def test_tasks_and_threads_meet_at_a_barrier(dualmode_parallel_backend: st
     indices: list[int] = []
 
     def late_party() -> None:
-        time.sleep(0.1)  # the tasks wait meanwhile, and the loop turns
         indices.append(barrier.wait())
 
-    threads = [start_thread(late_party) for _ in range(2)]
+    def late_parties() -> None:  # the tasks wait meanwhile, and the loop turns
+        for worker in [start_thread(late_party) for _ in range(2)]:
+            worker.join(JOIN_TIMEOUT)
 
     async def party() -> None:
         indices.append(await barrier.async_wait())
@@ -496,12 +513,8 @@ async def test_tasks_and_threads_meet_at_a_barrier(dualmode_parallel_backend: st
             for _ in range(tasks_n):
                 tasks.start_soon(party)
 
-    with anyio.fail_after(JOIN_TIMEOUT):
-        ticks = await _with_ticker(body)
-    for worker in threads:
-        worker.join(JOIN_TIMEOUT)
+    await _while_the_loop_turns(body, late_parties, turns=5)
     assert sorted(indices) == list(range(tasks_n + 2))
-    assert ticks >= 5
 
 
 async def test_a_cancelled_barrier_wait_breaks_the_barrier(dualmode_parallel_backend: str) -> None:
@@ -509,8 +522,7 @@ async def test_a_cancelled_barrier_wait_breaks_the_barrier(dualmode_parallel_bac
     cancelled at another. Either both passed, or the barrier is broken for the thread too
     (no party waits for one that left); after reset() the next wait succeeds."""
     barrier = dm.Barrier(2, backend=dualmode_parallel_backend)
-    rng = random.Random(4)
-    outcomes = {"passed": 0, "broken": 0}
+    race = RaceWindow(4, "passed", "broken")
     for _ in range(1000):
         thread_got: list[object] = []
 
@@ -520,9 +532,9 @@ async def test_a_cancelled_barrier_wait_breaks_the_barrier(dualmode_parallel_bac
             except threading.BrokenBarrierError as exc:
                 got.append(exc)
 
-        arrival = threading.Timer(rng.random() * 0.002, thread_party, (thread_got,))
+        arrival = threading.Timer(race.delay(), thread_party, (thread_got,))
         passed = False
-        with anyio.move_on_after(rng.random() * 0.002):
+        with anyio.move_on_after(race.delay()):
             arrival.start()
             await barrier.async_wait()
             passed = True
@@ -530,14 +542,14 @@ async def test_a_cancelled_barrier_wait_breaks_the_barrier(dualmode_parallel_bac
         assert thread_got
         if passed:
             assert isinstance(thread_got[0], int)
-            outcomes["passed"] += 1
+            race.record("passed")
         elif isinstance(thread_got[0], int):
-            outcomes["passed"] += 1  # both had met just as the cancellation came
+            race.record("passed")  # both had met just as the cancellation came
         else:
             assert barrier.broken
-            outcomes["broken"] += 1
+            race.record("broken")
         barrier.reset()
-    assert outcomes["passed"] and outcomes["broken"]
+    race.assert_both_sides_hit()
     both = [start_thread(barrier.wait) for _ in range(1)]
     with anyio.fail_after(JOIN_TIMEOUT):
         assert await barrier.async_wait() in (0, 1)
@@ -641,15 +653,11 @@ async def test_rlock_threads_and_tasks_contend(dualmode_parallel_backend: str) -
     assert await rlock.async_acquire(timeout=0.05) is False
     with pytest.raises(RuntimeError, match="un-acquired"):
         rlock.release()  # not the owner
-    releaser = threading.Timer(0.2, let_go.set)
-    releaser.start()
 
     async def body() -> None:
-        with anyio.fail_after(JOIN_TIMEOUT):
-            assert await rlock.async_acquire() is True
+        assert await rlock.async_acquire() is True
 
-    assert await _with_ticker(body) >= 10
-    releaser.join()
+    await _while_the_loop_turns(body, let_go.set)
     worker.join(JOIN_TIMEOUT)
     # The task holds it: a thread waits, and cannot release it.
     assert not in_thread(rlock.acquire, False)
@@ -714,11 +722,10 @@ async def test_rlock_cancelled_waits_leave_nothing_taken(dualmode_parallel_backe
     waiting for it is cancelled at another. Afterwards it is free for everyone, and the next
     caller succeeds."""
     rlock = dm.RLock(backend=dualmode_parallel_backend)
-    rng = random.Random(5)
-    outcomes = {"acquired": 0, "cancelled": 0}
+    race = RaceWindow(5, "acquired", "cancelled")
     for _ in range(1000):
         held = threading.Event()
-        delay = rng.random() * 0.002
+        delay = race.delay()
 
         def holder(delay: float = delay, held: threading.Event = held) -> None:
             with rlock, rlock:
@@ -728,18 +735,18 @@ async def test_rlock_cancelled_waits_leave_nothing_taken(dualmode_parallel_backe
         worker = start_thread(holder)
         held.wait(JOIN_TIMEOUT)
         acquired = False
-        with anyio.move_on_after(rng.random() * 0.002):
+        with anyio.move_on_after(race.delay()):
             acquired = await rlock.async_acquire()
         worker.join(JOIN_TIMEOUT)
         if acquired:
             rlock.release()
-        outcomes["acquired" if acquired else "cancelled"] += 1
+        race.record("acquired" if acquired else "cancelled")
         with anyio.fail_after(JOIN_TIMEOUT):
             assert await rlock.async_acquire()  # the next caller succeeds
         rlock.release()
     # processes: a slice in flight may hold it for an instant before giving it back.
     wait_until(lambda: in_thread(_is_free, rlock), timeout=5)
-    assert outcomes["acquired"] and outcomes["cancelled"]
+    race.assert_both_sides_hit()
 
 
 async def test_asyncio_task_cancel_leaves_the_rlock_free(
@@ -918,19 +925,15 @@ async def test_a_task_waiting_on_a_condition_does_not_block_its_loop(
     cond = dm.Condition(backend=dualmode_parallel_backend)
     got: list[bool] = []
 
-    def notify_later() -> None:
-        time.sleep(0.3)
-        with cond:
+    def notify() -> None:
+        with cond:  # once the task waits, which lets go of the lock
             cond.notify()
 
     async def body() -> None:
         async with cond:
-            worker = start_thread(notify_later)
-            with anyio.fail_after(JOIN_TIMEOUT):
-                got.append(await cond.async_wait())
-        worker.join(JOIN_TIMEOUT)
+            got.append(await cond.async_wait())
 
-    assert await _with_ticker(body) >= 10
+    await _while_the_loop_turns(body, notify)
     assert got == [True]
 
 
@@ -996,8 +999,7 @@ async def test_condition_cancelled_waits_retake_the_lock_and_pass_notifications_
     wait; if A did not return notified, B got the one notification (a notification A had
     received when it was cancelled was passed on); the lock is free afterwards."""
     cond = dm.Condition(backend=dualmode_parallel_backend)
-    rng = random.Random(6)
-    outcomes = {"notified": 0, "cancelled": 0}
+    race = RaceWindow(6, "notified", "cancelled", width=0.003)
     for _ in range(1000):
         b_got: list[bool] = []
         b_queued = threading.Event()
@@ -1013,10 +1015,10 @@ async def test_condition_cancelled_waits_retake_the_lock_and_pass_notifications_
                 cond.notify(1)
 
         b_thread = threading.Thread(target=b, daemon=True)
-        notifier = threading.Timer(rng.random() * 0.003, notify_one)
+        notifier = threading.Timer(race.delay(), notify_one)
         a_notified = False
         a_held_after = True
-        with anyio.move_on_after(rng.random() * 0.003):
+        with anyio.move_on_after(race.delay()):
             async with cond:
                 b_thread.start()
                 notifier.start()
@@ -1030,11 +1032,11 @@ async def test_condition_cancelled_waits_retake_the_lock_and_pass_notifications_
             notifier.start()
         notifier.join(JOIN_TIMEOUT)
         if a_notified:
-            outcomes["notified"] += 1
+            race.record("notified")
             with cond:
                 cond.notify()  # B still waits
         else:
-            outcomes["cancelled"] += 1
+            race.record("cancelled")
         b_thread.join(JOIN_TIMEOUT)
         assert b_got == [True]  # B was not left waiting for a notification A swallowed
     if dualmode_parallel_backend == "threads":
@@ -1044,7 +1046,7 @@ async def test_condition_cancelled_waits_retake_the_lock_and_pass_notifications_
         start_thread(lambda: (cond.acquire(), cond.notify(), cond.release()))
         with anyio.fail_after(JOIN_TIMEOUT):
             assert await cond.async_wait()
-    assert outcomes["notified"] and outcomes["cancelled"]
+    race.assert_both_sides_hit()
 
 
 async def test_asyncio_task_cancel_retakes_the_condition_lock(
@@ -1121,18 +1123,14 @@ async def test_freeze_lock_a_task_waits_for_a_threads_write_guard(
         guard.value = 1
         guard.release()
 
-    releaser = threading.Timer(0.2, finish)
-    releaser.start()
     got: list[int] = []
 
     async def body() -> None:
-        with anyio.fail_after(JOIN_TIMEOUT):
-            got.append(await fl.async_read())
-            async with fl.async_write() as written:
-                written.value = 2
+        got.append(await fl.async_read())
+        async with fl.async_write() as written:
+            written.value = 2
 
-    assert await _with_ticker(body) >= 10
-    releaser.join()
+    await _while_the_loop_turns(body, finish)
     assert got == [1]
     assert fl.read() == 2
 
@@ -1174,13 +1172,12 @@ async def test_freeze_lock_cancelled_waits_leave_nothing_taken(
     task waiting to write (or, every other trial, to read) is cancelled at another.
     Afterwards no guard is held and the next writer succeeds."""
     fl = dm.FreezeLock(0, backend=dualmode_parallel_backend)
-    rng = random.Random(7)
-    outcomes = {"done": 0, "cancelled": 0}
+    race = RaceWindow(7, "done", "cancelled")
     for trial in range(1000):
         guard = fl.write()
-        releaser = threading.Timer(rng.random() * 0.002, guard.release)
+        releaser = threading.Timer(race.delay(), guard.release)
         done = False
-        with anyio.move_on_after(rng.random() * 0.002):
+        with anyio.move_on_after(race.delay()):
             releaser.start()
             if trial % 2:
                 await fl.async_read()
@@ -1189,11 +1186,11 @@ async def test_freeze_lock_cancelled_waits_leave_nothing_taken(
                     written.value = trial
             done = True
         releaser.join(JOIN_TIMEOUT)
-        outcomes["done" if done else "cancelled"] += 1
+        race.record("done" if done else "cancelled")
         with anyio.fail_after(JOIN_TIMEOUT):  # the next caller succeeds
             async with fl.async_write(timeout=JOIN_TIMEOUT) as written:
                 written.value = -1
-    assert outcomes["done"] and outcomes["cancelled"]
+    race.assert_both_sides_hit()
     assert fl.freeze() == -1
 
 
@@ -1327,15 +1324,11 @@ async def test_once_cell_waiters_time_out_and_take_over_a_failed_claim(
     claimed.wait(JOIN_TIMEOUT)
     with pytest.raises(TimeoutError):
         await cell.async_get_or_init(lambda: "task", timeout=0.05)
-    releaser = threading.Timer(0.2, fail.set)
-    releaser.start()
 
-    async def body() -> None:
-        with anyio.fail_after(JOIN_TIMEOUT):
-            assert await cell.async_get_or_init(lambda: "task") == "task"
+    async def body() -> None:  # it waits on its loop, then runs its own initialiser
+        assert await cell.async_get_or_init(lambda: "task") == "task"
 
-    assert await _with_ticker(body) >= 10  # it waited on its loop, then ran its own
-    releaser.join()
+    await _while_the_loop_turns(body, fail.set)
     worker.join(JOIN_TIMEOUT)
 
 
@@ -1347,12 +1340,11 @@ async def test_once_cell_cancelled_claims_go_to_the_next_caller(
     a random while), is cancelled at another. Whether the cancellation came while it waited,
     as the claim was handed to it, or while its initialiser ran, the next caller gets the
     claim and sets the cell."""
-    rng = random.Random(8)
-    outcomes = {"task set it": 0, "cancelled": 0}
+    race = RaceWindow(8, "task set it", "cancelled")
     for _ in range(1000):
         cell = dm.OnceCell(backend=dualmode_parallel_backend)
         claimed = threading.Event()
-        delay = rng.random() * 0.002
+        delay = race.delay()
 
         def failing(claimed: threading.Event = claimed, delay: float = delay) -> str:
             claimed.set()
@@ -1365,19 +1357,19 @@ async def test_once_cell_cancelled_claims_go_to_the_next_caller(
 
         worker = start_thread(thread)
         claimed.wait(JOIN_TIMEOUT)
-        run_for = rng.random() * 0.002
+        run_for = race.delay()
 
         async def task_init(run_for: float = run_for) -> str:
             await anyio.sleep(run_for)
             return "task"
 
-        with anyio.move_on_after(rng.random() * 0.003):
+        with anyio.move_on_after(1.5 * race.delay()):
             await cell.async_get_or_init(task_init)
         worker.join(JOIN_TIMEOUT)
-        outcomes["task set it" if cell.is_set() else "cancelled"] += 1
+        race.record("task set it" if cell.is_set() else "cancelled")
         with anyio.fail_after(JOIN_TIMEOUT):  # the next caller succeeds
             assert await cell.async_get_or_init(lambda: "next") in ("task", "next")
-    assert outcomes["task set it"] and outcomes["cancelled"]
+    race.assert_both_sides_hit()
 
 
 async def test_asyncio_task_cancel_gives_up_a_once_cell_claim(

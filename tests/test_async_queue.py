@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import queue
-import random
 import threading
 from typing import Any
 
 import anyio
 import pytest
-from _concurrency import JOIN_TIMEOUT, start_thread
+from _concurrency import JOIN_TIMEOUT, RaceWindow, start_thread
 
 import dualmode as dm
 
@@ -161,24 +160,23 @@ async def test_cancelled_gets_lose_no_item(dualmode_parallel_backend: str) -> No
     """1,000 trials: a thread puts an item just as the waiting task is cancelled. Afterwards
     the item was got by the task or is still in the queue, exactly once."""
     q = dm.Queue(backend=dualmode_parallel_backend)
-    rng = random.Random(2)
-    outcomes = {"got": 0, "left": 0}
+    race = RaceWindow(2, "got", "left")
     for trial in range(1000):
-        putter = threading.Timer(rng.random() * 0.002, q.put, (trial,))
+        putter = threading.Timer(race.delay(), q.put, (trial,))
         got: list[int] = []
-        with anyio.move_on_after(rng.random() * 0.002):
+        with anyio.move_on_after(race.delay()):
             putter.start()
             got.append(await q.async_get())
         putter.join(JOIN_TIMEOUT)
         if not got:
             with anyio.fail_after(JOIN_TIMEOUT):
                 got.append(await q.async_get())  # still there, for the next caller
-            outcomes["left"] += 1
+            race.record("left")
         else:
-            outcomes["got"] += 1
+            race.record("got")
         assert got == [trial]
         assert q.empty()
-    assert outcomes["got"] and outcomes["left"]
+    race.assert_both_sides_hit()
 
 
 async def test_cancelled_puts_put_nothing_on_threads() -> None:
@@ -186,13 +184,12 @@ async def test_cancelled_puts_put_nothing_on_threads() -> None:
     cancelled. Afterwards the item is in the queue once if the put finished, else not at all,
     and the room went to the next putter."""
     q = dm.Queue(1, backend="threads")
-    rng = random.Random(3)
-    outcomes = {"put": 0, "cancelled": 0}
+    race = RaceWindow(3, "put", "cancelled")
     for trial in range(1000):
         q.put("filler")
-        taker = threading.Timer(rng.random() * 0.002, q.get)
+        taker = threading.Timer(race.delay(), q.get)
         done = False
-        with anyio.move_on_after(rng.random() * 0.002):
+        with anyio.move_on_after(race.delay()):
             taker.start()
             await q.async_put(trial)
             done = True
@@ -201,7 +198,7 @@ async def test_cancelled_puts_put_nothing_on_threads() -> None:
         while not q.empty():
             contents.append(q.get())
         assert contents == ([trial] if done else [])
-        outcomes["put" if done else "cancelled"] += 1
+        race.record("put" if done else "cancelled")
         q.put("next")  # the room is free for the next caller
         assert q.get() == "next"
-    assert outcomes["put"] and outcomes["cancelled"]
+    race.assert_both_sides_hit()

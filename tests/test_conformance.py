@@ -161,6 +161,10 @@ class RemembersCallsBackend(SerialBackend):  # type: ignore[misc]
     def _shutdown(self) -> None:
         for fn, *args in self._later:
             super().submit(fn, *args)
+        # What it remembers holds every program's objects: a closed backend the kit still
+        # refers to would keep them for the rest of the session (and slow every gc pass).
+        self._later.clear()
+        self._outcomes.clear()
         super()._shutdown()
 
 

@@ -12,9 +12,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
+from _concurrency import JOIN_TIMEOUT
 from test_query import Analyzer
 
 import dualmode as dm
@@ -706,40 +708,80 @@ async def test_io_on_the_loop_and_cpu_on_the_workers(nested: bool) -> None:
     assert best < 1.5
 
 
-def test_asyncio_task_cancel_leaves_the_query_usable(fdb: Fetcher) -> None:
+class Gated(Fetcher):
+    """Queries that run until the test opens their gate: a cancellation lands while they run
+    however slow the machine is, where a sleep of fixed length could end first."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.async_gate = self.backend.create_event()
+        self.sync_gate = self.backend.create_event()
+
+    @dm.query
+    async def held_async(self, n: int) -> int:
+        self._note("held_async", n)
+        with anyio.fail_after(JOIN_TIMEOUT):
+            while not self.async_gate.is_set():  # (a serial Event's waits return at once)
+                await anyio.sleep(0.005)
+        return n * 3
+
+    @dm.query
+    def held(self, n: int) -> int:
+        self._note("held", n)
+        assert self.sync_gate.wait(JOIN_TIMEOUT)
+        return n * 2
+
+    @dm.query
+    async def over_held(self, n: int) -> int:
+        return await self.held.async_get(n) + 1
+
+
+def test_asyncio_task_cancel_leaves_the_query_usable(dualmode_backend: str) -> None:
     """``asyncio.Task.cancel`` (not only anyio's cancel scopes), of a task waiting for a query
     and of the task computing it: the next caller gets the value."""
     import asyncio
 
+    db = Gated(backend=dualmode_backend, workers=2)
+
+    async def started(name: str, key: int) -> None:
+        with anyio.fail_after(JOIN_TIMEOUT):
+            while not _count(db, name, key):
+                await asyncio.sleep(0.005)
+
     async def main() -> int:
-        owner = asyncio.ensure_future(fdb.slow_async.async_get(11))
-        await asyncio.sleep(0.02)
-        waiter = asyncio.ensure_future(fdb.slow_async.async_get(11))
-        await asyncio.sleep(0.02)
-        waiter.cancel()  # while it waits for the owner
+        owner = asyncio.ensure_future(db.held_async.async_get(11))
+        await started("held_async", 11)
+        waiter = asyncio.ensure_future(db.held_async.async_get(11))
+        await asyncio.sleep(0.02)  # it waits for the owner (if it has not started, no matter)
+        waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
         owner.cancel()  # while it computes
         with pytest.raises(asyncio.CancelledError):
             await owner
-        return await fdb.slow_async.async_get(11)
+        db.async_gate.set()
+        return await db.held_async.async_get(11)
 
     async def nested() -> int:
-        owner = asyncio.ensure_future(fdb.over_slow.async_get(4))
-        await asyncio.sleep(0.05)  # over_slow awaits slow, running on a worker
+        serial = db.backend.name == "serial"
+        if serial:  # held runs inline, on the loop's thread: it must not wait
+            db.sync_gate.set()
+        owner = asyncio.ensure_future(db.over_held.async_get(4))
+        await started("held", 4)  # over_held awaits held, running on a worker
         owner.cancel()
-        if fdb.backend.name == "serial":  # slow ran on this thread: over_slow is done
+        db.sync_gate.set()  # the worker finishes held, whether the cancelled task waits or not
+        if serial:  # held ran on this thread: over_held is done
             assert await owner == 9
         else:
             with pytest.raises(asyncio.CancelledError):
                 await owner
-        return await fdb.over_slow.async_get(4)
+        return await db.over_held.async_get(4)
 
     assert asyncio.run(main()) == 33
     assert asyncio.run(nested()) == 9
-    assert _count(fdb, "slow", 4) == 1  # it ran to its end once, and was memoized
-    if fdb.backend.name != "processes":
-        assert not any(fdb._runtime.table._jobs)  # type: ignore[attr-defined]
+    assert _count(db, "held", 4) == 1  # it ran to its end once, and was memoized
+    if db.backend.name != "processes":
+        assert not any(db._runtime.table._jobs)  # type: ignore[attr-defined]
 
 
 def test_event_loops_on_several_threads_share_one_execution_per_key(
