@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from _concurrency import threads_in
+from _concurrency import threads_in, wait_until
 
 import dualmode as dm
 
@@ -78,7 +78,6 @@ def _thread_exits_counted_without_gc(monkeypatch: pytest.MonkeyPatch) -> None:
     threads end only when collected. CPython's end without them, and after the rest of the
     suite a full collection takes 0.6 s on free-threaded 3.13 (it walks the whole heap):
     the lock tests took 258 s there, 21 s alone. Poll the count alone, as long as before."""
-    helper = lock_tests.threading_helper
 
     @contextlib.contextmanager
     def wait_threads_exit(timeout: float | None = None) -> Iterator[None]:
@@ -86,11 +85,12 @@ def _thread_exits_counted_without_gc(monkeypatch: pytest.MonkeyPatch) -> None:
         try:
             yield
         finally:
-            deadline = time.monotonic() + (timeout or lock_tests.support.SHORT_TIMEOUT)
-            while _thread._count() > before and time.monotonic() < deadline:
-                time.sleep(0.001)
+            wait_until(
+                lambda: _thread._count() <= before,
+                timeout or lock_tests.support.SHORT_TIMEOUT,
+            )
 
-    monkeypatch.setattr(helper, "wait_threads_exit", wait_threads_exit)
+    monkeypatch.setattr(lock_tests.threading_helper, "wait_threads_exit", wait_threads_exit)
 
 
 # (suite, lock_tests class, the attribute it builds objects with, dualmode's class), as
